@@ -1,0 +1,75 @@
+"""The typed, frozen values that pass between stages (sheet -> payload -> runner -> store)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Route = Literal["txt2img", "img2img"]
+Status = Literal["ok", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class SheetRow:
+    """One non-blank row of the input sheet, as read: header -> raw cell value (blank cells absent)."""
+
+    row: int  # the row number the spreadsheet program shows; the header is row 1
+    cells: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    """An image file named by a cell or the job; read and base64-encoded only when sent."""
+
+    path: Path
+    sha256: str
+
+    def manifest_form(self, base: Path) -> dict[str, str]:
+        """What the manifest records instead of the base64 blob."""
+        try:
+            shown = str(self.path.relative_to(base))
+        except ValueError:
+            shown = str(self.path)
+        return {"path": shown, "sha256": self.sha256}
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One row turned into a request. `body` may hold ImageRef values where images go."""
+
+    row: int
+    key: str  # stable identity for resume: content hash + occurrence among identical rows
+    route: Route
+    body: Mapping[str, Any]
+    checkpoint: str | None  # the checkpoint the row asks for, if any (scheduling affinity)
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # columns that are not sent
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """What one successful response held, decoded."""
+
+    images: tuple[bytes, ...]  # generated images in seed order (a grid, if any, dropped)
+    extras: tuple[bytes, ...]  # images past the generated ones: ControlNet detected maps, masks
+    seeds: tuple[int, ...]  # the real seed of each generated image, from info
+    model: str | None
+    model_hash: str | None
+    vae: str | None
+    version: str | None
+    info: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How one row ended. A failed row is data, not an exception."""
+
+    task: Task
+    status: Status
+    endpoint: str  # display name: never carries credentials
+    attempts: int
+    error: str | None
+    generation: Generation | None
+    started_at: float  # unix time of the first attempt
+    duration_s: float
