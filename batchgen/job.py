@@ -1,4 +1,4 @@
-"""The job description: one validated, immutable JobSpec built from a TOML file and CLI overrides."""
+"""The job description: one validated, immutable JobSpec from a TOML file and CLI overrides."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ class EndpointSpec(_Frozen):
     """One web UI server. Credentials may sit in the URL or in environment variables."""
 
     url: str
-    name: str | None = None  # a label for progress and the manifest; defaults to the URL sans secrets
+    name: str | None = (
+        None  # a label for progress and the manifest; defaults to the URL sans secrets
+    )
     auth_env: str | None = None  # environment variable holding "user:password" for basic auth
     headers: dict[str, str] = Field(default_factory=dict)
     headers_env: dict[str, str] = Field(default_factory=dict)  # header -> env var with its value
@@ -108,7 +110,8 @@ def load_job(
         base = source.parent
     else:
         raise ConfigError(
-            f"{source}: not a job file or a sheet; give a .toml job or one of {', '.join(SHEET_SUFFIXES)}"
+            f"{source}: not a job file or a sheet; "
+            f"give a .toml job or one of {', '.join(SHEET_SUFFIXES)}"
         )
     if endpoints:
         raw["endpoints"] = [{"url": url} for url in endpoints]
@@ -177,7 +180,9 @@ def _suggest(loc: tuple[int | str, ...]) -> str | None:
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        annotation = model.model_fields[str(part)].annotation if part in model.model_fields else None
+        annotation = (
+            model.model_fields[str(part)].annotation if part in model.model_fields else None
+        )
         inner = getattr(annotation, "__args__", (annotation,))
         nested = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
         if not nested:

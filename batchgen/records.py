@@ -13,7 +13,7 @@ Status = Literal["ok", "failed"]
 
 @dataclass(frozen=True, slots=True)
 class SheetRow:
-    """One non-blank row of the input sheet, as read: header -> raw cell value (blank cells absent)."""
+    """One non-blank row of the sheet as read: header -> raw cell value (blank cells absent)."""
 
     row: int  # the row number the spreadsheet program shows; the header is row 1
     cells: Mapping[str, Any]

@@ -1,0 +1,314 @@
+"""One web UI endpoint: address and secrets, HTTP routes, timeouts, error classification."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError
+from batchgen.job import EndpointSpec, TimeoutSpec
+from batchgen.payload import adapt_for, encode_body
+from batchgen.records import Generation, Task
+
+Flavor = Literal["a1111", "forge"]
+
+# Deterministic server-side failures that A1111 reports as 500: sending them again cannot help.
+_FATAL_500_ERRORS = frozenset({"ValidationError", "KeyError", "TypeError", "AssertionError"})
+_FATAL_500_PHRASES = ("could not find", "not found", "not a valid")
+
+
+class _Secret:
+    """A value that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A resolved endpoint: a URL without credentials, a display name, secrets kept apart."""
+
+    name: str  # shown in progress, logs and the manifest
+    url: str  # base URL without user info; "sim://..." until the simulator is started
+    in_flight: int
+    username: _Secret | None = None
+    password: _Secret | None = None
+    headers: Mapping[str, _Secret] = field(default_factory=dict)
+
+    @property
+    def is_sim(self) -> bool:
+        return self.url.startswith("sim://")
+
+    def with_url(self, url: str) -> Endpoint:
+        return Endpoint(self.name, url, self.in_flight, self.username, self.password, self.headers)
+
+    def auth(self) -> aiohttp.BasicAuth | None:
+        if self.username is None or self.password is None:
+            return None
+        return aiohttp.BasicAuth(self.username.reveal(), self.password.reveal())
+
+    def request_headers(self) -> dict[str, str]:
+        return {key: value.reveal() for key, value in self.headers.items()}
+
+
+def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
+    """Split credentials out of the URL and the environment; only the display name is ever shown."""
+    parts = urlsplit(spec.url)
+    if parts.scheme not in {"http", "https", "sim"}:
+        raise ConfigError(
+            f"endpoint {_redact(spec.url)}: use http://host:port, https://... or sim://"
+        )
+    if parts.scheme != "sim" and not parts.hostname:
+        raise ConfigError(f"endpoint {_redact(spec.url)}: the URL has no host")
+    username = parts.username
+    password = parts.password
+    if spec.auth_env:
+        value = os.environ.get(spec.auth_env)
+        if value is None or ":" not in value:
+            raise ConfigError(
+                f"endpoint {_redact(spec.url)}: set the environment variable {spec.auth_env} "
+                "to user:password"
+            )
+        username, _, password = value.partition(":")
+    headers = {key: _Secret(value) for key, value in spec.headers.items()}
+    for header, variable in spec.headers_env.items():
+        value = os.environ.get(variable)
+        if value is None:
+            raise ConfigError(
+                f"endpoint {_redact(spec.url)}: header {header} needs the environment "
+                f"variable {variable}, which is not set"
+            )
+        headers[header] = _Secret(value)
+    clean = _redact(spec.url).rstrip("/")
+    return Endpoint(
+        name=spec.name or clean,
+        url=clean,
+        in_flight=spec.in_flight or default_in_flight,
+        username=_Secret(username) if username is not None else None,
+        password=_Secret(password or "") if username is not None else None,
+        headers=headers,
+    )
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    """What a probe learned about a server."""
+
+    flavor: Flavor
+    checkpoint: str | None  # opts.sd_model_checkpoint
+    vae: str | None
+
+
+class EndpointClient:
+    """Talks to one started endpoint over a shared aiohttp session."""
+
+    def __init__(
+        self, endpoint: Endpoint, session: aiohttp.ClientSession, timeout: TimeoutSpec
+    ) -> None:
+        if endpoint.is_sim:
+            raise ValueError("start the simulator and resolve its URL before making a client")
+        self.endpoint = endpoint
+        self.flavor: Flavor = "a1111"
+        self._session = session
+        self._generation_timeout = aiohttp.ClientTimeout(
+            total=timeout.request, sock_connect=timeout.connect
+        )
+        # Lookups are small and fast; a server that takes a minute to list its models is unwell.
+        self._lookup_timeout = aiohttp.ClientTimeout(
+            total=max(60.0, timeout.connect), sock_connect=timeout.connect
+        )
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    async def get_json(self, path: str, *, attempts: int = 3) -> Any:
+        """GET a JSON route, retrying passing failures; 404 raises FatalEndpointError."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            retry=retry_if_exception_type(RetryableEndpointError),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._request("GET", path, None, self._lookup_timeout)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def probe(self) -> ServerState:
+        """Ask the server what it is and what it has loaded."""
+        options = await self.get_json("/sdapi/v1/options", attempts=1)
+        self.flavor = await self._detect_flavor()
+        if not isinstance(options, dict):
+            raise FatalEndpointError("/sdapi/v1/options did not return an object")
+        return ServerState(
+            flavor=self.flavor,
+            checkpoint=_text_or_none(options.get("sd_model_checkpoint")),
+            vae=_text_or_none(options.get("sd_vae")),
+        )
+
+    async def generate(self, task: Task) -> Generation:
+        """Send one row once. Raises RetryableEndpointError or FatalEndpointError."""
+        body = adapt_for(encode_body(task.body), self.flavor)
+        payload = await self._request(
+            "POST", f"/sdapi/v1/{task.route}", body, self._generation_timeout
+        )
+        return parse_generation(payload)
+
+    async def _detect_flavor(self) -> Flavor:
+        # Forge replaced /sd-vae by /sd-modules; A1111 v1.10 has no /sd-modules (a1111-api.md §11).
+        try:
+            await self._request("GET", "/sdapi/v1/sd-modules", None, self._lookup_timeout)
+        except FatalEndpointError:
+            return "a1111"
+        return "forge"
+
+    async def _request(
+        self, method: str, path: str, body: Any, timeout: aiohttp.ClientTimeout
+    ) -> Any:
+        try:
+            async with self._session.request(
+                method,
+                self.endpoint.url + path,
+                json=body,
+                auth=self.endpoint.auth(),
+                headers=self.endpoint.request_headers(),
+                timeout=timeout,
+            ) as response:
+                raw = await response.read()
+                if response.status != 200:
+                    raise _status_error(response.status, raw)
+        except TimeoutError:
+            limit = timeout.total
+            raise RetryableEndpointError(
+                f"no answer within {limit:g} s" if limit else "timed out"
+            ) from None
+        except aiohttp.ClientPayloadError:
+            raise RetryableEndpointError(
+                "the connection dropped while the answer was sent"
+            ) from None
+        except aiohttp.ServerDisconnectedError:
+            raise RetryableEndpointError("the server closed the connection") from None
+        except aiohttp.ClientConnectorError as error:
+            raise RetryableEndpointError(f"cannot connect: {error.os_error}") from None
+        except aiohttp.ClientError as error:
+            raise RetryableEndpointError(f"{type(error).__name__}: {error}") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise RetryableEndpointError("the answer was not JSON") from None
+
+
+def parse_generation(payload: Any) -> Generation:
+    """Split a txt2img/img2img answer into generated images, extras and the real seeds."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("images"), list):
+        raise FatalEndpointError("the answer has no image list")
+    try:
+        info = json.loads(payload.get("info") or "{}")
+    except ValueError:
+        raise FatalEndpointError("the answer's info is not JSON") from None
+    if not isinstance(info, dict):
+        info = {}
+    images = [_decode_image(item) for item in payload["images"]]
+    infotexts = info.get("infotexts")
+    first = int(info.get("index_of_first_image") or 0)
+    # images = [grid?] + generated + extras; infotexts cover the grid and the generated ones.
+    end = len(infotexts) if isinstance(infotexts, list) else len(images)
+    seeds = info.get("all_seeds") or ([info["seed"]] if "seed" in info else [])
+    return Generation(
+        images=tuple(images[first:end]),
+        extras=tuple(images[end:]),
+        seeds=tuple(int(seed) for seed in seeds[: end - first]),
+        model=_text_or_none(info.get("sd_model_name")),
+        model_hash=_text_or_none(info.get("sd_model_hash")),
+        vae=_text_or_none(info.get("sd_vae_name")),
+        version=_text_or_none(info.get("version")),
+        info=info,
+    )
+
+
+def _decode_image(item: Any) -> bytes:
+    if not isinstance(item, str):
+        raise FatalEndpointError("the answer holds an image that is not a string")
+    data = item.split(",", 1)[1] if item.startswith("data:") else item
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise FatalEndpointError("the answer holds an image that is not base64") from None
+
+
+def _status_error(status: int, raw: bytes) -> RetryableEndpointError | FatalEndpointError:
+    message, error_name = _server_message(raw)
+    text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
+    if status == 500 and (
+        error_name in _FATAL_500_ERRORS
+        or any(phrase in message.lower() for phrase in _FATAL_500_PHRASES)
+    ):
+        return FatalEndpointError(text, status)
+    if status == 429 or status >= 500:
+        return RetryableEndpointError(text, status)
+    return FatalEndpointError(text, status)
+
+
+def _server_message(raw: bytes) -> tuple[str, str | None]:
+    """The readable part of the error bodies of A1111, Forge, SD.Next and FastAPI."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace").strip()[:300], None
+    if isinstance(body, str):
+        return body[:300], None
+    if not isinstance(body, dict):
+        return str(body)[:300], None
+    detail = body.get("detail")
+    if isinstance(detail, list):  # FastAPI validation errors
+        parts = []
+        for item in detail[:5]:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", "")))
+        return "; ".join(parts), None
+    error_name = body.get("error") if isinstance(body.get("error"), str) else None
+    text = body.get("errors") or body.get("message") or detail or ""
+    message = str(text)
+    if error_name and error_name != "HTTPException":
+        message = f"{error_name}: {message}" if message else error_name
+    return message[:500], error_name
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

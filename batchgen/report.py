@@ -1,0 +1,176 @@
+"""Progress while a run goes on and the summary at its end, fed by the runner's events."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from batchgen.records import Result
+from batchgen.runner import EndpointView, RunPlan, RunSummary
+
+log = logging.getLogger(__name__)
+
+
+class _Tally:
+    """Counts shared by both reporters."""
+
+    def __init__(self) -> None:
+        self.plan: RunPlan | None = None
+        self.ok = self.failed = self.images = 0
+        self.started = time.monotonic()
+        self.views: list[EndpointView] = []
+
+    def start(self, plan: RunPlan) -> None:
+        self.plan = plan
+        self.started = time.monotonic()
+
+    def add(self, result: Result) -> None:
+        if result.status == "ok":
+            self.ok += 1
+            self.images += len(result.generation.images) if result.generation else 0
+        else:
+            self.failed += 1
+
+    @property
+    def to_send(self) -> int:
+        return (self.plan.to_go + self.plan.to_retry) if self.plan else 0
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.images / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> str:
+        finished = self.ok + self.failed
+        remaining = self.to_send - finished
+        if finished == 0 or remaining <= 0:
+            return "--"
+        seconds = (time.monotonic() - self.started) / finished * remaining
+        return _duration(seconds)
+
+    def line(self) -> str:
+        return (
+            f"{self.ok + self.failed:,}/{self.to_send:,} rows ({self.failed:,} failed), "
+            f"{self.rate():.1f} images/s, ETA {self.eta()}"
+        )
+
+
+class LogReporter:
+    """Plain periodic log lines, for runs whose output is not a terminal."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self._tally = _Tally()
+        self._every = every_s
+        self._last = 0.0
+
+    def started(self, plan: RunPlan, out_dir: Path) -> None:
+        self._tally.start(plan)
+        log.warning("%s; output in %s", plan.describe(), out_dir)
+
+    def row_finished(self, result: Result) -> None:
+        self._tally.add(result)
+
+    def endpoints(self, views: list[EndpointView]) -> None:
+        now = time.monotonic()
+        if now - self._last < self._every:
+            return
+        self._last = now
+        states = "; ".join(_endpoint_text(view) for view in views)
+        log.warning("%s; %s", self._tally.line(), states)
+
+    def finished(self, summary: RunSummary) -> None:
+        for line in summary_lines(summary):
+            log.warning("%s", line)
+
+
+class RichReporter:
+    """A live progress view on a terminal: rows, images per second, ETA, and each endpoint."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._tally = _Tally()
+        self._live = Live(console=console, refresh_per_second=4, transient=True)
+
+    def started(self, plan: RunPlan, out_dir: Path) -> None:
+        self._tally.start(plan)
+        self._console.print(f"{plan.describe()}; output in {out_dir}")
+        self._live.start()
+        self._refresh()
+
+    def row_finished(self, result: Result) -> None:
+        self._tally.add(result)
+        self._refresh()
+
+    def endpoints(self, views: list[EndpointView]) -> None:
+        self._tally.views = views
+        self._refresh()
+
+    def finished(self, summary: RunSummary) -> None:
+        self._live.stop()
+        for line in summary_lines(summary):
+            self._console.print(line, highlight=False)
+
+    def _refresh(self) -> None:
+        tally = self._tally
+        total = max(tally.to_send, 1)
+        width = 30
+        filled = int(width * (tally.ok + tally.failed) / total)
+        bar = Text("█" * filled + "░" * (width - filled), style="green")
+        table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+        for column in ("endpoint", "state", "running", "done", "failed", "images/s", "switches"):
+            table.add_column(column)
+        elapsed = max(time.monotonic() - tally.started, 1e-9)
+        for view in tally.views:
+            table.add_row(
+                view.name,
+                "up" if view.up else "[red]down[/red]",
+                str(view.running),
+                str(view.done),
+                str(view.failed),
+                f"{view.images / elapsed:.1f}",
+                str(view.switches),
+            )
+        self._live.update(Group(Text.assemble(bar, " ", tally.line()), table))
+
+
+def summary_lines(summary: RunSummary) -> list[str]:
+    """The closing lines of a run, the same on a terminal and in a log."""
+    lines = []
+    if summary.stopped_reason and not summary.interrupted:
+        lines.append(f"stopped: {summary.stopped_reason}")
+    state = "interrupted" if summary.interrupted else "finished"
+    lines.append(
+        f"{state} in {_duration(summary.elapsed_s)}: {summary.ok:,} ok, {summary.failed:,} failed, "
+        f"{summary.not_run:,} not run, {summary.plan.done:,} done earlier; "
+        f"{summary.images:,} images"
+    )
+    for view in summary.endpoints:
+        lines.append(f"  {_endpoint_text(view)}")
+    if summary.failed or summary.not_run:
+        lines.append("run the same command again to resume; --retry-failed sends only failed rows")
+    lines.append(f"outputs: {', '.join(str(path) for path in summary.outputs)}")
+    return lines
+
+
+def _endpoint_text(view: EndpointView) -> str:
+    state = "up" if view.up else "down"
+    return (
+        f"{view.name} ({state}): {view.done:,} done, {view.failed:,} failed, "
+        f"{view.images:,} images, {view.switches} checkpoint switches"
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

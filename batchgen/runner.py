@@ -1,0 +1,553 @@
+"""The asyncio worker pool: the only module that composes the stages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from batchgen.client import Endpoint, EndpointClient, resolve_endpoint
+from batchgen.errors import (
+    EndpointError,
+    FatalEndpointError,
+    InputError,
+    NoEndpointError,
+    Problem,
+    RetryableEndpointError,
+)
+from batchgen.job import JobSpec
+from batchgen.payload import PayloadBuilder, manifest_body
+from batchgen.records import Result, Task
+from batchgen.scheduler import EndpointSlot, Lease, Scheduler
+from batchgen.sheet import read_headers, read_rows
+from batchgen.store import OutputStore, ResumeState, check_template, peek_state
+
+log = logging.getLogger(__name__)
+
+RUN_LOG = "run.log"
+PROBE_BACKOFF_MAX = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How to run a job, beyond the job itself."""
+
+    fresh: bool = False  # move an existing output folder aside and start again
+    retry_failed: bool = False  # send only the rows that failed last time
+    check: bool = True  # check rows against the endpoints before sending
+    window: int = 4096  # rows the scheduler may look ahead over (bounds memory)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # retry waits; tests inject
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """What the run will do, said before it starts."""
+
+    total: int
+    done: int  # already ok in the output folder
+    to_retry: int  # failed last time, sent again
+    to_go: int  # never finished
+    skipped: int  # not sent this time (--retry-failed leaves new rows for later)
+
+    def describe(self) -> str:
+        return (
+            f"{self.total:,} rows: {self.done:,} done, {self.to_retry:,} failed to retry, "
+            f"{self.to_go:,} to go" + (f", {self.skipped:,} left for later" if self.skipped else "")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """One endpoint's figures, for progress and the summary."""
+
+    name: str
+    up: bool
+    running: int
+    done: int
+    failed: int
+    images: int
+    switches: int
+    busy_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """How a run ended."""
+
+    out_dir: Path
+    plan: RunPlan
+    ok: int
+    failed: int
+    images: int
+    elapsed_s: float
+    interrupted: bool
+    endpoints: tuple[EndpointView, ...]
+    outputs: tuple[Path, ...]
+    stopped_reason: str | None = None
+
+    @property
+    def not_run(self) -> int:
+        return self.plan.to_go + self.plan.to_retry - self.ok - self.failed
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 0 if self.failed == 0 and self.not_run == 0 else 1
+
+
+class Reporter(Protocol):
+    """What the runner tells the outside while it works."""
+
+    def started(self, plan: RunPlan, out_dir: Path) -> None: ...
+    def row_finished(self, result: Result) -> None: ...
+    def endpoints(self, views: list[EndpointView]) -> None: ...
+    def finished(self, summary: RunSummary) -> None: ...
+
+
+class _Quiet:
+    def started(self, plan: RunPlan, out_dir: Path) -> None:
+        log.info("%s; output in %s", plan.describe(), out_dir)
+
+    def row_finished(self, result: Result) -> None:
+        pass
+
+    def endpoints(self, views: list[EndpointView]) -> None:
+        pass
+
+    def finished(self, summary: RunSummary) -> None:
+        pass
+
+
+class _Stop(Exception):
+    """The run is stopping: a row that has not been sent is left for the next run."""
+
+
+def validate(
+    job: JobSpec, state: ResumeState | None = None, *, retry_failed: bool = False
+) -> RunPlan:
+    """Read the whole sheet and build every row once; raise InputError listing every problem."""
+    headers = read_headers(job.sheet, job.sheet_name)
+    builder = PayloadBuilder(job, headers)
+    problems: list[Problem] = [*builder.header_problems, *builder.default_problems()]
+    try:
+        check_template(job.output.filename, builder.metadata_columns)
+    except Exception as error:  # a ConfigError reads better beside the sheet's problems
+        problems.append(Problem(file="job", message=str(error)))
+    done = failed = new = 0
+    done_keys = state.done if state else frozenset()
+    failed_keys = state.failed if state else frozenset()
+    for row in read_rows(job.sheet, job.sheet_name):
+        try:
+            task = builder.build(row)
+        except InputError as error:
+            problems.extend(error.problems)
+            continue
+        if task.key in done_keys:
+            done += 1
+        elif task.key in failed_keys:
+            failed += 1
+        else:
+            new += 1
+    if problems:
+        raise InputError(problems)
+    total = done + failed + new
+    if retry_failed:
+        return RunPlan(total, done, failed, 0, skipped=new)
+    return RunPlan(total, done, failed, new, skipped=0)
+
+
+def first_tasks(job: JobSpec, count: int) -> Iterator[Task]:
+    """The first rows' requests, for --dry-run (after validate)."""
+    builder = PayloadBuilder(job, read_headers(job.sheet, job.sheet_name))
+    for index, row in enumerate(read_rows(job.sheet, job.sheet_name)):
+        if index >= count:
+            return
+        yield builder.build(row)
+
+
+async def run_batch(
+    job: JobSpec, options: RunOptions | None = None, reporter: Reporter | None = None
+) -> RunSummary:
+    """Run a job to the end (or to an interrupt) and return how it ended."""
+    return await _Run(job, options or RunOptions(), reporter or _Quiet()).run()
+
+
+async def check_only(job: JobSpec) -> list[str]:
+    """`batchgen check`: the sheet, then every endpoint that may get a row; nothing is generated."""
+    plan = validate(job)
+    lines = [f"{job.sheet}: {plan.total:,} rows, all valid"]
+    endpoints = [resolve_endpoint(spec, job.in_flight) for spec in job.endpoints]
+    async with _started_endpoints(endpoints) as live, aiohttp.ClientSession() as session:
+        clients = [EndpointClient(endpoint, session, job.timeout) for endpoint in live]
+        slots = await _probe_all(clients)
+        up = [slot.client for slot in slots if slot.up]
+        for slot in slots:
+            state = slot.state
+            lines.append(
+                f"{slot.name}: {state.flavor}, checkpoint {state.checkpoint}"
+                if state
+                else f"{slot.name}: does not answer"
+            )
+        if not up:
+            raise NoEndpointError("no endpoint answers; nothing was checked against a server")
+        from batchgen.check import check_job
+
+        problems = await check_job(job, up)
+        if problems:
+            raise InputError(problems, "the endpoints cannot serve every row; nothing was sent")
+    lines.append("all checks passed")
+    return lines
+
+
+class _Run:
+    def __init__(self, job: JobSpec, options: RunOptions, reporter: Reporter) -> None:
+        self.job = job
+        self.options = options
+        self.reporter = reporter
+        self.store = OutputStore(
+            job.out_dir, job.name, job.output.filename, payload_base=job.sheet.parent
+        )
+        self.ok = self.failed = self.images = 0
+        self.stopping = False
+        self.interrupted = False
+        self.stopped_reason: str | None = None
+        self.sending: set[asyncio.Task[None]] = set()  # rows on an endpoint right now
+        self.rows: set[asyncio.Task[None]] = set()
+        self.row_keys: dict[int, str] = {}
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store")
+
+    async def run(self) -> RunSummary:
+        if self.options.fresh:
+            _move_aside(self.job.out_dir)
+        plan = validate(
+            self.job, peek_state(self.job.out_dir), retry_failed=self.options.retry_failed
+        )
+        started = time.monotonic()
+        endpoints = [resolve_endpoint(spec, self.job.in_flight) for spec in self.job.endpoints]
+        async with _started_endpoints(endpoints) as live, aiohttp.ClientSession() as session:
+            clients = [EndpointClient(endpoint, session, self.job.timeout) for endpoint in live]
+            slots = await _probe_all(clients)
+            scheduler = Scheduler(slots, wait_all_down=self.job.wait_all_down)
+            if self.options.check and self.job.check:
+                await self._check(clients)
+            state = self.store.open()
+            handler = _run_log(self.job.out_dir / RUN_LOG)
+            try:
+                self.store.write_json("job.json", _public_job(self.job, live))
+                self.reporter.started(plan, self.job.out_dir)
+                with self._interrupts():
+                    await self._send_all(scheduler, state)
+            finally:
+                self.writer.shutdown(wait=True)
+                logging.getLogger("batchgen").removeHandler(handler)
+                handler.close()
+        outputs = self._write_results()
+        self.store.close()
+        summary = RunSummary(
+            out_dir=self.job.out_dir,
+            plan=plan,
+            ok=self.ok,
+            failed=self.failed,
+            images=self.images,
+            elapsed_s=time.monotonic() - started,
+            interrupted=self.interrupted,
+            endpoints=tuple(_views(scheduler.slots)),
+            outputs=outputs,
+            stopped_reason=self.stopped_reason,
+        )
+        self.reporter.finished(summary)
+        return summary
+
+    async def _check(self, clients: list[EndpointClient]) -> None:
+        from batchgen.check import check_job
+
+        problems = await check_job(self.job, clients)
+        if problems:
+            raise InputError(problems, "the endpoints cannot serve every row; nothing was sent")
+
+    async def _send_all(self, scheduler: Scheduler, state: ResumeState) -> None:
+        window = asyncio.Semaphore(self.options.window)
+        watcher = asyncio.create_task(self._watch(scheduler))
+        builder = PayloadBuilder(self.job, read_headers(self.job.sheet, self.job.sheet_name))
+        try:
+            for row in read_rows(self.job.sheet, self.job.sheet_name):
+                task = builder.build(row)
+                self.row_keys[task.row] = task.key
+                if not self._wanted(task, state):
+                    continue
+                await window.acquire()  # backpressure before a row coroutine exists
+                if self.stopping:
+                    window.release()
+                    break
+                row_task = asyncio.create_task(self._send_row(task, scheduler))
+                self.rows.add(row_task)
+                row_task.add_done_callback(lambda done: (self.rows.discard(done), window.release()))
+            while self.rows:
+                await asyncio.wait(set(self.rows))
+        finally:
+            watcher.cancel()
+            for row_task in self.rows:
+                row_task.cancel()
+            await asyncio.gather(watcher, *self.rows, return_exceptions=True)
+
+    def _wanted(self, task: Task, state: ResumeState) -> bool:
+        past = state.rows.get(task.key)
+        if past is None:
+            return not self.options.retry_failed
+        return past.status != "ok"
+
+    async def _send_row(self, task: Task, scheduler: Scheduler) -> None:
+        started = time.time()
+        clock = time.monotonic()
+        attempts = 0
+        avoid: set[str] = set()
+        endpoint = ""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.job.retry.attempts),
+            wait=wait_exponential_jitter(
+                initial=self.job.retry.backoff_initial, max=self.job.retry.backoff_max
+            ),
+            retry=retry_if_exception_type(RetryableEndpointError),
+            reraise=True,
+            sleep=self.options.sleep,
+        )
+        current = asyncio.current_task()
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if self.stopping:
+                        raise _Stop
+                    lease = await scheduler.lease(task, avoid)
+                    endpoint = lease.slot.name
+                    attempts += 1
+                    if current is not None:
+                        self.sending.add(current)
+                    try:
+                        generation = await self._attempt(lease, scheduler)
+                    finally:
+                        if current is not None:
+                            self.sending.discard(current)
+                    avoid.discard(endpoint)
+            result = Result(
+                task, "ok", endpoint, attempts, None, generation, started, time.monotonic() - clock
+            )
+        except _Stop:
+            return
+        except NoEndpointError as error:
+            self._stop(str(error))
+            return
+        except EndpointError as error:
+            if isinstance(error, RetryableEndpointError):
+                avoid.add(endpoint)
+            result = Result(
+                task,
+                "failed",
+                endpoint,
+                attempts,
+                str(error),
+                None,
+                started,
+                time.monotonic() - clock,
+            )
+        await self._record(result)
+
+    async def _attempt(self, lease: Lease, scheduler: Scheduler) -> Any:
+        try:
+            generation = await lease.slot.client.generate(lease.task)
+        except RetryableEndpointError as error:
+            scheduler.release(lease, None, reachable=error.status is not None)
+            log.info("row %d on %s: %s (will retry)", lease.task.row, lease.slot.name, error)
+            raise
+        except FatalEndpointError:
+            scheduler.release(lease, None, reachable=True)
+            lease.slot.failed += 1
+            raise
+        except BaseException:
+            scheduler.release(lease, None, reachable=True)
+            raise
+        scheduler.release(lease, generation, reachable=True)
+        return generation
+
+    async def _record(self, result: Result) -> None:
+        payload = manifest_body(result.task.body, self.job.sheet.parent)
+        loop = asyncio.get_running_loop()
+        # Shielded: once the images are being written, the manifest line follows them.
+        await asyncio.shield(loop.run_in_executor(self.writer, self.store.record, result, payload))
+        if result.status == "ok":
+            self.ok += 1
+            self.images += len(result.generation.images) if result.generation else 0
+        else:
+            self.failed += 1
+            log.warning(
+                "row %d failed after %d attempt(s): %s",
+                result.task.row,
+                result.attempts,
+                result.error,
+            )
+        self.reporter.row_finished(result)
+
+    async def _watch(self, scheduler: Scheduler) -> None:
+        """Probe endpoints that are out of rotation, with backoff, and feed the progress view."""
+        next_probe: dict[str, tuple[float, float]] = {}
+        while True:
+            now = time.monotonic()
+            for slot in scheduler.slots:
+                if slot.up:
+                    next_probe.pop(slot.name, None)
+                    continue
+                due, delay = next_probe.setdefault(slot.name, (now, 1.0))
+                if now >= due:
+                    try:
+                        state = await slot.client.probe()
+                    except EndpointError:
+                        next_probe[slot.name] = (now + delay, min(delay * 2, PROBE_BACKOFF_MAX))
+                    else:
+                        log.info("%s answers again; back in rotation", slot.name)
+                        scheduler.mark_up(slot, state)
+            scheduler.tick()
+            self.reporter.endpoints(list(_views(scheduler.slots)))
+            await asyncio.sleep(0.5)
+
+    def _stop(self, reason: str) -> None:
+        """Hand out no new rows; rows on an endpoint finish and are written."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stopped_reason = reason
+        log.warning("%s", reason)
+        for row_task in self.rows:
+            if row_task not in self.sending:
+                row_task.cancel()
+
+    @contextlib.contextmanager
+    def _interrupts(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+
+        def on_interrupt() -> None:
+            if not self.interrupted:
+                self.interrupted = True
+                self._stop("interrupted: finishing the rows in flight (again to stop now)")
+            elif main is not None:
+                log.warning("interrupted again: stopping now")
+                main.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+            loop.add_signal_handler(signal.SIGTERM, on_interrupt)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            yield
+            return
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    def _write_results(self) -> tuple[Path, ...]:
+        headers = read_headers(self.job.sheet, self.job.sheet_name)
+        rows = read_rows(self.job.sheet, self.job.sheet_name)
+        xlsx = self.job.sheet.suffix.lower() == ".xlsx"
+        return (
+            self.store.manifest_path,
+            *self.store.write_results(rows, headers, self.row_keys, xlsx),
+        )
+
+
+@contextlib.asynccontextmanager
+async def _started_endpoints(endpoints: list[Endpoint]) -> AsyncIterator[list[Endpoint]]:
+    """Start a simulator for each sim:// endpoint; the rest pass through."""
+    async with contextlib.AsyncExitStack() as stack:
+        live = []
+        for endpoint in endpoints:
+            if endpoint.is_sim:
+                from batchgen.sim import SimConfig, SimServer
+
+                try:
+                    config = SimConfig.from_query(urlsplit(endpoint.url).query)
+                except ValueError as error:
+                    from batchgen.errors import ConfigError
+
+                    raise ConfigError(f"endpoint {endpoint.url}: {error}") from None
+                server = SimServer(config)
+                url = await server.start()
+                stack.push_async_callback(server.stop)
+                name = endpoint.name if endpoint.name != endpoint.url else f"{endpoint.url}@{url}"
+                live.append(Endpoint(name, url, endpoint.in_flight))
+            else:
+                live.append(endpoint)
+        yield live
+
+
+async def _probe_all(clients: list[EndpointClient]) -> list[EndpointSlot]:
+    async def probe(client: EndpointClient) -> EndpointSlot:
+        try:
+            state = await client.probe()
+        except EndpointError as error:
+            log.warning("%s does not answer (%s); left out until it does", client.name, error)
+            return EndpointSlot(client, None, up=False)
+        return EndpointSlot(client, state)
+
+    return list(await asyncio.gather(*(probe(client) for client in clients)))
+
+
+def _views(slots: list[EndpointSlot]) -> Iterator[EndpointView]:
+    for slot in slots:
+        yield EndpointView(
+            slot.name,
+            slot.up,
+            slot.running,
+            slot.done,
+            slot.failed,
+            slot.images,
+            slot.switches,
+            slot.busy_s,
+        )
+
+
+def _public_job(job: JobSpec, live: list[Endpoint]) -> dict[str, Any]:
+    """The resolved job, with every secret left out (header values, URL credentials)."""
+    data = job.model_dump(mode="json")
+    data["endpoints"] = [
+        {"name": endpoint.name, "headers": sorted(spec.headers) + sorted(spec.headers_env)}
+        for endpoint, spec in zip(live, job.endpoints, strict=True)
+    ]
+    return data
+
+
+def _move_aside(out_dir: Path) -> None:
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = out_dir.with_name(f"{out_dir.name}.{stamp}")
+    shutil.move(str(out_dir), str(target))
+    log.warning("--fresh: moved the earlier output folder to %s", target)
+
+
+def _run_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("batchgen")
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler

@@ -1,0 +1,337 @@
+"""The output folder: atomic image writes, the manifest, resume state and the results sheet."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import string
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from batchgen.errors import ConfigError
+from batchgen.records import Result, SheetRow
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+IMAGES_DIR = "images"
+EXTRAS_DIR = "controlnet"
+TMP_SUFFIX = ".tmp"
+RESULT_COLUMNS = ("row", "status", "images", "seeds", "error")
+_TEMPLATE_FIELDS = {"row", "index", "seed", "key", "job"}
+_UNSAFE = re.compile(r"[^\w.\-+=@]+")
+
+
+@dataclass(frozen=True, slots=True)
+class PastRow:
+    """The latest manifest record of a row key, as found when the folder was opened."""
+
+    status: str
+    offset: int  # byte offset of the record in the manifest
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeState:
+    """What an earlier run on this folder left: the latest record per row key."""
+
+    rows: Mapping[str, PastRow]
+
+    @property
+    def done(self) -> frozenset[str]:
+        return frozenset(key for key, past in self.rows.items() if past.status == "ok")
+
+    @property
+    def failed(self) -> frozenset[str]:
+        return frozenset(key for key, past in self.rows.items() if past.status != "ok")
+
+
+def check_template(template: str, metadata_columns: Iterable[str]) -> None:
+    """Reject a file-name template that names an unknown field or reaches into objects."""
+    allowed = _TEMPLATE_FIELDS | set(metadata_columns)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise ConfigError(f"output.filename {template!r}: {error}") from None
+    for _, name, _, _ in parsed:
+        if name is not None and name not in allowed:
+            raise ConfigError(
+                f"output.filename {template!r}: unknown field {{{name}}}; "
+                f"known: {', '.join(sorted(allowed))}"
+            )
+
+
+class OutputStore:
+    """Owns one output folder. Images are on disk before their manifest line; lines are flushed."""
+
+    def __init__(self, out_dir: Path, job_name: str, template: str, payload_base: Path) -> None:
+        self.out_dir = out_dir
+        self.payload_base = payload_base
+        self._job_name = job_name
+        self._template = template
+        self._manifest: IO[bytes] | None = None
+        self._offsets: dict[str, int] = {}
+        self._taken: set[str] = set()
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out_dir / MANIFEST
+
+    def open(self) -> ResumeState:
+        """Create the folder, drop what a crash left half-written, and read what is done."""
+        (self.out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        self._remove_temporary_files()
+        rows = self._read_manifest(repair=True)
+        self._manifest = self.manifest_path.open("ab")
+        return ResumeState(rows)
+
+    def close(self) -> None:
+        if self._manifest is not None:
+            self._manifest.close()
+            self._manifest = None
+
+    def write_json(self, name: str, data: Any) -> None:
+        """A small side file (resolved job, stats), replaced atomically."""
+        target = self.out_dir / name
+        _write_atomic(target, (json.dumps(data, indent=2, default=str) + "\n").encode())
+
+    def record(self, result: Result, manifest_payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Write a row's images, then its manifest line; return the line."""
+        if self._manifest is None:
+            raise RuntimeError("open the store first")
+        generation = result.generation
+        images: list[str] = []
+        extras: list[str] = []
+        if generation is not None:
+            for index, data in enumerate(generation.images):
+                seed = generation.seeds[index] if index < len(generation.seeds) else ""
+                images.append(self._write_image(IMAGES_DIR, result, index, seed, data))
+            for index, data in enumerate(generation.extras):
+                extras.append(self._write_image(EXTRAS_DIR, result, index, "map", data))
+        task = result.task
+        line: dict[str, Any] = {
+            "row": task.row,
+            "key": task.key,
+            "status": result.status,
+            "images": images,
+            "extras": extras,
+            "seeds": list(generation.seeds) if generation else [],
+            "endpoint": result.endpoint,
+            "attempts": result.attempts,
+            "error": result.error,
+            "route": task.route,
+            "model": generation.model if generation else None,
+            "model_hash": generation.model_hash if generation else None,
+            "vae": generation.vae if generation else None,
+            "version": generation.version if generation else None,
+            "started_at": round(result.started_at, 3),
+            "duration_s": round(result.duration_s, 3),
+            "finished_at": round(time.time(), 3),
+            "metadata": dict(task.metadata),
+            "payload": dict(manifest_payload),
+        }
+        encoded = (json.dumps(line, ensure_ascii=False, default=str) + "\n").encode()
+        offset = self._manifest.tell()
+        self._manifest.write(encoded)
+        self._manifest.flush()
+        os.fsync(self._manifest.fileno())
+        self._offsets[task.key] = offset
+        return line
+
+    def record_at(self, key: str) -> dict[str, Any] | None:
+        """The latest manifest line of a key, read back from disk."""
+        offset = self._offsets.get(key)
+        if offset is None:
+            return None
+        with self.manifest_path.open("rb") as handle:
+            handle.seek(offset)
+            parsed: dict[str, Any] = json.loads(handle.readline())
+            return parsed
+
+    def write_results(
+        self, rows: Iterable[SheetRow], headers: list[str], row_keys: Mapping[int, str], xlsx: bool
+    ) -> list[Path]:
+        """The input sheet plus each row's outcome: results.csv, and results.xlsx for XLSX input."""
+        columns = [*headers, *(c for c in RESULT_COLUMNS if c not in headers)]
+        csv_path = self.out_dir / "results.csv"
+        written = [csv_path]
+        tmp = csv_path.with_name(csv_path.name + TMP_SUFFIX)
+        sheet = _XlsxWriter(self.out_dir / "results.xlsx", columns) if xlsx else None
+        with tmp.open("w", newline="", encoding="utf-8-sig") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            for row in rows:
+                values = [row.cells.get(header, "") for header in headers]
+                values += self._outcome(row.row, row_keys.get(row.row), headers)
+                writer.writerow(values)
+                if sheet is not None:
+                    sheet.append(values)
+        os.replace(tmp, csv_path)
+        if sheet is not None:
+            written.append(sheet.close())
+        return written
+
+    def _outcome(self, row: int, key: str | None, headers: list[str]) -> list[Any]:
+        record = self.record_at(key) if key else None
+        if record is None:
+            outcome: dict[str, Any] = {"row": row, "status": "not run"}
+        else:
+            outcome = {
+                "row": row,
+                "status": record["status"],
+                "images": ";".join(record["images"]),
+                "seeds": ";".join(str(seed) for seed in record["seeds"]),
+                "error": record["error"] or "",
+            }
+        return [outcome.get(column, "") for column in RESULT_COLUMNS if column not in headers]
+
+    def _write_image(
+        self, folder: str, result: Result, index: int, seed: int | str, data: bytes
+    ) -> str:
+        fields = {
+            **{key: value for key, value in result.task.metadata.items()},
+            "row": result.task.row,
+            "index": index,
+            "seed": seed,
+            "key": result.task.key,
+            "job": self._job_name,
+        }
+        try:
+            rendered = self._template.format_map(fields)
+        except (ValueError, KeyError, TypeError):
+            rendered = string.Formatter().vformat(self._template, (), _Stringly(fields))
+        relative = self._unique(folder, _safe_relative(rendered) + _extension(data))
+        target = self.out_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(target, data)
+        return relative
+
+    def _unique(self, folder: str, name: str) -> str:
+        """A path no earlier record owns; an unowned file there is a crash's orphan: replaced."""
+        stem, dot, suffix = name.rpartition(".")
+        candidate = f"{folder}/{name}"
+        counter = 1
+        while candidate in self._taken:
+            candidate = f"{folder}/{stem}~{counter}{dot}{suffix}"
+            counter += 1
+        self._taken.add(candidate)
+        return candidate
+
+    def _remove_temporary_files(self) -> None:
+        for path in self.out_dir.rglob(f"*{TMP_SUFFIX}"):
+            if path.is_file():
+                log.info("removing %s, left half-written by an earlier run", path)
+                path.unlink()
+
+    def _read_manifest(self, *, repair: bool) -> dict[str, PastRow]:
+        rows: dict[str, PastRow] = {}
+        if not self.manifest_path.exists():
+            return rows
+        good_end = 0
+        with self.manifest_path.open("rb") as handle:
+            while True:
+                offset = handle.tell()
+                line = handle.readline()
+                if not line:
+                    break
+                try:
+                    record = json.loads(line)
+                    key, status = record["key"], record["status"]
+                except (ValueError, KeyError, TypeError):
+                    if not line.endswith(b"\n"):
+                        break  # a torn last line: the run died while writing it
+                    log.warning("%s: skipping an unreadable line at byte %d", MANIFEST, offset)
+                    good_end = handle.tell()
+                    continue
+                if not line.endswith(b"\n"):
+                    break
+                good_end = handle.tell()
+                rows[key] = PastRow(status=status, offset=offset)
+                self._offsets[key] = offset
+                self._taken.update(record.get("images", []))
+                self._taken.update(record.get("extras", []))
+        if repair and good_end < self.manifest_path.stat().st_size:
+            log.warning("%s: dropping a torn last line left by an interrupted run", MANIFEST)
+            with self.manifest_path.open("r+b") as handle:
+                handle.truncate(good_end)
+        return rows
+
+
+def peek_state(out_dir: Path) -> ResumeState:
+    """What an output folder holds, read without changing anything in it."""
+    store = OutputStore(out_dir, "", "", out_dir)
+    return ResumeState(store._read_manifest(repair=False))
+
+
+class _Stringly(dict[str, Any]):
+    """Template fields for values whose format spec does not fit their type (e.g. {seed:05d})."""
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        return value if isinstance(value, int) else _FormatAnything(value)
+
+
+class _FormatAnything:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __format__(self, spec: str) -> str:
+        try:
+            return format(self.value, spec)
+        except (ValueError, TypeError):
+            return str(self.value)
+
+
+def _safe_relative(rendered: str) -> str:
+    """Each part of the rendered name made harmless: no '..', no separators from cell values."""
+    parts = []
+    for part in rendered.replace("\\", "/").split("/"):
+        cleaned = _UNSAFE.sub("_", part).strip("._")[:120]
+        if cleaned:
+            parts.append(cleaned)
+    return "/".join(parts) or "image"
+
+
+def _extension(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return ".png"
+    if data.startswith(b"\xff\xd8"):
+        return ".jpg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return ".bin"
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    tmp = target.with_name(target.name + TMP_SUFFIX)
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+
+
+class _XlsxWriter:
+    """Streams rows into an XLSX file without holding the workbook in memory."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        from openpyxl import Workbook
+
+        self._path = path
+        self._book = Workbook(write_only=True)
+        self._sheet = self._book.create_sheet("results")
+        self._sheet.append(columns)
+
+    def append(self, values: list[Any]) -> None:
+        self._sheet.append(values)
+
+    def close(self) -> Path:
+        tmp = self._path.with_name(self._path.name + TMP_SUFFIX)
+        self._book.save(tmp)
+        os.replace(tmp, self._path)
+        return self._path
