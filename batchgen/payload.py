@@ -1,0 +1,697 @@
+"""A sheet row plus job defaults -> the exact request body (a Task); wire and manifest forms."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from batchgen import controlnet as cn
+from batchgen.errors import InputError, Problem
+from batchgen.fields import (
+    ALIASES,
+    FIELDS,
+    KIND_HINTS,
+    OVERRIDE_KINDS,
+    Kind,
+    coerce,
+    normalize_name,
+)
+from batchgen.images import ImageError, ImageResolver, decode_inline, encode_file
+from batchgen.job import JobSpec
+from batchgen.records import ImageRef, Route, SheetRow, Task
+from batchgen.sheet import NO_HEADER
+
+Path_ = tuple[str, ...]
+SEED_SPAN = 4294967294  # A1111 draws random seeds from range(4294967294): 0..4294967293
+HIRES_DENOISE = 0.7  # txt2img denoising_strength defaults to null, and hires fix 500s on null
+SCHEDULER_LABELS = (
+    "Automatic",
+    "Uniform",
+    "Karras",
+    "Exponential",
+    "Polyexponential",
+    "SGM Uniform",
+    "KL Optimal",
+    "Align Your Steps",
+    "Simple",
+    "Normal",
+    "DDIM",
+    "Beta",
+)
+_OPAQUE = ("alwayson_scripts", "script_args")  # job tables kept whole, not flattened to dotted keys
+_LOWER_FIELDS = {name.lower(): name for name in FIELDS}
+_LOWER_OVERRIDES = {name.lower(): name for name in OVERRIDE_KINDS}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a column or default goes: a field path, or a ControlNet unit field."""
+
+    path: Path_  # ("steps",), ("override_settings", "sd_vae"), ("controlnet", "0", "image")
+    kind: Kind | Literal["auto", "units"]
+    unit: int | None = None
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unresolved:
+    message: str
+    hint: str | None
+    misspelled: bool  # close to a known name: never treated as a metadata column
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    header: str
+    target: Target | None  # None: a metadata column
+
+
+def resolve(name: str) -> Target | _Unresolved:
+    """The field a header, a `columns` value or a default key names."""
+    norm = normalize_name(name)
+    if norm in _LOWER_FIELDS:
+        field = FIELDS[_LOWER_FIELDS[norm]]
+        return Target((field.name,), field.kind)
+    if norm in ALIASES:
+        return resolve(ALIASES[norm])
+    if norm == "controlnet":
+        return Target(("controlnet",), "units")
+    if "." in name:
+        return _resolve_dotted([part.strip() for part in name.strip().split(".")])
+    close = difflib.get_close_matches(norm, [*_LOWER_FIELDS, *ALIASES], n=1, cutoff=0.8)
+    if close:
+        suggestion = _LOWER_FIELDS.get(close[0], close[0])
+        return _Unresolved(
+            f"'{name}' is not a request field (A1111 would silently ignore it)",
+            f"did you mean '{suggestion}'?",
+            misspelled=True,
+        )
+    return _Unresolved(f"'{name}' is not a request field", None, misspelled=False)
+
+
+def _resolve_dotted(parts: list[str]) -> Target | _Unresolved:
+    head = normalize_name(parts[0])
+    shown = ".".join(parts)
+    if head in ("controlnet", "cn"):
+        if len(parts) == 3 and parts[1].isdigit():
+            key = cn.canonical_key(parts[2])
+            if key is not None:
+                return Target(("controlnet", str(int(parts[1])), key), "auto", int(parts[1]))
+            near = cn.suggest_key(parts[2])
+            hint = f"did you mean 'controlnet.{parts[1]}.{near}'?" if near else None
+            return _Unresolved(f"'{parts[2]}' is not a ControlNet unit field", hint, True)
+        return _Unresolved(
+            f"'{shown}' is not a ControlNet column",
+            "write controlnet.<unit number>.<field>, e.g. controlnet.0.image",
+            True,
+        )
+    if head == "override_settings" and len(parts) == 2 and parts[1]:
+        key = _LOWER_OVERRIDES.get(parts[1].lower())
+        if key is not None:
+            return Target(("override_settings", key), OVERRIDE_KINDS[key])
+        close = difflib.get_close_matches(parts[1], list(OVERRIDE_KINDS), n=1, cutoff=0.8)
+        if close:
+            return _Unresolved(
+                f"'{parts[1]}' is not a known setting (an unknown override fails the request)",
+                f"did you mean 'override_settings.{close[0]}'?",
+                True,
+            )
+        return Target(("override_settings", parts[1]), "auto")
+    if head == "comments" and len(parts) == 2 and parts[1]:
+        return Target(("comments", parts[1]), "auto")
+    if head in _LOWER_FIELDS or head in ALIASES:
+        return _Unresolved(
+            f"'{shown}' is not a field: '{parts[0]}' has no part '{'.'.join(parts[1:])}'",
+            "write alwayson_scripts as a JSON cell, or use controlnet.N.* columns"
+            if head == "alwayson_scripts"
+            else None,
+            True,
+        )
+    return _Unresolved(f"'{shown}' is not a request field", None, misspelled=False)
+
+
+def _coerce_auto(value: Any) -> Any:
+    """Settings we have no type for: numbers and true/false read as such, other text as is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if re.fullmatch(r"[-+]?\d+", text):
+        return int(text)
+    if re.fullmatch(r"[-+]?(\d+\.\d*|\.\d+)([eE][-+]?\d+)?", text):
+        return float(text)
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return value
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _value_issue(path: Path_, value: Any) -> tuple[str, str] | None:
+    """Values a real server errors on or silently changes, as (message, hint)."""
+    name = path[-1]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if name == "save_images" and value is True:
+            return (
+                "save_images would make the server save files too and put a grid first",
+                "remove it; batchgen saves the images itself",
+            )
+        if name == "send_images" and value is False:
+            return "send_images false would return no images", "remove it"
+        return None
+    if name in ("steps", "batch_size", "n_iter") and value < 1:
+        return f"{name} must be at least 1, not {value}", "write a whole number such as 20"
+    if name in ("width", "height"):
+        if value <= 0:
+            return f"{name} must be positive, not {value}", "write a size such as 512"
+        if value % 8:
+            lower = max(8, int(value) - int(value) % 8)
+            return (
+                f"{name} {value} is not a multiple of 8 (the server would make it {lower})",
+                f"write {lower} or {lower + 8}",
+            )
+    if name in ("denoising_strength", "subseed_strength", "refiner_switch_at") and not (
+        0.0 <= value <= 1.0
+    ):
+        return f"{name} must be between 0 and 1, not {value}", "write a number such as 0.7"
+    if name in ("seed", "subseed") and not -1 <= value < 2**32:
+        return (
+            f"{name} {value} is out of range",
+            "write -1 (or leave it empty) for a new seed, or a number from 0 to 4294967295",
+        )
+    return None
+
+
+class PayloadBuilder:
+    """Plans the sheet's columns once, then builds one Task per row. Build rows in sheet order."""
+
+    def __init__(
+        self, job: JobSpec, headers: Sequence[str], *, job_file: Path | None = None
+    ) -> None:
+        self._job = job
+        self._sheet_file = str(job.sheet)
+        self._job_file = str(job_file) if job_file is not None else "job defaults"
+        self._images = ImageResolver(job.sheet.parent)
+        self._seen: dict[str, int] = {}
+        self._columns: dict[str, _Column] = {}
+        self._bad_headers: set[str] = set()
+        header_problems: list[Problem] = []
+        self._plan_columns(headers, header_problems)
+        self.header_problems: tuple[Problem, ...] = tuple(header_problems)
+        self.metadata_columns: tuple[str, ...] = tuple(
+            h for h, c in self._columns.items() if c.target is None
+        )
+        self._defaults: dict[Path_, Any] = {}
+        self._default_units: dict[int, dict[str, Any]] = {}
+        default_problems: list[Problem] = []
+        self._plan_defaults(default_problems)
+        self._default_problems = tuple(default_problems)
+
+    # ---- planning -------------------------------------------------------------------------
+
+    def _plan_columns(self, headers: Sequence[str], problems: list[Problem]) -> None:
+        mapped = {normalize_name(k): (k, v) for k, v in self._job.columns.items()}
+        used_mappings: set[str] = set()
+        by_path: dict[Path_, str] = {}
+        for header in headers:
+            if header == NO_HEADER:
+                continue
+            if header in self._columns:
+                problems.append(
+                    Problem(self._sheet_file, "the header appears twice", 1, header, "rename one")
+                )
+                continue
+            explicit = self._job.columns.get(header)
+            if explicit is None and normalize_name(header) in mapped:
+                key, explicit = mapped[normalize_name(header)]
+                used_mappings.add(key)
+            elif explicit is not None:
+                used_mappings.add(header)
+            column = self._plan_one(header, explicit, problems)
+            if column is None:
+                self._bad_headers.add(header)
+                continue
+            self._columns[header] = column
+            if column.target is not None:
+                other = by_path.setdefault(column.target.path, header)
+                if other != header:
+                    problems.append(
+                        Problem(
+                            self._sheet_file,
+                            f"columns '{other}' and '{header}' both set '{column.target.dotted}'",
+                            1,
+                            header,
+                            "keep one of them",
+                        )
+                    )
+        for key in self._job.columns:
+            if key not in used_mappings:
+                problems.append(
+                    Problem(
+                        self._job_file,
+                        f"columns maps '{key}', but {self._sheet_file} has no such header",
+                        column=key,
+                        hint="fix the header name in [columns] or in the sheet",
+                    )
+                )
+
+    def _plan_one(
+        self, header: str, explicit: str | None, problems: list[Problem]
+    ) -> _Column | None:
+        if explicit is not None:
+            if not explicit.strip():
+                return _Column(header, None)  # mapped to "" = a metadata column on purpose
+            target = resolve(explicit)
+            if isinstance(target, _Unresolved):
+                problems.append(
+                    Problem(self._job_file, target.message, column=header, hint=target.hint)
+                )
+                return None
+            return _Column(header, target)
+        target = resolve(header)
+        if isinstance(target, Target):
+            return _Column(header, target)
+        if target.misspelled:
+            hint = (target.hint + " " if target.hint else "") + (
+                f'(to keep it as a note, map it in the job: [columns] "{header}" = "")'
+            )
+            problems.append(Problem(self._sheet_file, target.message, 1, header, hint))
+            return None
+        return _Column(header, None)
+
+    def _plan_defaults(self, problems: list[Problem]) -> None:
+        for key, raw in _flatten(self._job.defaults):
+            target = resolve(key)
+            if isinstance(target, _Unresolved):
+                problems.append(
+                    Problem(self._job_file, target.message, column=key, hint=target.hint)
+                )
+                continue
+            self._apply(target, raw, key, None, self._defaults, self._default_units, problems)
+        for index, unit in enumerate(self._job.controlnet):
+            self._merge_unit(
+                index, unit, f"controlnet[{index}]", None, self._default_units, problems
+            )
+        for path, value in self._defaults.items():
+            issue = _value_issue(path, value)
+            if issue is not None:
+                problems.append(
+                    Problem(self._job_file, issue[0], column=".".join(path), hint=issue[1])
+                )
+
+    # ---- values ---------------------------------------------------------------------------
+
+    def _problem(self, row: int | None, column: str, message: str, hint: str | None) -> Problem:
+        file = self._sheet_file if row is not None else self._job_file
+        return Problem(file, message, row, column, hint)
+
+    def _apply(
+        self,
+        target: Target,
+        raw: Any,
+        column: str,
+        row: int | None,
+        values: dict[Path_, Any],
+        units: dict[int, dict[str, Any]],
+        problems: list[Problem],
+    ) -> None:
+        """Coerce one cell or default and store it in `values` or `units`."""
+        try:
+            if target.kind == "units":
+                items = coerce("list", raw)
+                for index, unit in enumerate(items):
+                    if not isinstance(unit, Mapping):
+                        raise ValueError(f"ControlNet unit {index} is not an object")
+                    self._merge_unit(index, unit, column, row, units, problems)
+                return
+            if target.unit is not None:
+                key = target.path[-1]
+                units.setdefault(target.unit, {})[key] = self._unit_value(key, raw)
+                return
+            value = self._value(target, raw)
+        except ValueError as error:
+            hint = KIND_HINTS.get(target.kind) if not isinstance(error, ImageError) else None
+            problems.append(self._problem(row, column, str(error), hint))
+            return
+        if target.path == ("alwayson_scripts",):
+            value = self._fold_controlnet(value, column, row, units, problems)
+        values[target.path] = value
+
+    def _value(self, target: Target, raw: Any) -> Any:
+        if target.kind == "auto":
+            return _coerce_auto(raw)
+        if target.kind == "units":  # pragma: no cover - handled by _apply
+            raise ValueError("units")
+        value = coerce(target.kind, raw)
+        if target.kind == "image":
+            return self._images.resolve(value)
+        if target.kind == "image_list":
+            return [self._images.resolve(item) for item in value]
+        return value
+
+    def _unit_value(self, key: str, raw: Any) -> Any:
+        value = cn.coerce_unit(key, raw)
+        if cn.UNIT_FIELDS[key] == "image":
+            return self._images.resolve(value)
+        return value
+
+    def _merge_unit(
+        self,
+        index: int,
+        raw: Mapping[str, Any],
+        column: str,
+        row: int | None,
+        units: dict[int, dict[str, Any]],
+        problems: list[Problem],
+    ) -> None:
+        unit = units.setdefault(index, {})
+        for name, value in raw.items():
+            key = cn.canonical_key(str(name))
+            where = f"{column}.{name}"
+            if key is None:
+                near = cn.suggest_key(str(name))
+                hint = f"did you mean '{near}'?" if near else None
+                message = f"'{name}' is not a ControlNet unit field (the server would ignore it)"
+                problems.append(self._problem(row, where, message, hint))
+                continue
+            if key != normalize_name(str(name)) and normalize_name(key) in map(normalize_name, raw):
+                message = f"both '{name}' and its new name '{key}' are given"
+                problems.append(self._problem(row, where, message, f"keep only '{key}'"))
+                continue
+            if _blank(value):
+                continue
+            try:
+                unit[key] = self._unit_value(key, value)
+            except ValueError as error:
+                hint = (
+                    None if isinstance(error, ImageError) else KIND_HINTS.get(cn.UNIT_FIELDS[key])
+                )
+                problems.append(self._problem(row, where, str(error), hint))
+
+    def _fold_controlnet(
+        self,
+        scripts: dict[str, Any],
+        column: str,
+        row: int | None,
+        units: dict[int, dict[str, Any]],
+        problems: list[Problem],
+    ) -> dict[str, Any]:
+        """ControlNet units given inside alwayson_scripts are normalized like any other unit."""
+        rest: dict[str, Any] = {}
+        for title, script in scripts.items():
+            if str(title).lower() != cn.SCRIPT_TITLE:
+                rest[title] = script
+                continue
+            args = script.get("args") if isinstance(script, Mapping) else None
+            if not isinstance(args, list):
+                problems.append(
+                    self._problem(
+                        row, column, f"alwayson_scripts.{title} needs an 'args' list", None
+                    )
+                )
+                continue
+            for index, unit in enumerate(args):
+                if isinstance(unit, Mapping):
+                    self._merge_unit(
+                        index, unit, f"{column}.{title}.args[{index}]", row, units, problems
+                    )
+        return rest
+
+    # ---- build ----------------------------------------------------------------------------
+
+    def default_problems(self) -> tuple[Problem, ...]:
+        """Problems in the job's defaults, [[controlnet]] units and --set values (checked once)."""
+        return self._default_problems
+
+    def build(self, row: SheetRow) -> Task:
+        """The Task for one row, or InputError listing every problem of this row."""
+        problems: list[Problem] = []
+        values = dict(self._defaults)
+        units = copy.deepcopy(self._default_units)
+        sources: dict[Path_, str] = {}  # field path -> the header that set it (absent: a default)
+        unit_sources: dict[int, str] = {}
+        metadata: dict[str, Any] = {}
+        for header, raw in row.cells.items():
+            if header == NO_HEADER:
+                problems.append(
+                    Problem(
+                        self._sheet_file,
+                        "a value sits in a column without a header",
+                        row.row,
+                        hint="add a header to that column or clear it",
+                    )
+                )
+                continue
+            column = self._columns.get(header)
+            if column is None:
+                if header in self._bad_headers:
+                    continue  # reported once in header_problems
+                column = self._plan_one(header, None, problems)
+                if column is None:
+                    continue
+            target = column.target
+            if target is None:
+                metadata[header] = raw
+                continue
+            if _blank(raw):
+                continue
+            self._apply(target, raw, header, row.row, values, units, problems)
+            if target.unit is not None:
+                unit_sources.setdefault(target.unit, header)
+            elif target.kind == "units":
+                for index in units:
+                    unit_sources.setdefault(index, header)
+            else:
+                sources[target.path] = header
+                issue = _value_issue(target.path, values.get(target.path))
+                if issue is not None:
+                    problems.append(Problem(self._sheet_file, issue[0], row.row, header, issue[1]))
+        body = _assemble(values)
+        route: Route = "img2img" if body.get("init_images") else "txt2img"
+        self._check_route(body, route, sources, row.row, problems)
+        self._check_body(body, sources, row.row, problems)
+        args = self._finish_units(units, route, unit_sources, row.row, problems)
+        if args:
+            scripts = dict(body.get("alwayson_scripts") or {})
+            scripts[cn.SCRIPT_TITLE] = {"args": args}
+            body["alwayson_scripts"] = scripts
+        key = self._key(body)
+        if problems:
+            raise InputError(problems)
+        self._fix_seeds(body, key)
+        settings = body.get("override_settings")
+        checkpoint = settings.get("sd_model_checkpoint") if isinstance(settings, dict) else None
+        return Task(
+            row=row.row,
+            key=key,
+            route=route,
+            body=body,
+            checkpoint=checkpoint if isinstance(checkpoint, str) else None,
+            metadata=metadata,
+        )
+
+    def _check_route(
+        self,
+        body: dict[str, Any],
+        route: Route,
+        sources: Mapping[Path_, str],
+        row: int,
+        problems: list[Problem],
+    ) -> None:
+        for name in list(body):
+            spec = FIELDS.get(name)
+            if spec is None or route in spec.routes:
+                continue
+            header = sources.get((name,))
+            if header is None:
+                del body[name]  # a job-wide default for the other route: not this row's business
+                continue
+            if route == "txt2img":
+                message = f"'{name}' is an img2img field, but this row has no init image (txt2img)"
+                hint = "add an init_images cell or clear this one"
+            else:
+                message = f"'{name}' is a txt2img field, but this row has init images (img2img)"
+                hint = "clear this cell for img2img rows"
+            problems.append(Problem(self._sheet_file, message, row, header, hint))
+
+    def _check_body(
+        self, body: dict[str, Any], sources: Mapping[Path_, str], row: int, problems: list[Problem]
+    ) -> None:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            problems.append(
+                Problem(
+                    self._sheet_file,
+                    "this row has no prompt",
+                    row,
+                    None,
+                    "fill the prompt column, or give a default prompt in the job",
+                )
+            )
+        if "mask" in body and not body.get("init_images"):
+            problems.append(
+                Problem(
+                    self._sheet_file,
+                    "a mask needs an init image",
+                    row,
+                    sources.get(("mask",)),
+                    "add an init_images cell",
+                )
+            )
+        _fix_sampler(body)
+        if body.get("enable_hr") and body.get("denoising_strength") is None:
+            body["denoising_strength"] = HIRES_DENOISE
+
+    def _finish_units(
+        self,
+        units: Mapping[int, dict[str, Any]],
+        route: Route,
+        unit_sources: Mapping[int, str],
+        row: int,
+        problems: list[Problem],
+    ) -> list[dict[str, Any]]:
+        finished: dict[int, dict[str, Any]] = {}
+        for index, unit in units.items():
+            full = cn.finish_unit(unit)
+            finished[index] = full
+            for issue in cn.unit_issues(index, full, route):
+                header = unit_sources.get(index)
+                column = f"controlnet.{index}.{issue.key}" if issue.key else header or ""
+                problems.append(Problem(self._sheet_file, issue.message, row, column, issue.hint))
+        return cn.controlnet_args(finished)
+
+    def _key(self, body: Mapping[str, Any]) -> str:
+        """Hash of the content (images by sha256) and seed policy, plus a count of earlier twins."""
+        seed = self._job.seed
+        policy = (
+            {"mode": seed.mode, "base": seed.base} if seed.mode == "derived" else {"mode": "random"}
+        )
+        canonical = json.dumps(
+            {"body": _hashable(body), "seed": policy},
+            sort_keys=True,
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        n = self._seen.get(digest, 0)
+        self._seen[digest] = n + 1
+        return f"{digest}-{n}"
+
+    def _fix_seeds(self, body: dict[str, Any], key: str) -> None:
+        if self._job.seed.mode != "derived":
+            return
+        if body.get("seed", -1) == -1:
+            body["seed"] = derive_seed(self._job.seed.base, key)
+        if body.get("subseed_strength") and body.get("subseed", -1) == -1:
+            body["subseed"] = derive_seed(self._job.seed.base, key + ":subseed")
+
+
+def derive_seed(base: int, key: str) -> int:
+    """A seed in A1111's own range, fixed by the job's base seed and the row's key."""
+    digest = hashlib.sha256(f"{base}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % SEED_SPAN
+
+
+def _fix_sampler(body: dict[str, Any]) -> None:
+    """`sampler_index: "DPM++ SDE Karras"`, no sampler_name -> "DPM++ SDE" + scheduler "Karras"."""
+    index = body.pop("sampler_index", None)
+    name = body.get("sampler_name")
+    if not name and isinstance(index, str) and index.strip():
+        name = index
+    if not isinstance(name, str) or not name.strip():
+        body.pop("sampler_name", None)
+        return
+    name = name.strip()
+    for label in SCHEDULER_LABELS:
+        if name.endswith(" " + label):
+            name = name[: -len(label) - 1]
+            if not body.get("scheduler"):
+                body["scheduler"] = label
+            break
+    body["sampler_name"] = name
+
+
+def _flatten(raw: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """TOML tables (override_settings = {...}) become dotted keys, as --set gives them."""
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and normalize_name(dotted) not in _OPAQUE:
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _assemble(values: Mapping[Path_, Any]) -> dict[str, Any]:
+    """Nested body from field paths: whole dict fields first, then their keys merged in."""
+    body: dict[str, Any] = {}
+    for path, value in sorted(values.items(), key=lambda item: len(item[0])):
+        if len(path) == 1:
+            body[path[0]] = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+        else:
+            inner = body.get(path[0])
+            if not isinstance(inner, dict):
+                inner = body[path[0]] = {}
+            inner[path[1]] = value
+    return body
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, ImageRef):
+        return {"sha256": value.sha256}
+    if isinstance(value, Mapping):
+        return {str(k): _hashable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_hashable(v) for v in value]
+    return value
+
+
+def _walk(value: Any, leaf: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _walk(v, leaf) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_walk(v, leaf) for v in value]
+    return leaf(value)
+
+
+def encode_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body as sent: each ImageRef read now and replaced by bare base64."""
+    encoded: dict[str, Any] = _walk(
+        body, lambda v: encode_file(v) if isinstance(v, ImageRef) else v
+    )
+    return encoded
+
+
+def manifest_body(body: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """The body for the manifest: files as {path, sha256}, inline images as {sha256, bytes}."""
+
+    def leaf(value: Any) -> Any:
+        if isinstance(value, ImageRef):
+            return value.manifest_form(base)
+        if isinstance(value, str) and len(value) >= 256:
+            data = decode_inline(value)
+            if data is not None:
+                return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        return value
+
+    shown: dict[str, Any] = _walk(body, leaf)
+    return shown
+
+
+def adapt_for(body: Mapping[str, Any], flavor: Literal["a1111", "forge"]) -> dict[str, Any]:
+    """Per-server tweaks at send time. Forge's hires fix needs hr_additional_modules and hr_cfg."""
+    adapted = dict(body)
+    if flavor == "forge" and adapted.get("enable_hr"):
+        adapted.setdefault("hr_additional_modules", ["Use same choices"])
+        adapted.setdefault("hr_cfg", adapted.get("cfg_scale", FIELDS["cfg_scale"].default))
+    return adapted
