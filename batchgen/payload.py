@@ -283,9 +283,10 @@ class PayloadBuilder:
         if isinstance(target, Target):
             return _Column(header, target)
         if target.misspelled:
-            hint = (target.hint + " " if target.hint else "") + (
-                f'(to keep it as a note, map it in the job: [columns] "{header}" = "")'
-            )
+            hint = target.hint
+            if "." not in header:
+                note = f'to keep it as a note, map it in the job: [columns] "{header}" = ""'
+                hint = f"{hint} ({note})" if hint else note
             problems.append(Problem(self._sheet_file, target.message, 1, header, hint))
             return None
         return _Column(header, None)
@@ -613,7 +614,7 @@ def _fix_sampler(body: dict[str, Any]) -> None:
         body.pop("sampler_name", None)
         return
     name = name.strip()
-    for label in SCHEDULER_LABELS:
+    for label in sorted(SCHEDULER_LABELS, key=len, reverse=True):  # "SGM Uniform" before "Uniform"
         if name.endswith(" " + label):
             name = name[: -len(label) - 1]
             if not body.get("scheduler"):
