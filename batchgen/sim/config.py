@@ -1,0 +1,181 @@
+"""SimConfig: every knob of the simulator, from code, a `sim://` query string or a TOML file."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found]
+
+Flavor = Literal["a1111", "forge"]
+Encoder = Literal["fast", "pillow"]
+
+DEFAULT_MODELS = (
+    "v1-5-pruned-emaonly.safetensors",
+    "sd_xl_base_1.0.safetensors",
+    "sdxl/dreamshaperXL.safetensors",
+)
+DEFAULT_VAES = ("vae-ft-mse-840000-ema-pruned.safetensors", "sdxl_vae.safetensors")
+DEFAULT_LORAS = ("add_detail", "epiNoiseoffset_v2", "sdxl/pixel-art-xl")
+DEFAULT_UPSCALERS = ("R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B", "ESRGAN_4x", "SwinIR 4x")
+DEFAULT_CN_MODELS = (
+    "control_v11p_sd15_canny",
+    "control_v11f1p_sd15_depth",
+    "control_v11p_sd15_openpose",
+    "control_v11p_sd15_softedge",
+    "control_v11f1e_sd15_tile",
+)
+DEFAULT_CN_MODULES = (
+    "none",
+    "canny",
+    "depth_midas",
+    "depth_zoe",
+    "openpose",
+    "openpose_full",
+    "softedge_pidinet",
+    "softedge_hed",
+    "lineart_realistic",
+    "mlsd",
+    "tile_resample",
+    "invert",
+    "reference_only",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Inventory, time model, flavor, auth and fault knobs of one simulated server."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    vaes: tuple[str, ...] = DEFAULT_VAES
+    loras: tuple[str, ...] = DEFAULT_LORAS
+    upscalers: tuple[str, ...] = DEFAULT_UPSCALERS
+    cn_models: tuple[str, ...] = DEFAULT_CN_MODELS
+    cn_modules: tuple[str, ...] = DEFAULT_CN_MODULES
+    # Time model: ms per sampling step of one 512x512 image, scaled by steps, pixels,
+    # batch_size and n_iter, divided by speed; plus switch_s per checkpoint load.
+    ms_per_step: float = 0.2
+    switch_s: float = 0.02
+    speed: float = 1.0
+    flavor: Flavor = "a1111"
+    version: str = ""
+    api_auth: str | None = None
+    webui: bool = True
+    encoder: Encoder = "fast"
+    # Faults, drawn per generation request from random.Random(fault_seed) in arrival order.
+    fail_rate: float = 0.0
+    drop_rate: float = 0.0
+    hang_rate: float = 0.0
+    die_after: int | None = None
+    unavailable_s: float = 0.0
+    refuse_s: float = 0.0
+    fault_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("models: at least one checkpoint is required")
+        if self.speed <= 0:
+            raise ValueError("speed must be > 0")
+        for name in ("ms_per_step", "switch_s", "unavailable_s", "refuse_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("fail_rate", "drop_rate", "hang_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.fail_rate + self.drop_rate + self.hang_rate > 1.0:
+            raise ValueError("fail_rate + drop_rate + hang_rate must be <= 1")
+        if self.die_after is not None and self.die_after < 0:
+            raise ValueError("die_after must be >= 0")
+        if self.flavor not in ("a1111", "forge"):
+            raise ValueError(f"flavor must be 'a1111' or 'forge', not {self.flavor!r}")
+        if self.encoder not in ("fast", "pillow"):
+            raise ValueError(f"encoder must be 'fast' or 'pillow', not {self.encoder!r}")
+        if self.api_auth is not None and not all(":" in c for c in self.api_auth.split(",")):
+            raise ValueError("api_auth must look like 'user:pass[,user2:pass2]'")
+
+    @property
+    def server_version(self) -> str:
+        if self.version:
+            return self.version
+        return "f2.0.1v1.10.1-previous-669-gdfdcbab6" if self.flavor == "forge" else "v1.10.1"
+
+    @classmethod
+    def from_query(cls, query: str) -> SimConfig:
+        """Build from `speed=2&models=a,b&fail_rate=0.1` (a leading `?` is allowed)."""
+        pairs = parse_qsl(query.lstrip("?"), keep_blank_values=True, strict_parsing=False)
+        return cls.from_mapping(dict(pairs))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SimConfig:
+        """Build from a TOML file: keys at top level or under a `[sim]` table."""
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        table = data.get("sim", data)
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: [sim] must be a table")
+        return cls.from_mapping(table)
+
+    @classmethod
+    def from_mapping(cls, values: typing.Mapping[str, Any]) -> SimConfig:
+        """Build from loose values (strings from a query, or TOML types); names every bad key."""
+        return cls().replace(values)
+
+    def replace(self, values: typing.Mapping[str, Any]) -> SimConfig:
+        """A copy with `values` (converted like `from_mapping`) applied."""
+        hints = typing.get_type_hints(SimConfig)
+        known = {f.name for f in fields(SimConfig)}
+        changes: dict[str, Any] = {}
+        for key, raw in values.items():
+            if key not in known:
+                raise ValueError(f"unknown simulator option {key!r}")
+            try:
+                changes[key] = _convert(raw, hints[key])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"simulator option {key!r}: {exc}") from None
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(raw: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("", "none", "null")):
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _convert(raw, inner)
+    if origin is tuple:
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    if origin is Literal:
+        if raw not in args:
+            raise ValueError(f"must be one of {', '.join(map(repr, args))}")
+        return raw
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if hint is int:
+        if isinstance(raw, bool):
+            raise ValueError(f"not an integer: {raw!r}")
+        return int(raw)
+    if hint is float:
+        if isinstance(raw, bool):
+            raise ValueError(f"not a number: {raw!r}")
+        return float(raw)
+    if hint is str:
+        return str(raw)
+    raise TypeError(f"unsupported option type {hint!r}")  # pragma: no cover
