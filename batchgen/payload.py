@@ -347,6 +347,12 @@ class PayloadBuilder:
             return
         if target.path == ("alwayson_scripts",):
             value = self._fold_controlnet(value, column, row, units, problems)
+        elif target.path in (("override_settings",), ("comments",)):
+            # Key by key, so a row's dict overrides a default's keys instead of losing to them.
+            known = _LOWER_OVERRIDES if target.path[0] == "override_settings" else {}
+            for name, item in value.items():
+                values[(target.path[0], known.get(str(name).lower(), str(name)))] = item
+            return
         values[target.path] = value
 
     def _value(self, target: Target, raw: Any) -> Any:
@@ -487,6 +493,9 @@ class PayloadBuilder:
             scripts = dict(body.get("alwayson_scripts") or {})
             scripts[cn.SCRIPT_TITLE] = {"args": args}
             body["alwayson_scripts"] = scripts
+        for name in ("seed", "subseed"):
+            if body.get(name) == -1:
+                del body[name]  # -1 and an empty cell ask for the same thing: a new seed
         key = self._key(body)
         if problems:
             raise InputError(problems)
@@ -590,11 +599,11 @@ class PayloadBuilder:
         return f"{digest}-{n}"
 
     def _fix_seeds(self, body: dict[str, Any], key: str) -> None:
-        if self._job.seed.mode != "derived":
-            return
-        if body.get("seed", -1) == -1:
-            body["seed"] = derive_seed(self._job.seed.base, key)
-        if body.get("subseed_strength") and body.get("subseed", -1) == -1:
+        """Derived mode: a concrete seed per row. Random mode: -1, A1111's own random seed."""
+        derived = self._job.seed.mode == "derived"
+        if "seed" not in body:
+            body["seed"] = derive_seed(self._job.seed.base, key) if derived else -1
+        if derived and body.get("subseed_strength") and "subseed" not in body:
             body["subseed"] = derive_seed(self._job.seed.base, key + ":subseed")
 
 

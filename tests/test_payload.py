@@ -363,9 +363,10 @@ def test_identical_rows_get_distinct_keys_and_seeds(tmp_path: Path) -> None:
 def test_empty_seed_and_minus_one_are_the_same_request(tmp_path: Path) -> None:
     sheet = write_csv(tmp_path, "prompt,seed\nfox,\nfox,-1\n")
     a, b = build_all(make_job(sheet))
-    assert a.key.split("-")[0] != b.key.split("-")[0]  # -1 written vs absent: different content
-    assert a.body["seed"] != -1
-    assert b.body["seed"] != -1
+    digest = a.key.rsplit("-", 1)[0]
+    assert (a.key, b.key) == (f"{digest}-0", f"{digest}-1")
+    assert a.body["seed"] != b.body["seed"]
+    assert -1 not in (a.body["seed"], b.body["seed"])
 
 
 def test_reordering_and_inserting_rows_keeps_keys_and_seeds(tmp_path: Path) -> None:
@@ -401,7 +402,7 @@ def test_metadata_is_not_part_of_the_key(tmp_path: Path) -> None:
 def test_random_mode_leaves_seeds_to_the_server(tmp_path: Path) -> None:
     sheet = write_csv(tmp_path, "prompt,seed\nfox,\nowl,-1\ncat,5\n")
     fox, owl, cat = build_all(make_job(sheet, seed=SeedSpec(mode="random")))
-    assert "seed" not in fox.body
+    assert fox.body["seed"] == -1
     assert owl.body["seed"] == -1
     assert cat.body["seed"] == 5
 
@@ -411,6 +412,22 @@ def test_subseed_is_fixed_when_variation_is_on(tmp_path: Path) -> None:
     fox, owl = build_all(make_job(sheet))
     assert 0 <= fox.body["subseed"] <= 4294967293
     assert "subseed" not in owl.body
+
+
+def test_a_jsonl_dict_cell_overrides_default_keys(tmp_path: Path) -> None:
+    sheet = tmp_path / "s.jsonl"
+    sheet.write_text(
+        '{"prompt": "a", "override_settings": '
+        '{"sd_vae": "row.pt", "clip_stop_at_last_layers": 2}}\n',
+        encoding="utf-8",
+    )
+    job = make_job(sheet, defaults={"vae": "default.pt", "model": "dreamshaper_8"})
+    (task,) = build_all(job)
+    assert task.body["override_settings"] == {
+        "sd_vae": "row.pt",
+        "sd_model_checkpoint": "dreamshaper_8",
+        "CLIP_stop_at_last_layers": 2,
+    }
 
 
 def test_builds_are_the_same_for_two_builders_on_the_same_rows(tmp_path: Path) -> None:
