@@ -342,7 +342,14 @@ class PayloadBuilder:
                 return
             value = self._value(target, raw)
         except ValueError as error:
-            hint = KIND_HINTS.get(target.kind) if not isinstance(error, ImageError) else None
+            # The raw value stands in, so that later checks (no prompt, no image) stay quiet.
+            kind: str = target.kind
+            if target.unit is not None:
+                kind = cn.UNIT_FIELDS[target.path[-1]]
+                units.setdefault(target.unit, {})[target.path[-1]] = raw
+            elif target.kind not in ("units", "dict"):
+                values[target.path] = raw
+            hint = None if isinstance(error, ImageError) else KIND_HINTS.get(kind)
             problems.append(self._problem(row, column, str(error), hint))
             return
         if target.path == ("alwayson_scripts",):
@@ -401,6 +408,7 @@ class PayloadBuilder:
             try:
                 unit[key] = self._unit_value(key, value)
             except ValueError as error:
+                unit[key] = value
                 hint = (
                     None if isinstance(error, ImageError) else KIND_HINTS.get(cn.UNIT_FIELDS[key])
                 )
@@ -473,6 +481,7 @@ class PayloadBuilder:
                 continue
             if _blank(raw):
                 continue
+            before = len(problems)
             self._apply(target, raw, header, row.row, values, units, problems)
             if target.unit is not None:
                 unit_sources.setdefault(target.unit, header)
@@ -482,7 +491,7 @@ class PayloadBuilder:
             else:
                 sources[target.path] = header
                 issue = _value_issue(target.path, values.get(target.path))
-                if issue is not None:
+                if issue is not None and len(problems) == before:
                     problems.append(Problem(self._sheet_file, issue[0], row.row, header, issue[1]))
         body = _assemble(values)
         route: Route = "img2img" if body.get("init_images") else "txt2img"

@@ -209,6 +209,15 @@ def test_range_checks(tmp_path: Path, header: str, value: str, message: str) -> 
     assert problem.hint
 
 
+def test_one_bad_cell_is_one_problem(tmp_path: Path) -> None:
+    sheet = tmp_path / "s.xlsx"
+    pd.DataFrame({"prompt": [None], "width": [513.5]}).to_excel(sheet, index=False)
+    problems = row_problems(make_job(sheet, defaults={"prompt": "a"}))
+    assert [(p.column, p.message) for p in problems] == [
+        ("width", "cannot read '513.5' as a whole number (it has a fraction)")
+    ]
+
+
 def test_width_hint_suggests_neighbours(tmp_path: Path) -> None:
     sheet = write_csv(tmp_path, "prompt,width\nfox,513\n")
     (problem,) = row_problems(make_job(sheet))
