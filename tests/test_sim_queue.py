@@ -1,0 +1,103 @@
+"""One generation at a time in arrival order, the time model, progress, interrupt and skip."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from batchgen.sim import SimConfig, SimServer
+
+
+async def timed_post(http: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[float, Any]:
+    began = time.perf_counter()
+    async with http.post("/sdapi/v1/txt2img", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        data = await resp.json()
+    return time.perf_counter() - began, data
+
+
+async def test_fifo_while_other_routes_answer() -> None:
+    config = SimConfig(ms_per_step=2.0)  # 20 steps of 512x512 = 40 ms per request
+    async with SimServer(config) as sim, aiohttp.ClientSession(base_url=sim.url) as http:
+        finished: list[str] = []
+
+        async def one(name: str) -> None:
+            await timed_post(http, {"prompt": name, "steps": 20})
+            finished.append(name)
+
+        tasks = []
+        for i in range(4):
+            tasks.append(asyncio.create_task(one(f"p{i}")))
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.01)
+        began = time.perf_counter()
+        async with http.get("/sdapi/v1/progress") as resp:
+            progress = await resp.json()
+        async with http.get("/sdapi/v1/sd-models") as resp:
+            assert resp.status == 200
+        assert time.perf_counter() - began < 0.03  # not queued behind the generations
+        assert progress["state"]["job_count"] == 1 and progress["state"]["job"] == "txt2img"
+        assert 0 < progress["progress"] <= 1 and progress["eta_relative"] > 0
+        await asyncio.gather(*tasks)
+        assert finished == ["p0", "p1", "p2", "p3"]
+        assert [b["prompt"] for b in sim.stats.history] == finished
+
+
+async def test_time_model_scales() -> None:
+    config = SimConfig(ms_per_step=1.0, switch_s=0.15)
+    async with SimServer(config) as sim, aiohttp.ClientSession(base_url=sim.url) as http:
+        base, _ = await timed_post(http, {"steps": 20})  # 20 ms
+        big, _ = await timed_post(http, {"steps": 20, "batch_size": 2, "n_iter": 2, "width": 1024})
+        assert 0.02 <= base < 0.06
+        assert 0.16 <= big < 0.25  # 20 ms x 2 (pixels) x 4 (images)
+        switch, _ = await timed_post(
+            http, {"steps": 20, "override_settings": {"sd_model_checkpoint": "sd_xl_base_1.0"}}
+        )
+        assert 0.17 <= switch < 0.25 and sim.stats.switches == 1
+    async with SimServer(SimConfig(ms_per_step=1.0, speed=4)) as sim:
+        async with aiohttp.ClientSession(base_url=sim.url) as http:
+            fast, _ = await timed_post(http, {"steps": 200})  # 200 ms / 4
+        assert 0.05 <= fast < 0.09
+
+
+async def test_interrupt_returns_finished_batches() -> None:
+    config = SimConfig(ms_per_step=10.0)  # 20 steps: 200 ms per batch
+    async with SimServer(config) as sim, aiohttp.ClientSession(base_url=sim.url) as http:
+        job = asyncio.create_task(timed_post(http, {"steps": 20, "n_iter": 4, "seed": 1}))
+        await asyncio.sleep(0.3)
+        async with http.get("/sdapi/v1/progress") as resp:
+            state = (await resp.json())["state"]
+        assert state["job_no"] == 1 and state["job_count"] == 4
+        async with http.post("/sdapi/v1/interrupt") as resp:
+            assert await resp.json() == {}
+        elapsed, data = await job
+        assert elapsed < 0.45
+        info = json.loads(data["info"])
+        assert info["all_seeds"] == [1, 2] and len(data["images"]) == 2
+        # The flag does not leak into the next request.
+        _, data = await timed_post(http, {"steps": 1, "n_iter": 2})
+        assert len(data["images"]) == 2
+
+
+async def test_skip_ends_current_batch_only() -> None:
+    config = SimConfig(ms_per_step=10.0)
+    async with SimServer(config) as sim, aiohttp.ClientSession(base_url=sim.url) as http:
+        job = asyncio.create_task(timed_post(http, {"steps": 20, "n_iter": 2}))
+        await asyncio.sleep(0.1)
+        async with http.post("/sdapi/v1/skip") as resp:
+            assert resp.status == 200
+        elapsed, data = await job
+        assert 0.28 <= elapsed < 0.38 and len(data["images"]) == 2
+
+
+async def test_zero_delay_mode_is_fast() -> None:
+    config = SimConfig(ms_per_step=0, switch_s=0)
+    async with SimServer(config) as sim, aiohttp.ClientSession(base_url=sim.url) as http:
+        began = time.perf_counter()
+        for i in range(50):
+            await timed_post(http, {"steps": 150, "seed": i})
+        assert time.perf_counter() - began < 1.0
