@@ -256,7 +256,8 @@ class Engine:
         n = batch_size * n_iter
         all_seeds = [seed + i for i in range(n)] if strength == 0 else [seed] * n
         vae = str(self.opts.get("sd_vae", "Automatic"))
-        vae_name = vae if vae not in ("Automatic", "None") else None
+        # An unknown VAE falls back to the checkpoint's own, as A1111 logs and carries on.
+        vae_name = vae if vae in {v.rsplit("/", 1)[-1] for v in self.config.vaes} else None
         job = Job(
             prompt=req["prompt"] or "",
             negative_prompt=req["negative_prompt"] or "",
