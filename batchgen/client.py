@@ -103,7 +103,9 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
                 f"variable {variable}, which is not set"
             )
         headers[header] = _Secret(value)
-    clean = _redact(spec.url).rstrip("/")
+    clean = _redact(spec.url)
+    if parts.scheme != "sim":
+        clean = clean.rstrip("/")
     return Endpoint(
         name=spec.name or clean,
         url=clean,

@@ -490,7 +490,8 @@ async def _started_endpoints(endpoints: list[Endpoint]) -> AsyncIterator[list[En
                 server = SimServer(config)
                 url = await server.start()
                 stack.push_async_callback(server.stop)
-                name = endpoint.name if endpoint.name != endpoint.url else f"{endpoint.url}@{url}"
+                shown = url.replace("http", "sim", 1)
+                name = endpoint.name if endpoint.name != endpoint.url else shown
                 live.append(Endpoint(name, url, endpoint.in_flight))
             else:
                 live.append(endpoint)
