@@ -7,9 +7,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -23,6 +23,7 @@ from batchgen.runner import Reporter, RunOptions, check_only, first_tasks, run_b
 from batchgen.store import peek_state
 
 EXIT_INTERRUPTED = 130
+T = TypeVar("T")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -137,7 +138,7 @@ def _dry_run(job: JobSpec) -> None:
         click.echo(json.dumps(shown, ensure_ascii=False, indent=2))
 
 
-def _guarded(call: Any) -> Any:
+def _guarded(call: Callable[[], T]) -> T:
     """Run a step; user errors become a message and an exit code, not a traceback."""
     try:
         return call()

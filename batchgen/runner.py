@@ -299,7 +299,7 @@ class _Run:
                     break
                 row_task = asyncio.create_task(self._send_row(task, scheduler))
                 self.rows.add(row_task)
-                row_task.add_done_callback(lambda done: (self.rows.discard(done), window.release()))
+                row_task.add_done_callback(self._row_done_callback(window))
             while self.rows:
                 await asyncio.wait(set(self.rows))
         finally:
@@ -307,6 +307,15 @@ class _Run:
             for row_task in self.rows:
                 row_task.cancel()
             await asyncio.gather(watcher, *self.rows, return_exceptions=True)
+
+    def _row_done_callback(
+        self, window: asyncio.Semaphore
+    ) -> Callable[[asyncio.Task[None]], None]:
+        def done(row_task: asyncio.Task[None]) -> None:
+            self.rows.discard(row_task)
+            window.release()
+
+        return done
 
     def _wanted(self, task: Task, state: ResumeState) -> bool:
         past = state.rows.get(task.key)
