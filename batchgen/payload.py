@@ -31,20 +31,33 @@ from batchgen.sheet import NO_HEADER
 Path_ = tuple[str, ...]
 SEED_SPAN = 4294967294  # A1111 draws random seeds from range(4294967294): 0..4294967293
 HIRES_DENOISE = 0.7  # txt2img denoising_strength defaults to null, and hires fix 500s on null
-SCHEDULER_LABELS = (
-    "Automatic",
-    "Uniform",
-    "Karras",
-    "Exponential",
-    "Polyexponential",
-    "SGM Uniform",
-    "KL Optimal",
-    "Align Your Steps",
-    "Simple",
-    "Normal",
-    "DDIM",
-    "Beta",
+# (label, name, aliases) of A1111 1.10's schedules (modules/sd_schedulers.py); any may end a
+# sampler name ("DPM++ 2M Karras"), and the server then splits it off.
+SCHEDULERS = (
+    ("Automatic", "automatic", ()),
+    ("Uniform", "uniform", ()),
+    ("Karras", "karras", ()),
+    ("Exponential", "exponential", ()),
+    ("Polyexponential", "polyexponential", ()),
+    ("SGM Uniform", "sgm_uniform", ("SGMUniform",)),
+    ("KL Optimal", "kl_optimal", ()),
+    ("Align Your Steps", "align_your_steps", ()),
+    ("Simple", "simple", ()),
+    ("Normal", "normal", ()),
+    ("DDIM", "ddim", ()),
+    ("Beta", "beta", ()),
 )
+# Longest first: A1111 tries "Uniform" before "SGM Uniform" and would leave "DPM++ 2M SGM".
+_SUFFIXES = sorted(
+    ((option, label) for label, name, aliases in SCHEDULERS for option in (label, name, *aliases)),
+    key=lambda pair: len(pair[0]),
+    reverse=True,
+)
+_SCHEDULER_LABEL = {
+    option.lower(): label
+    for label, name, aliases in SCHEDULERS
+    for option in (label, name, *aliases)
+}
 _OPAQUE = ("alwayson_scripts", "script_args")  # job tables kept whole, not flattened to dotted keys
 _LOWER_FIELDS = {name.lower(): name for name in FIELDS}
 _LOWER_OVERRIDES = {name.lower(): name for name in OVERRIDE_KINDS}
@@ -568,7 +581,14 @@ class PayloadBuilder:
                     "add an init_images cell",
                 )
             )
-        _fix_sampler(body)
+        conflict = _fix_sampler(body)
+        if conflict is not None:
+            column = sources.get(("sampler_name",), sources.get(("scheduler",)))
+            problems.append(
+                Problem(
+                    self._sheet_file, conflict, row, column, "drop the schedule from the sampler"
+                )
+            )
         if body.get("enable_hr") and body.get("denoising_strength") is None:
             body["denoising_strength"] = HIRES_DENOISE
 
@@ -622,23 +642,36 @@ def derive_seed(base: int, key: str) -> int:
     return int.from_bytes(digest[:8], "big") % SEED_SPAN
 
 
-def _fix_sampler(body: dict[str, Any]) -> None:
-    """`sampler_index: "DPM++ SDE Karras"`, no sampler_name -> "DPM++ SDE" + scheduler "Karras"."""
+def _fix_sampler(body: dict[str, Any]) -> str | None:
+    """`sampler_index: "DPM++ SDE Karras"`, no sampler_name -> "DPM++ SDE" + scheduler "Karras".
+
+    Returns a message when the name's schedule contradicts the scheduler field (the server
+    would silently take the name's).
+    """
     index = body.pop("sampler_index", None)
     name = body.get("sampler_name")
     if not name and isinstance(index, str) and index.strip():
         name = index
     if not isinstance(name, str) or not name.strip():
         body.pop("sampler_name", None)
-        return
+        return None
     name = name.strip()
-    for label in sorted(SCHEDULER_LABELS, key=len, reverse=True):  # "SGM Uniform" before "Uniform"
-        if name.endswith(" " + label):
-            name = name[: -len(label) - 1]
-            if not body.get("scheduler"):
+    conflict = None
+    for option, label in _SUFFIXES:
+        if name.endswith(" " + option):
+            name = name[: -len(option) - 1]
+            given = body.get("scheduler")
+            if isinstance(given, str) and given.strip():
+                if _SCHEDULER_LABEL.get(given.strip().lower(), given) != label:
+                    conflict = (
+                        f"sampler '{name} {option}' names schedule {label}, "
+                        f"but scheduler is '{given}'"
+                    )
+            else:
                 body["scheduler"] = label
             break
     body["sampler_name"] = name
+    return conflict
 
 
 def _flatten(raw: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -330,10 +330,25 @@ def test_traps_fixed_before_sending(tmp_path: Path) -> None:
     assert "denoising_strength" not in c.body
 
 
-def test_explicit_scheduler_wins_over_the_suffix(tmp_path: Path) -> None:
-    sheet = write_csv(tmp_path, "prompt,sampler,scheduler\na,DPM++ 2M Karras,Exponential\n")
-    (task,) = build_all(make_job(sheet))
-    assert (task.body["sampler_name"], task.body["scheduler"]) == ("DPM++ 2M", "Exponential")
+def test_schedule_names_and_aliases_are_split_too(tmp_path: Path) -> None:
+    sheet = write_csv(
+        tmp_path,
+        "prompt,sampler\na,Euler sgm_uniform\nb,DPM++ 2M SGMUniform\nc,Euler a Align Your Steps\n",
+    )
+    a, b, c = build_all(make_job(sheet))
+    assert (a.body["sampler_name"], a.body["scheduler"]) == ("Euler", "SGM Uniform")
+    assert (b.body["sampler_name"], b.body["scheduler"]) == ("DPM++ 2M", "SGM Uniform")
+    assert (c.body["sampler_name"], c.body["scheduler"]) == ("Euler a", "Align Your Steps")
+
+
+def test_a_schedule_in_the_sampler_name_must_agree_with_the_scheduler(tmp_path: Path) -> None:
+    sheet = write_csv(
+        tmp_path,
+        "prompt,sampler,scheduler\nok,DPM++ 2M Karras,karras\nbad,DPM++ 2M Karras,Exponential\n",
+    )
+    problems = row_problems(make_job(sheet))
+    assert [(p.row, p.column) for p in problems] == [(3, "sampler")]
+    assert "names schedule Karras, but scheduler is 'Exponential'" in problems[0].message
 
 
 # ---- seeds and keys -------------------------------------------------------------------------
