@@ -83,8 +83,11 @@ async def test_unavailable_then_ready() -> None:
         async with http.get(sim.url + "/internal/ping") as resp:
             assert resp.status == 503
             assert await resp.json() == {
-                "error": "HTTPException", "detail": "Service Unavailable", "body": "", "errors": ""
-            }  # fmt: skip
+                "error": "HTTPException",
+                "detail": "Service Unavailable",
+                "body": "",
+                "errors": "",
+            }
         await asyncio.sleep(0.35)
         assert await outcome(http, sim.url) == 200
 

@@ -37,9 +37,13 @@ async def test_basic_img2img(sim_http: aiohttp.ClientSession) -> None:
     assert data["info"]["denoising_strength"] == 0.75
     assert "Denoising strength: 0.75" in data["info"]["infotexts"][0]
     _, kept = await img2img(
-        sim_http, init_images=["data:image/png;base64," + init_png()], width=64, height=64,
-        seed=9, include_init_images=True,
-    )  # fmt: skip
+        sim_http,
+        init_images=["data:image/png;base64," + init_png()],
+        width=64,
+        height=64,
+        seed=9,
+        include_init_images=True,
+    )
     assert kept["parameters"]["init_images"] == ["data:image/png;base64," + init_png()]
     assert pixels(kept["images"][0]) == pixels(data["images"][0])
     _, other = await img2img(sim_http, init_images=[init_png("red")], width=64, height=64, seed=9)

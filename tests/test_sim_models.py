@@ -26,8 +26,10 @@ async def gen(http: aiohttp.ClientSession, **body: Any) -> dict[str, Any]:
 async def test_sd_models_titles_and_hashes(sim_http: aiohttp.ClientSession) -> None:
     models = await get(sim_http, "/sdapi/v1/sd-models")
     assert [m["model_name"] for m in models] == [
-        "v1-5-pruned-emaonly", "sd_xl_base_1.0", "sdxl_dreamshaperXL"
-    ]  # fmt: skip
+        "v1-5-pruned-emaonly",
+        "sd_xl_base_1.0",
+        "sdxl_dreamshaperXL",
+    ]
     first = models[0]
     assert first["title"] == "v1-5-pruned-emaonly.safetensors [6ce0161689]"
     assert first["hash"] == "6ce0161689" and first["sha256"].startswith("6ce0161689")
@@ -58,8 +60,10 @@ async def test_checkpoint_aliases_in_override(
 async def test_override_restore_semantics(sim: SimServer, sim_http: aiohttp.ClientSession) -> None:
     opts = await get(sim_http, "/sdapi/v1/options")
     start = opts["sd_model_checkpoint"]
-    await gen(sim_http, override_settings={"sd_model_checkpoint": "sd_xl_base_1.0",
-                                           "CLIP_stop_at_last_layers": 2})  # fmt: skip
+    await gen(
+        sim_http,
+        override_settings={"sd_model_checkpoint": "sd_xl_base_1.0", "CLIP_stop_at_last_layers": 2},
+    )
     assert sim.stats.switches == 1
     after = await get(sim_http, "/sdapi/v1/options")
     assert after["sd_model_checkpoint"] == start and after["CLIP_stop_at_last_layers"] == 1.0
@@ -67,16 +71,19 @@ async def test_override_restore_semantics(sim: SimServer, sim_http: aiohttp.Clie
     assert stats["loaded"].startswith("sd_xl_base_1.0.safetensors")  # not reloaded back
     info = await gen(sim_http)  # the next request reloads the opts checkpoint
     assert info["sd_model_name"] == "v1-5-pruned-emaonly" and sim.stats.switches == 2
-    info = await gen(sim_http, override_settings={"sd_model_checkpoint": "sd_xl_base_1.0",
-                                                  "CLIP_stop_at_last_layers": 2},
-                     override_settings_restore_afterwards=False)  # fmt: skip
+    info = await gen(
+        sim_http,
+        override_settings={"sd_model_checkpoint": "sd_xl_base_1.0", "CLIP_stop_at_last_layers": 2},
+        override_settings_restore_afterwards=False,
+    )
     assert info["clip_skip"] == 2 and "Clip skip: 2" in info["infotexts"][0]
     info = await gen(sim_http)
     assert info["sd_model_name"] == "sd_xl_base_1.0" and info["clip_skip"] == 2
     assert sim.stats.switches == 3
     assert dict(sim.stats.per_checkpoint) == {
-        start: 1, "sd_xl_base_1.0.safetensors [" + info["sd_model_hash"] + "]": 3
-    }  # fmt: skip
+        start: 1,
+        "sd_xl_base_1.0.safetensors [" + info["sd_model_hash"] + "]": 3,
+    }
 
 
 async def test_unknown_override_key_is_500(sim_http: aiohttp.ClientSession) -> None:
@@ -94,8 +101,11 @@ async def test_post_options(sim: SimServer, sim_http: aiohttp.ClientSession) -> 
     async with sim_http.post("/sdapi/v1/options", json={"sd_model_checkpoint": "foo"}) as resp:
         assert resp.status == 500
         assert await resp.json() == {
-            "error": "RuntimeError", "detail": "", "body": "", "errors": "model 'foo' not found"
-        }  # fmt: skip
+            "error": "RuntimeError",
+            "detail": "",
+            "body": "",
+            "errors": "model 'foo' not found",
+        }
     async with sim_http.post("/sdapi/v1/options", json={"no_such_option": 1}) as resp:
         assert resp.status == 500 and (await resp.json())["error"] == "KeyError"
     body = {
@@ -123,8 +133,13 @@ async def test_inventory_routes(sim_http: aiohttp.ClientSession) -> None:
     sde = next(s for s in samplers if s["name"] == "DPM++ SDE")
     assert sde["options"]["second_order"] == "True"
     schedulers = await get(sim_http, "/sdapi/v1/schedulers")
-    assert schedulers[2] == {"name": "karras", "label": "Karras", "aliases": None,
-                             "default_rho": 7.0, "need_inner_model": False}  # fmt: skip
+    assert schedulers[2] == {
+        "name": "karras",
+        "label": "Karras",
+        "aliases": None,
+        "default_rho": 7.0,
+        "need_inner_model": False,
+    }
     vae = await get(sim_http, "/sdapi/v1/sd-vae")
     assert vae[0]["model_name"] == "vae-ft-mse-840000-ema-pruned.safetensors"
     loras = await get(sim_http, "/sdapi/v1/loras")

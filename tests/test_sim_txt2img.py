@@ -13,13 +13,39 @@ from PIL import Image
 from batchgen.sim import SimServer
 
 INFO_KEYS = [
-    "prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds",
-    "subseed", "all_subseeds", "subseed_strength", "width", "height", "sampler_name", "cfg_scale",
-    "steps", "batch_size", "restore_faces", "face_restoration_model", "sd_model_name",
-    "sd_model_hash", "sd_vae_name", "sd_vae_hash", "seed_resize_from_w", "seed_resize_from_h",
-    "denoising_strength", "extra_generation_params", "index_of_first_image", "infotexts",
-    "styles", "job_timestamp", "clip_skip", "is_using_inpainting_conditioning", "version",
-]  # fmt: skip
+    "prompt",
+    "all_prompts",
+    "negative_prompt",
+    "all_negative_prompts",
+    "seed",
+    "all_seeds",
+    "subseed",
+    "all_subseeds",
+    "subseed_strength",
+    "width",
+    "height",
+    "sampler_name",
+    "cfg_scale",
+    "steps",
+    "batch_size",
+    "restore_faces",
+    "face_restoration_model",
+    "sd_model_name",
+    "sd_model_hash",
+    "sd_vae_name",
+    "sd_vae_hash",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+    "denoising_strength",
+    "extra_generation_params",
+    "index_of_first_image",
+    "infotexts",
+    "styles",
+    "job_timestamp",
+    "clip_skip",
+    "is_using_inpainting_conditioning",
+    "version",
+]
 
 
 async def txt2img(http: aiohttp.ClientSession, **body: Any) -> dict[str, Any]:
@@ -175,23 +201,32 @@ async def test_hires_fix(sim_http: aiohttp.ClientSession) -> None:
 async def test_hires_errors(sim_http: aiohttp.ClientSession) -> None:
     cases = [
         ({}, "TypeError", "'>' not supported between instances of 'NoneType' and 'int'"),
-        ({"denoising_strength": 0.5, "hr_upscaler": "Nope"}, "Exception",
-         "could not find upscaler named Nope"),
-        ({"denoising_strength": 0.5, "hr_checkpoint_name": "zzz"}, "Exception",
-         "Could not find checkpoint with name zzz"),
-    ]  # fmt: skip
+        (
+            {"denoising_strength": 0.5, "hr_upscaler": "Nope"},
+            "Exception",
+            "could not find upscaler named Nope",
+        ),
+        (
+            {"denoising_strength": 0.5, "hr_checkpoint_name": "zzz"},
+            "Exception",
+            "Could not find checkpoint with name zzz",
+        ),
+    ]
     for extra, error, errors in cases:
         async with sim_http.post(
             "/sdapi/v1/txt2img", json={"enable_hr": True, "steps": 1, **extra}
         ) as resp:
             assert resp.status == 500
-            assert await resp.json() == {
-                "error": error, "detail": "", "body": "", "errors": errors
-            }  # fmt: skip
+            assert await resp.json() == {"error": error, "detail": "", "body": "", "errors": errors}
     ok = await txt2img(
-        sim_http, enable_hr=True, denoising_strength=0.5, hr_upscaler="R-ESRGAN 4x+",
-        hr_checkpoint_name="dreamshaper", width=64, height=64,
-    )  # fmt: skip
+        sim_http,
+        enable_hr=True,
+        denoising_strength=0.5,
+        hr_upscaler="R-ESRGAN 4x+",
+        hr_checkpoint_name="dreamshaper",
+        width=64,
+        height=64,
+    )
     assert "Hires upscaler: R-ESRGAN 4x+" in ok["info"]["infotexts"][0]
 
 

@@ -28,21 +28,36 @@ async def test_type_errors_are_422_v1(sim_http: aiohttp.ClientSession) -> None:
         "detail": [
             {"loc": ["body", "prompt"], "msg": "str type expected", "type": "type_error.str"},
             {"loc": ["body", "styles", 1], "msg": "str type expected", "type": "type_error.str"},
-            {"loc": ["body", "steps"], "msg": "value is not a valid integer",
-             "type": "type_error.integer"},
-            {"loc": ["body", "cfg_scale"], "msg": "value is not a valid float",
-             "type": "type_error.float"},
-            {"loc": ["body", "enable_hr"], "msg": "value could not be parsed to a boolean",
-             "type": "type_error.bool"},
+            {
+                "loc": ["body", "steps"],
+                "msg": "value is not a valid integer",
+                "type": "type_error.integer",
+            },
+            {
+                "loc": ["body", "cfg_scale"],
+                "msg": "value is not a valid float",
+                "type": "type_error.float",
+            },
+            {
+                "loc": ["body", "enable_hr"],
+                "msg": "value could not be parsed to a boolean",
+                "type": "type_error.bool",
+            },
         ]
-    }  # fmt: skip
+    }
 
 
 async def test_v1_coercions(sim_http: aiohttp.ClientSession) -> None:
     body = {
-        "steps": 20.7, "width": "64", "height": True, "cfg_scale": "7", "prompt": 12,
-        "send_images": "yes", "restore_faces": 0, "styles": ("a",),
-    }  # fmt: skip
+        "steps": 20.7,
+        "width": "64",
+        "height": True,
+        "cfg_scale": "7",
+        "prompt": 12,
+        "send_images": "yes",
+        "restore_faces": 0,
+        "styles": ("a",),
+    }
     status, data = await post(sim_http, body)
     assert status == 200, data
     p = data["parameters"]
@@ -87,8 +102,11 @@ async def test_script_errors(sim_http: aiohttp.ClientSession) -> None:
     status, data = await post(sim_http, {"script_name": "foo"})
     assert status == 422
     assert data == {
-        "error": "HTTPException", "detail": "Script 'foo' not found", "body": "", "errors": ""
-    }  # fmt: skip
+        "error": "HTTPException",
+        "detail": "Script 'foo' not found",
+        "body": "",
+        "errors": "",
+    }
     status, data = await post(sim_http, {"alwayson_scripts": {"x/y/z plot": {"args": []}}})
     assert status == 422
     assert data["detail"] == "Cannot have a selectable script in the always on scripts params"
@@ -101,11 +119,20 @@ async def test_forge_422_is_pydantic_v2() -> None:
         status, data = await post(http, {"steps": 20.5, "prompt": 5}, sim.url + "/sdapi/v1/txt2img")
         assert status == 422
         assert data["detail"] == [
-            {"type": "string_type", "loc": ["body", "prompt"],
-             "msg": "Input should be a valid string", "input": 5, "url": "https://errors.pydantic.dev/2.8/v/string_type"},
-            {"type": "int_from_float", "loc": ["body", "steps"],
-             "msg": "Input should be a valid integer, got a number with a fractional part",
-             "input": 20.5, "url": "https://errors.pydantic.dev/2.8/v/int_from_float"},
-        ]  # fmt: skip
+            {
+                "type": "string_type",
+                "loc": ["body", "prompt"],
+                "msg": "Input should be a valid string",
+                "input": 5,
+                "url": "https://errors.pydantic.dev/2.8/v/string_type",
+            },
+            {
+                "type": "int_from_float",
+                "loc": ["body", "steps"],
+                "msg": "Input should be a valid integer, got a number with a fractional part",
+                "input": 20.5,
+                "url": "https://errors.pydantic.dev/2.8/v/int_from_float",
+            },
+        ]
         status, data = await post(http, {"steps": 20.0}, sim.url + "/sdapi/v1/txt2img")
         assert status == 200

@@ -178,6 +178,7 @@ class SimApp:
             "/sdapi/v1/latent-upscale-modes": lambda: [{"name": n} for n in LATENT_UPSCALE_MODES],
             "/sdapi/v1/progress": e.progress,
             "/sdapi/v1/memory": lambda: _MEMORY,
+            "/sdapi/v1/scripts": e.scripts,
             "/controlnet/model_list": lambda: {
                 "model_list": [inv.cn_model_title(m) for m in self.config.cn_models]
             },

@@ -24,7 +24,9 @@ from .stats import SimStats
 
 log = logging.getLogger(__name__)
 
-SELECTABLE_SCRIPTS = frozenset({"prompt matrix", "prompts from file or textbox", "x/y/z plot"})
+SELECTABLE_SCRIPTS = frozenset(
+    {"prompt matrix", "prompts from file or textbox", "x/y/z plot", "controlnet m2m"}
+)
 ALWAYSON_SCRIPTS = frozenset(
     {"controlnet", "refiner", "seed", "sampler", "comments", "hypertile", "extra options"}
 )
@@ -141,6 +143,12 @@ class Engine:
         if key not in self.opts:
             raise ApiError.internal("KeyError", repr(key))
         self.opts[key] = value
+
+    def scripts(self) -> dict[str, list[str]]:
+        """GET /sdapi/v1/scripts: lower-case titles, selectable first."""
+        alwayson = ALWAYSON_SCRIPTS | (FORGE_ALWAYSON if self.forge else frozenset())
+        titles = sorted(SELECTABLE_SCRIPTS) + sorted(alwayson)
+        return {"txt2img": titles, "img2img": titles}
 
     # ----- generation -----
 
