@@ -455,8 +455,9 @@ async def check_job(job: JobSpec, clients: Sequence[InventorySource]) -> list[Pr
             finding = find(use, inv)
             if finding is not None:
                 grouped.setdefault((use, finding), []).append(inv.endpoint)
+    everyone = len(inventories) if len(inventories) == len(clients) else -1
     problems = [
-        _problem(job, use, finding, endpoints, usage.uses[use], len(inventories))
+        _problem(job, use, finding, endpoints, usage.uses[use], everyone)
         for (use, finding), endpoints in grouped.items()
     ]
     problems.sort(key=lambda p: (p.row or 0, p.message))
@@ -472,9 +473,9 @@ async def _read(client: InventorySource, needs: set[Need]) -> Inventory | None:
 
 
 def _problem(
-    job: JobSpec, use: Use, finding: Finding, endpoints: list[str], rows: RowSet, checked: int
+    job: JobSpec, use: Use, finding: Finding, endpoints: list[str], rows: RowSet, everyone: int
 ) -> Problem:
-    if len(endpoints) > 1 and len(endpoints) == checked:
+    if len(endpoints) > 1 and len(endpoints) == everyone:
         where = f"every endpoint ({len(endpoints)})"
     elif len(endpoints) > _ENDPOINTS_SHOWN + 1:
         shown = ", ".join(endpoints[:_ENDPOINTS_SHOWN])

@@ -215,6 +215,29 @@ async def test_vae_lora_and_hires_upscaler(tmp_path: Path) -> None:
     ]
 
 
+async def test_hires_and_refiner_names(tmp_path: Path) -> None:
+    hires = {"prompt": "p", "enable_hr": "true", "denoising_strength": 0.5}
+    rows = [
+        {**hires, "hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Euler"},
+        {**hires, "hr_checkpoint_name": "dreamshaper_9", "hr_scheduler": "Karras"},
+        {**hires, "hr_sampler_name": "k_dpmpp_2m", "hr_scheduler": "karas"},
+        {"prompt": "p", "refiner_checkpoint": "sd_xl_refiner_1.0"},
+        {"prompt": "p", "refiner_checkpoint": "None", "hr_checkpoint_name": "nothing"},
+    ]
+    sheet = write_sheet(tmp_path, rows)
+    async with SimServer(SimConfig(models=MODELS)) as sim:
+        problems = await problems_of(job_for(sheet, sim.url))
+        assert generated(sim) == 0
+    assert sorted(p.message.split(f" on {sim.url}")[0] for p in problems) == [
+        "checkpoint 'dreamshaper_9' unknown",
+        "checkpoint 'sd_xl_refiner_1.0' unknown",
+        "sampler alias 'k_dpmpp_2m' not accepted",
+        "scheduler 'karas' unknown",
+    ]
+    failing = [p for p in problems if "refiner" in p.message or "dreamshaper_9" in p.message]
+    assert all("the server would fail these rows" in str(p.hint) for p in failing)
+
+
 async def test_controlnet_models_modules_and_unit_count(tmp_path: Path) -> None:
     write_png(tmp_path / "edge.png")
     unit = {"controlnet.0.image": "edge.png", "controlnet.0.module": "canny"}
