@@ -32,7 +32,16 @@ from batchgen.payload import PayloadBuilder
 from batchgen.records import Task
 from batchgen.sheet import read_headers, read_rows
 
-__all__ = ["Finding", "RowSet", "Usage", "Use", "check_job", "collect_uses", "resolve_checkpoint"]
+__all__ = [
+    "Finding",
+    "RowSet",
+    "Usage",
+    "Use",
+    "check_job",
+    "check_usage",
+    "collect_uses",
+    "resolve_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -444,6 +453,14 @@ async def check_job(job: JobSpec, clients: Sequence[InventorySource]) -> list[Pr
     """
     usage = await asyncio.to_thread(collect_uses, job)
     _warn_sheet(job, usage)
+    return await check_usage(job, usage, clients)
+
+
+async def check_usage(
+    job: JobSpec, usage: Usage, clients: Sequence[InventorySource]
+) -> list[Problem]:
+    """The endpoint half of check_job, for a Usage already collected (e.g. an endpoint that
+    comes back up during a run can be checked without reading the sheet again)."""
     needs = {NEEDS[use.kind] for use in usage.uses}
     if not needs or not clients:
         return []
@@ -455,6 +472,12 @@ async def check_job(job: JobSpec, clients: Sequence[InventorySource]) -> list[Pr
             finding = find(use, inv)
             if finding is not None:
                 grouped.setdefault((use, finding), []).append(inv.endpoint)
+    log.info(
+        "checked %d name(s) used by %d row(s) on %d endpoint(s)",
+        len(usage.uses),
+        usage.rows,
+        len(inventories),
+    )
     everyone = len(inventories) if len(inventories) == len(clients) else -1
     problems = [
         _problem(job, use, finding, endpoints, usage.uses[use], everyone)

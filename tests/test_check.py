@@ -216,7 +216,7 @@ async def test_vae_lora_and_hires_upscaler(tmp_path: Path) -> None:
 
 
 async def test_hires_and_refiner_names(tmp_path: Path) -> None:
-    hires = {"prompt": "p", "enable_hr": "true", "denoising_strength": 0.5}
+    hires: dict[str, Any] = {"prompt": "p", "enable_hr": "true", "denoising_strength": 0.5}
     rows = [
         {**hires, "hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Euler"},
         {**hires, "hr_checkpoint_name": "dreamshaper_9", "hr_scheduler": "Karras"},
