@@ -3,84 +3,25 @@
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from batchgen import controlnet as cn
+from batchgen.columns import LOWER_OVERRIDES, FieldPath, Target, Unresolved, coerce_auto, resolve
 from batchgen.errors import InputError, Problem
-from batchgen.fields import (
-    ALIASES,
-    FIELDS,
-    KIND_HINTS,
-    OVERRIDE_KINDS,
-    Kind,
-    coerce,
-    normalize_name,
-)
+from batchgen.fields import FIELDS, KIND_HINTS, coerce, normalize_name
 from batchgen.images import ImageError, ImageResolver, decode_inline, encode_file
 from batchgen.job import JobSpec
 from batchgen.records import ImageRef, Route, SheetRow, Task
 from batchgen.sheet import NO_HEADER
+from batchgen.traps import HIRES_DENOISE, fix_sampler, value_issue
 
-Path_ = tuple[str, ...]
 SEED_SPAN = 4294967294  # A1111 draws random seeds from range(4294967294): 0..4294967293
-HIRES_DENOISE = 0.7  # txt2img denoising_strength defaults to null, and hires fix 500s on null
-# (label, name, aliases) of A1111 1.10's schedules (modules/sd_schedulers.py); any may end a
-# sampler name ("DPM++ 2M Karras"), and the server then splits it off.
-SCHEDULERS = (
-    ("Automatic", "automatic", ()),
-    ("Uniform", "uniform", ()),
-    ("Karras", "karras", ()),
-    ("Exponential", "exponential", ()),
-    ("Polyexponential", "polyexponential", ()),
-    ("SGM Uniform", "sgm_uniform", ("SGMUniform",)),
-    ("KL Optimal", "kl_optimal", ()),
-    ("Align Your Steps", "align_your_steps", ()),
-    ("Simple", "simple", ()),
-    ("Normal", "normal", ()),
-    ("DDIM", "ddim", ()),
-    ("Beta", "beta", ()),
-)
-# Longest first: A1111 tries "Uniform" before "SGM Uniform" and would leave "DPM++ 2M SGM".
-_SUFFIXES = sorted(
-    ((option, label) for label, name, aliases in SCHEDULERS for option in (label, name, *aliases)),
-    key=lambda pair: len(pair[0]),
-    reverse=True,
-)
-_SCHEDULER_LABEL = {
-    option.lower(): label
-    for label, name, aliases in SCHEDULERS
-    for option in (label, name, *aliases)
-}
 _OPAQUE = ("alwayson_scripts", "script_args")  # job tables kept whole, not flattened to dotted keys
-_LOWER_FIELDS = {name.lower(): name for name in FIELDS}
-_LOWER_OVERRIDES = {name.lower(): name for name in OVERRIDE_KINDS}
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a column or default goes: a field path, or a ControlNet unit field."""
-
-    path: Path_  # ("steps",), ("override_settings", "sd_vae"), ("controlnet", "0", "image")
-    kind: Kind | Literal["auto", "units"]
-    unit: int | None = None
-
-    @property
-    def dotted(self) -> str:
-        return ".".join(self.path)
-
-
-@dataclass(frozen=True, slots=True)
-class _Unresolved:
-    message: str
-    hint: str | None
-    misspelled: bool  # close to a known name: never treated as a metadata column
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,121 +30,8 @@ class _Column:
     target: Target | None  # None: a metadata column
 
 
-def resolve(name: str) -> Target | _Unresolved:
-    """The field a header, a `columns` value or a default key names."""
-    norm = normalize_name(name)
-    if norm in _LOWER_FIELDS:
-        field = FIELDS[_LOWER_FIELDS[norm]]
-        return Target((field.name,), field.kind)
-    if norm in ALIASES:
-        return resolve(ALIASES[norm])
-    if norm == "controlnet":
-        return Target(("controlnet",), "units")
-    if "." in name:
-        return _resolve_dotted([part.strip() for part in name.strip().split(".")])
-    close = difflib.get_close_matches(norm, [*_LOWER_FIELDS, *ALIASES], n=1, cutoff=0.8)
-    if close:
-        suggestion = _LOWER_FIELDS.get(close[0], close[0])
-        return _Unresolved(
-            f"'{name}' is not a request field (A1111 would silently ignore it)",
-            f"did you mean '{suggestion}'?",
-            misspelled=True,
-        )
-    return _Unresolved(f"'{name}' is not a request field", None, misspelled=False)
-
-
-def _resolve_dotted(parts: list[str]) -> Target | _Unresolved:
-    head = normalize_name(parts[0])
-    shown = ".".join(parts)
-    if head in ("controlnet", "cn"):
-        if len(parts) == 3 and parts[1].isdigit():
-            key = cn.canonical_key(parts[2])
-            if key is not None:
-                return Target(("controlnet", str(int(parts[1])), key), "auto", int(parts[1]))
-            near = cn.suggest_key(parts[2])
-            hint = f"did you mean 'controlnet.{parts[1]}.{near}'?" if near else None
-            return _Unresolved(f"'{parts[2]}' is not a ControlNet unit field", hint, True)
-        return _Unresolved(
-            f"'{shown}' is not a ControlNet column",
-            "write controlnet.<unit number>.<field>, e.g. controlnet.0.image",
-            True,
-        )
-    if head == "override_settings" and len(parts) == 2 and parts[1]:
-        key = _LOWER_OVERRIDES.get(parts[1].lower())
-        if key is not None:
-            return Target(("override_settings", key), OVERRIDE_KINDS[key])
-        close = difflib.get_close_matches(parts[1], list(OVERRIDE_KINDS), n=1, cutoff=0.8)
-        if close:
-            return _Unresolved(
-                f"'{parts[1]}' is not a known setting (an unknown override fails the request)",
-                f"did you mean 'override_settings.{close[0]}'?",
-                True,
-            )
-        return Target(("override_settings", parts[1]), "auto")
-    if head == "comments" and len(parts) == 2 and parts[1]:
-        return Target(("comments", parts[1]), "auto")
-    if head in _LOWER_FIELDS or head in ALIASES:
-        return _Unresolved(
-            f"'{shown}' is not a field: '{parts[0]}' has no part '{'.'.join(parts[1:])}'",
-            "write alwayson_scripts as a JSON cell, or use controlnet.N.* columns"
-            if head == "alwayson_scripts"
-            else None,
-            True,
-        )
-    return _Unresolved(f"'{shown}' is not a request field", None, misspelled=False)
-
-
-def _coerce_auto(value: Any) -> Any:
-    """Settings we have no type for: numbers and true/false read as such, other text as is."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if re.fullmatch(r"[-+]?\d+", text):
-        return int(text)
-    if re.fullmatch(r"[-+]?(\d+\.\d*|\.\d+)([eE][-+]?\d+)?", text):
-        return float(text)
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    return value
-
-
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _value_issue(path: Path_, value: Any) -> tuple[str, str] | None:
-    """Values a real server errors on or silently changes, as (message, hint)."""
-    name = path[-1]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if name == "save_images" and value is True:
-            return (
-                "save_images would make the server save files too and put a grid first",
-                "remove it; batchgen saves the images itself",
-            )
-        if name == "send_images" and value is False:
-            return "send_images false would return no images", "remove it"
-        return None
-    if name in ("steps", "batch_size", "n_iter") and value < 1:
-        return f"{name} must be at least 1, not {value}", "write a whole number such as 20"
-    if name in ("width", "height"):
-        if value <= 0:
-            return f"{name} must be positive, not {value}", "write a size such as 512"
-        if value % 8:
-            lower = max(8, int(value) - int(value) % 8)
-            return (
-                f"{name} {value} is not a multiple of 8 (the server would make it {lower})",
-                f"write {lower} or {lower + 8}",
-            )
-    if name in ("denoising_strength", "subseed_strength", "refiner_switch_at") and not (
-        0.0 <= value <= 1.0
-    ):
-        return f"{name} must be between 0 and 1, not {value}", "write a number such as 0.7"
-    if name in ("seed", "subseed") and not -1 <= value < 2**32:
-        return (
-            f"{name} {value} is out of range",
-            "write -1 (or leave it empty) for a new seed, or a number from 0 to 4294967295",
-        )
-    return None
 
 
 class PayloadBuilder:
@@ -225,7 +53,7 @@ class PayloadBuilder:
         self.metadata_columns: tuple[str, ...] = tuple(
             h for h, c in self._columns.items() if c.target is None
         )
-        self._defaults: dict[Path_, Any] = {}
+        self._defaults: dict[FieldPath, Any] = {}
         self._default_units: dict[int, dict[str, Any]] = {}
         default_problems: list[Problem] = []
         self._plan_defaults(default_problems)
@@ -236,7 +64,7 @@ class PayloadBuilder:
     def _plan_columns(self, headers: Sequence[str], problems: list[Problem]) -> None:
         mapped = {normalize_name(k): (k, v) for k, v in self._job.columns.items()}
         used_mappings: set[str] = set()
-        by_path: dict[Path_, str] = {}
+        by_path: dict[FieldPath, str] = {}
         for header in headers:
             if header == NO_HEADER:
                 continue
@@ -286,7 +114,7 @@ class PayloadBuilder:
             if not explicit.strip():
                 return _Column(header, None)  # mapped to "" = a metadata column on purpose
             target = resolve(explicit)
-            if isinstance(target, _Unresolved):
+            if isinstance(target, Unresolved):
                 problems.append(
                     Problem(self._job_file, target.message, column=header, hint=target.hint)
                 )
@@ -307,7 +135,7 @@ class PayloadBuilder:
     def _plan_defaults(self, problems: list[Problem]) -> None:
         for key, raw in _flatten(self._job.defaults):
             target = resolve(key)
-            if isinstance(target, _Unresolved):
+            if isinstance(target, Unresolved):
                 problems.append(
                     Problem(self._job_file, target.message, column=key, hint=target.hint)
                 )
@@ -318,10 +146,10 @@ class PayloadBuilder:
                 index, unit, f"controlnet[{index}]", None, self._default_units, problems
             )
         for path, value in self._defaults.items():
-            issue = _value_issue(path, value)
+            issue = value_issue(path, value)
             if issue is not None:
                 problems.append(
-                    Problem(self._job_file, issue[0], column=".".join(path), hint=issue[1])
+                    Problem(self._job_file, issue.message, column=".".join(path), hint=issue.hint)
                 )
 
     # ---- values ---------------------------------------------------------------------------
@@ -336,7 +164,7 @@ class PayloadBuilder:
         raw: Any,
         column: str,
         row: int | None,
-        values: dict[Path_, Any],
+        values: dict[FieldPath, Any],
         units: dict[int, dict[str, Any]],
         problems: list[Problem],
     ) -> None:
@@ -369,7 +197,7 @@ class PayloadBuilder:
             value = self._fold_controlnet(value, column, row, units, problems)
         elif target.path in (("override_settings",), ("comments",)):
             # Key by key, so a row's dict overrides a default's keys instead of losing to them.
-            known = _LOWER_OVERRIDES if target.path[0] == "override_settings" else {}
+            known = LOWER_OVERRIDES if target.path[0] == "override_settings" else {}
             for name, item in value.items():
                 values[(target.path[0], known.get(str(name).lower(), str(name)))] = item
             return
@@ -377,7 +205,7 @@ class PayloadBuilder:
 
     def _value(self, target: Target, raw: Any) -> Any:
         if target.kind == "auto":
-            return _coerce_auto(raw)
+            return coerce_auto(raw)
         if target.kind == "units":  # pragma: no cover - handled by _apply
             raise ValueError("units")
         value = coerce(target.kind, raw)
@@ -467,7 +295,9 @@ class PayloadBuilder:
         problems: list[Problem] = []
         values = dict(self._defaults)
         units = copy.deepcopy(self._default_units)
-        sources: dict[Path_, str] = {}  # field path -> the header that set it (absent: a default)
+        sources: dict[
+            FieldPath, str
+        ] = {}  # field path -> the header that set it (absent: a default)
         unit_sources: dict[int, str] = {}
         metadata: dict[str, Any] = {}
         for header, raw in row.cells.items():
@@ -503,9 +333,11 @@ class PayloadBuilder:
                     unit_sources.setdefault(index, header)
             else:
                 sources[target.path] = header
-                issue = _value_issue(target.path, values.get(target.path))
+                issue = value_issue(target.path, values.get(target.path))
                 if issue is not None and len(problems) == before:
-                    problems.append(Problem(self._sheet_file, issue[0], row.row, header, issue[1]))
+                    problems.append(
+                        Problem(self._sheet_file, issue.message, row.row, header, issue.hint)
+                    )
         body = _assemble(values)
         route: Route = "img2img" if body.get("init_images") else "txt2img"
         self._check_route(body, route, sources, row.row, problems)
@@ -537,7 +369,7 @@ class PayloadBuilder:
         self,
         body: dict[str, Any],
         route: Route,
-        sources: Mapping[Path_, str],
+        sources: Mapping[FieldPath, str],
         row: int,
         problems: list[Problem],
     ) -> None:
@@ -558,7 +390,11 @@ class PayloadBuilder:
             problems.append(Problem(self._sheet_file, message, row, header, hint))
 
     def _check_body(
-        self, body: dict[str, Any], sources: Mapping[Path_, str], row: int, problems: list[Problem]
+        self,
+        body: dict[str, Any],
+        sources: Mapping[FieldPath, str],
+        row: int,
+        problems: list[Problem],
     ) -> None:
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -581,7 +417,7 @@ class PayloadBuilder:
                     "add an init_images cell",
                 )
             )
-        conflict = _fix_sampler(body)
+        conflict = fix_sampler(body)
         if conflict is not None:
             column = sources.get(("sampler_name",), sources.get(("scheduler",)))
             problems.append(
@@ -642,38 +478,6 @@ def derive_seed(base: int, key: str) -> int:
     return int.from_bytes(digest[:8], "big") % SEED_SPAN
 
 
-def _fix_sampler(body: dict[str, Any]) -> str | None:
-    """`sampler_index: "DPM++ SDE Karras"`, no sampler_name -> "DPM++ SDE" + scheduler "Karras".
-
-    Returns a message when the name's schedule contradicts the scheduler field (the server
-    would silently take the name's).
-    """
-    index = body.pop("sampler_index", None)
-    name = body.get("sampler_name")
-    if not name and isinstance(index, str) and index.strip():
-        name = index
-    if not isinstance(name, str) or not name.strip():
-        body.pop("sampler_name", None)
-        return None
-    name = name.strip()
-    conflict = None
-    for option, label in _SUFFIXES:
-        if name.endswith(" " + option):
-            name = name[: -len(option) - 1]
-            given = body.get("scheduler")
-            if isinstance(given, str) and given.strip():
-                if _SCHEDULER_LABEL.get(given.strip().lower(), given) != label:
-                    conflict = (
-                        f"sampler '{name} {option}' names schedule {label}, "
-                        f"but scheduler is '{given}'"
-                    )
-            else:
-                body["scheduler"] = label
-            break
-    body["sampler_name"] = name
-    return conflict
-
-
 def _flatten(raw: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """TOML tables (override_settings = {...}) become dotted keys, as --set gives them."""
     for key, value in raw.items():
@@ -684,7 +488,7 @@ def _flatten(raw: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
             yield dotted, value
 
 
-def _assemble(values: Mapping[Path_, Any]) -> dict[str, Any]:
+def _assemble(values: Mapping[FieldPath, Any]) -> dict[str, Any]:
     """Nested body from field paths: whole dict fields first, then their keys merged in."""
     body: dict[str, Any] = {}
     for path, value in sorted(values.items(), key=lambda item: len(item[0])):
