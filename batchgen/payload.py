@@ -295,9 +295,8 @@ class PayloadBuilder:
         problems: list[Problem] = []
         values = dict(self._defaults)
         units = copy.deepcopy(self._default_units)
-        sources: dict[
-            FieldPath, str
-        ] = {}  # field path -> the header that set it (absent: a default)
+        # field path -> the header that set it; a path set by a default is absent
+        sources: dict[FieldPath, str] = {}
         unit_sources: dict[int, str] = {}
         metadata: dict[str, Any] = {}
         for header, raw in row.cells.items():
@@ -492,8 +491,9 @@ def _assemble(values: Mapping[FieldPath, Any]) -> dict[str, Any]:
     """Nested body from field paths: whole dict fields first, then their keys merged in."""
     body: dict[str, Any] = {}
     for path, value in sorted(values.items(), key=lambda item: len(item[0])):
+        value = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
         if len(path) == 1:
-            body[path[0]] = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+            body[path[0]] = value
         else:
             inner = body.get(path[0])
             if not isinstance(inner, dict):
