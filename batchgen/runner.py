@@ -192,8 +192,11 @@ async def run_batch(
 
 async def check_only(job: JobSpec) -> list[str]:
     """`batchgen check`: the sheet, then every endpoint that may get a row; nothing is generated."""
-    plan = validate(job)
-    lines = [f"{job.sheet}: {plan.total:,} rows, all valid"]
+    sheet_problems: list[Problem] = []
+    try:
+        lines = [f"{job.sheet}: {validate(job).total:,} rows, all valid"]
+    except InputError as error:  # go on: the endpoints' problems belong in the same list
+        sheet_problems, lines = list(error.problems), []
     endpoints = [resolve_endpoint(spec, job.in_flight) for spec in job.endpoints]
     async with _started_endpoints(endpoints) as live, aiohttp.ClientSession() as session:
         clients = [EndpointClient(endpoint, session, job.timeout) for endpoint in live]
@@ -207,12 +210,15 @@ async def check_only(job: JobSpec) -> list[str]:
                 else f"{slot.name}: does not answer"
             )
         if not up:
+            if sheet_problems:
+                raise InputError(sheet_problems)
             raise NoEndpointError("no endpoint answers; nothing was checked against a server")
         from batchgen.check import check_job
 
-        problems = await check_job(job, up)
+        problems = [*sheet_problems, *await check_job(job, up)]
         if problems:
-            raise InputError(problems, "the endpoints cannot serve every row; nothing was sent")
+            summary = "" if sheet_problems else "the endpoints cannot serve every row"
+            raise InputError(problems, summary and f"{summary}; nothing was sent")
     lines.append("all checks passed")
     return lines
 

@@ -365,6 +365,19 @@ def test_cli_check_exits_2_and_lists_grouped_problems(tmp_path: Path) -> None:
     assert "sampler alias 'k_euler_a' not accepted" in result.output
 
 
+def test_cli_check_lists_sheet_and_endpoint_problems_together(tmp_path: Path) -> None:
+    rows = [{"prompt": "p", "steps": "many"}, {"prompt": "p", "model": "dreamshaper_7"}]
+    sheet = write_sheet(tmp_path, rows)
+    endpoint = "sim://?models=dreamshaper_8.safetensors"
+    result = CliRunner().invoke(
+        cli, ["check", str(sheet), "--endpoint", endpoint], catch_exceptions=False
+    )
+    assert result.exit_code == 2, result.output
+    assert "2 problems found; nothing was sent" in result.output
+    assert f"{sheet}, row 2, column 'steps'" in result.output
+    assert "checkpoint 'dreamshaper_7' unknown on sim://" in result.output
+
+
 def test_cli_run_checks_first_and_sends_nothing(tmp_path: Path) -> None:
     sheet = write_sheet(tmp_path, [{"prompt": "p", "model": "dreamshaper_7"}])
     out = tmp_path / "out"
