@@ -9,12 +9,12 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found]
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 Flavor = Literal["a1111", "forge"]
 Encoder = Literal["fast", "pillow"]
@@ -113,6 +113,14 @@ class SimConfig:
         """Build from `speed=2&models=a,b&fail_rate=0.1` (a leading `?` is allowed)."""
         pairs = parse_qsl(query.lstrip("?"), keep_blank_values=True, strict_parsing=False)
         return cls.from_mapping(dict(pairs))
+
+    @classmethod
+    def from_url(cls, url: str) -> SimConfig:
+        """Build from an endpoint URL such as `sim://` or `sim://?speed=2&models=a,b`."""
+        parts = urlsplit(url)
+        if parts.scheme != "sim":
+            raise ValueError(f"not a sim:// URL: {url!r}")
+        return cls.from_query(parts.query)
 
     @classmethod
     def from_file(cls, path: str | Path) -> SimConfig:

@@ -1,0 +1,77 @@
+"""`serve()` / `python -m batchgen.sim` in a subprocess: fast start, real HTTP, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start(*args: str) -> tuple[asyncio.subprocess.Process, str, float]:
+    began = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+    return proc, line, time.perf_counter() - began
+
+
+async def test_module_starts_fast_and_stops_on_sigint(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "sim.toml"
+    config.write_text('flavor = "forge"\n')
+    proc, line, elapsed = await start(
+        "-m", "batchgen.sim", "--port", str(port), "--config", str(config), "--set", "speed=5"
+    )
+    try:
+        assert f"http://127.0.0.1:{port}" in line and "forge" in line
+        assert elapsed < 1.0, f"start took {elapsed:.2f} s"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/_sim/stats") as resp,
+        ):
+            stats = await resp.json()
+        assert stats["config"]["speed"] == 5.0 and stats["config"]["flavor"] == "forge"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_serve_function() -> None:
+    port = free_port()
+    code = (
+        "from batchgen.sim import SimConfig, serve; "
+        f"serve({port}, SimConfig.from_query('models=only.safetensors'))"
+    )
+    proc, line, _ = await start("-c", code)
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/sdapi/v1/sd-models") as resp,
+        ):
+            assert [m["model_name"] for m in await resp.json()] == ["only"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    assert line.startswith("batchgen simulator (a1111) serving at")
+
+
+async def test_bad_option_exits_with_usage_error() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batchgen.sim", "--set", "sped=2", stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2 and b"unknown simulator option 'sped'" in err
