@@ -133,6 +133,11 @@ class PayloadBuilder:
         return _Column(header, None)
 
     def _plan_defaults(self, problems: list[Problem]) -> None:
+        # [[controlnet]] units first: a --set controlnet.N.key (in defaults) overrides them.
+        for index, unit in enumerate(self._job.controlnet):
+            self._merge_unit(
+                index, unit, f"controlnet[{index}]", None, self._default_units, problems
+            )
         for key, raw in _flatten(self._job.defaults):
             target = resolve(key)
             if isinstance(target, Unresolved):
@@ -141,10 +146,6 @@ class PayloadBuilder:
                 )
                 continue
             self._apply(target, raw, key, None, self._defaults, self._default_units, problems)
-        for index, unit in enumerate(self._job.controlnet):
-            self._merge_unit(
-                index, unit, f"controlnet[{index}]", None, self._default_units, problems
-            )
         for path, value in self._defaults.items():
             issue = value_issue(path, value)
             if issue is not None:

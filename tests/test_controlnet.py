@@ -297,3 +297,16 @@ def test_the_demo_job_builds() -> None:
     assert any("🐼" in t.body["prompt"] for t in tasks)
     assert any("<lora:" in t.body["prompt"] for t in tasks)
     assert len({t.key for t in tasks}) == 12
+
+
+def test_set_values_reach_units_and_override_the_job_file() -> None:
+    job = load_job(
+        JOBS / "sample-controlnet.toml",
+        set_fields={"controlnet.1.weight": "0.5", "model": "v1-5-pruned-emaonly", "steps": "30"},
+    )
+    builder = PayloadBuilder(job, read_headers(job.sheet))
+    assert builder.default_problems() == ()
+    (task,) = [builder.build(row) for row in read_rows(job.sheet)]
+    assert [u["weight"] for u in units_of(task)] == [0.3, 0.5]
+    assert task.checkpoint == "v1-5-pruned-emaonly"
+    assert task.body["steps"] == 30
