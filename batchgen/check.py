@@ -10,6 +10,7 @@ with the rows that use it. Sheet-only checks belong to payload.py; this is what 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import difflib
 import logging
 import re
@@ -97,23 +98,29 @@ class RowSet:
         self.count = 0
 
     def add(self, row: int) -> None:
-        """Add a row; rows come in sheet order, so this is an append or an extension."""
-        if self._ends and self._starts[-1] <= row <= self._ends[-1]:
+        """Add a row. Rows come in sheet order, so this is nearly always an append."""
+        starts, ends = self._starts, self._ends
+        if not ends or row > ends[-1]:
+            self.count += 1
+            if ends and row == ends[-1] + 1:
+                ends[-1] = row
+            else:
+                starts.append(row)
+                ends.append(row)
+            return
+        at = bisect.bisect_right(starts, row) - 1
+        if at >= 0 and row <= ends[at]:
             return
         self.count += 1
-        if self._ends and row == self._ends[-1] + 1:
-            self._ends[-1] = row
-        elif self._ends and row < self._starts[-1]:  # out of order: keep it correct, if slower
-            self._insert(row)
+        if at >= 0 and row == ends[at] + 1:
+            ends[at] = row
         else:
-            self._starts.append(row)
-            self._ends.append(row)
-
-    def _insert(self, row: int) -> None:
-        rows = sorted({*self.rows(), row})
-        self._starts, self._ends, self.count = array("q"), array("q"), 0
-        for item in rows:
-            self.add(item)
+            at += 1
+            starts.insert(at, row)
+            ends.insert(at, row)
+        if at + 1 < len(starts) and ends[at] + 1 == starts[at + 1]:
+            ends[at] = ends[at + 1]
+            del starts[at + 1], ends[at + 1]
 
     @property
     def first(self) -> int:

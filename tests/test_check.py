@@ -75,9 +75,10 @@ def test_rowset_keeps_ranges_and_describes_them() -> None:
     single.add(7)
     assert single.describe() == "row 7"
     odd = RowSet()
-    for row in (5, 9, 2, 3):
+    for row in (5, 9, 2, 3, 3, 7, 8, 6):
         odd.add(row)
-    assert list(odd.rows()) == [2, 3, 5, 9] and odd.describe() == "rows 2-3, 5, 9"
+    assert list(odd.rows()) == [2, 3, 5, 6, 7, 8, 9] and odd.describe() == "rows 2-3, 5-9"
+    assert odd.count == 7
     many = RowSet()
     for row in range(2, 200, 2):
         many.add(row)
