@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from batchgen.columns import coerce_auto
 from batchgen.errors import InputError, Problem
 from batchgen.job import JobSpec, SeedSpec
 from batchgen.payload import PayloadBuilder, adapt_for, derive_seed, encode_body, manifest_body
@@ -88,6 +89,26 @@ def test_headers_map_to_fields_aliases_and_dotted_paths(tmp_path: Path) -> None:
     assert task.metadata == {"notes": "keep me"}
     assert task.route == "txt2img"
     assert task.row == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2", 2),
+        ("-3", -3),
+        ("0.5", 0.5),
+        ("TRUE", True),
+        ("false", False),
+        (" CPU ", " CPU "),
+        ("1.2.3", "1.2.3"),
+        (7, 7),
+        ("", ""),
+    ],
+)
+def test_untyped_settings_read_numbers_and_booleans_only(value: Any, expected: Any) -> None:
+    result = coerce_auto(value)
+    assert result == expected
+    assert type(result) is type(expected)
 
 
 def test_metadata_columns_are_listed(tmp_path: Path) -> None:
