@@ -9,6 +9,7 @@ scanline is deflated, and the zlib Adler-32 is combined arithmetically instead o
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import struct
@@ -53,6 +54,13 @@ def adler32_combine(adler1: int, adler2: int, len2: int) -> int:
     return sum1 | (sum2 << 16)
 
 
+@functools.lru_cache(maxsize=256)
+def _segment(left: int, right: int) -> bytes:
+    """Translate-table slice for one channel: 85 levels from colour `left` to `right` (4 bits)."""
+    a, b = left * 17, right * 17
+    return bytes(a + (b - a) * lv // (_RAMP_LEVELS - 1) for lv in range(_RAMP_LEVELS))
+
+
 class Encoder(Protocol):
     def encode(self, digest: bytes, width: int, height: int, infotext: str | None) -> bytes:
         """PNG bytes for `digest` at that size, with a `parameters` text chunk if given."""
@@ -91,13 +99,9 @@ class FastPngEncoder:
         return ramp
 
     def first_row(self, digest: bytes, width: int) -> bytes:
-        left, right = digest[0:3], digest[3:6]
-        table = bytearray(256)
-        for c in range(3):
-            a, b = left[c], right[c]
-            for lv in range(_RAMP_LEVELS):
-                table[c * _RAMP_LEVELS + lv] = a + (b - a) * lv // (_RAMP_LEVELS - 1)
-        row = bytearray(self._ramp(width).translate(table))
+        """A left-to-right gradient between two digest colours, then the digest as raw pixels."""
+        table = b"".join(_segment(digest[c] >> 4, digest[3 + c] >> 4) for c in range(3))
+        row = bytearray(self._ramp(width).translate(table + b"\x00"))
         stamp = digest[: len(row)]
         start = (len(row) - len(stamp)) // 6 * 3
         row[start : start + len(stamp)] = stamp
