@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from batchgen.errors import InputError, Problem
+from batchgen.fields import normalize_name
 from batchgen.inventory import (
     Inventory,
     InventoryError,
@@ -517,10 +518,14 @@ def _problem(
 
 
 def _warn_sheet(job: JobSpec, usage: Usage) -> None:
-    if usage.metadata_columns:
-        names = ", ".join(f"'{name}'" for name in usage.metadata_columns)
+    """Columns that are never sent, unless the job maps them to "" (a note column on purpose)."""
+    chosen = {normalize_name(header) for header, field in job.columns.items() if not field.strip()}
+    unsent = [name for name in usage.metadata_columns if normalize_name(name) not in chosen]
+    if unsent:
         log.warning(
-            "%s: column(s) %s are not request fields; they are kept in the results, not sent",
+            "%s: column(s) %s are not request fields; they are kept in the results, not sent "
+            '(to say so in the job: [columns] "%s" = "")',
             job.sheet,
-            names,
+            ", ".join(f"'{name}'" for name in unsent),
+            unsent[0],
         )

@@ -348,6 +348,13 @@ async def test_metadata_columns_are_named_in_a_warning(
         with caplog.at_level(logging.WARNING, logger="batchgen"):
             assert (await check_only(job_for(sheet, sim.url)))[-1] == "all checks passed"
     assert "'notes', 'batch' are not request fields" in caplog.text
+    caplog.clear()
+    job_file = tmp_path / "job.toml"
+    job_file.write_text('sheet = "rows.csv"\n[columns]\nNotes = ""\nbatch = ""\n')
+    async with SimServer(SimConfig()) as sim:
+        with caplog.at_level(logging.WARNING, logger="batchgen"):
+            await check_only(load_job(job_file, endpoints=[sim.url]))
+    assert "not request fields" not in caplog.text
 
 
 # ---- the command line ----------------------------------------------------------------------------
