@@ -162,7 +162,7 @@ class EndpointClient:
         """GET a JSON route, retrying passing failures; 404 raises FatalEndpointError."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
             retry=retry_if_exception_type(RetryableEndpointError),
             reraise=True,
         )

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential_jitter,
@@ -32,10 +33,11 @@ from batchgen.errors import (
     Problem,
     RetryableEndpointError,
 )
+from batchgen.inventory import CheckpointIndex
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder, manifest_body
-from batchgen.records import Result, Task
-from batchgen.scheduler import EndpointSlot, Lease, Scheduler
+from batchgen.records import Generation, Result, Task
+from batchgen.scheduler import EndpointFacts, EndpointSlot, Lease, Scheduler
 from batchgen.sheet import read_headers, read_rows
 from batchgen.store import OutputStore, ResumeState, check_template, peek_state
 
@@ -85,6 +87,8 @@ class EndpointView:
     images: int
     switches: int
     busy_s: float
+    loaded: str | None = None  # the checkpoint in memory, as last seen
+    down_s: float | None = None  # how long it has been out of rotation
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,11 +245,8 @@ class _Run:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store")
 
     async def run(self) -> RunSummary:
-        if self.options.fresh:
-            _move_aside(self.job.out_dir)
-        plan = validate(
-            self.job, peek_state(self.job.out_dir), retry_failed=self.options.retry_failed
-        )
+        past = None if self.options.fresh else peek_state(self.job.out_dir)
+        plan = validate(self.job, past, retry_failed=self.options.retry_failed)
         started = time.monotonic()
         endpoints = [resolve_endpoint(spec, self.job.in_flight) for spec in self.job.endpoints]
         async with _started_endpoints(endpoints) as live, aiohttp.ClientSession() as session:
@@ -253,7 +254,9 @@ class _Run:
             slots = await _probe_all(clients)
             scheduler = Scheduler(slots, wait_all_down=self.job.wait_all_down)
             if self.options.check and self.job.check:
-                await self._check(clients)
+                await self._check([slot.client for slot in slots if slot.up])
+            if self.options.fresh:  # only now: an invalid job leaves the folder as it was
+                _move_aside(self.job.out_dir)
             state = self.store.open()
             handler = _run_log(self.job.out_dir / RUN_LOG)
             try:
@@ -303,9 +306,11 @@ class _Run:
                 if self.stopping:
                     window.release()
                     break
+                scheduler.expect(task)  # no row is handed out until the window is in
                 row_task = asyncio.create_task(self._send_row(task, scheduler))
                 self.rows.add(row_task)
                 row_task.add_done_callback(self._row_done_callback(window))
+                row_task.add_done_callback(_settle(scheduler, task))
             while self.rows:
                 await asyncio.wait(set(self.rows))
         finally:
@@ -314,9 +319,7 @@ class _Run:
                 row_task.cancel()
             await asyncio.gather(watcher, *self.rows, return_exceptions=True)
 
-    def _row_done_callback(
-        self, window: asyncio.Semaphore
-    ) -> Callable[[asyncio.Task[None]], None]:
+    def _row_done_callback(self, window: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
         def done(row_task: asyncio.Task[None]) -> None:
             self.rows.discard(row_task)
             window.release()
@@ -337,9 +340,7 @@ class _Run:
         endpoint = ""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.job.retry.attempts),
-            wait=wait_exponential_jitter(
-                initial=self.job.retry.backoff_initial, max=self.job.retry.backoff_max
-            ),
+            wait=_retry_wait(self.job),
             retry=retry_if_exception_type(RetryableEndpointError),
             reraise=True,
             sleep=self.options.sleep,
@@ -357,9 +358,9 @@ class _Run:
                         self.sending.add(current)
                     try:
                         generation = await self._attempt(lease, scheduler)
-                    finally:
-                        if current is not None:
-                            self.sending.discard(current)
+                    except BaseException:
+                        self.sending.discard(current)
+                        raise
                     avoid.discard(endpoint)
             result = Result(
                 task, "ok", endpoint, attempts, None, generation, started, time.monotonic() - clock
@@ -382,23 +383,44 @@ class _Run:
                 started,
                 time.monotonic() - clock,
             )
-        await self._record(result)
-
-    async def _attempt(self, lease: Lease, scheduler: Scheduler) -> Any:
+        if current is not None:  # a stop must not cancel a row being written
+            self.sending.add(current)
         try:
-            generation = await lease.slot.client.generate(lease.task)
+            await self._record(result)
+        finally:
+            self.sending.discard(current)
+
+    async def _attempt(self, lease: Lease, scheduler: Scheduler) -> Generation:
+        """Send the row once; give up at once if the endpoint leaves rotation meanwhile."""
+        slot = lease.slot
+        sending = asyncio.ensure_future(slot.client.generate(lease.task))
+        lost = asyncio.ensure_future(slot.lost.wait())
+        try:
+            await asyncio.wait({sending, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            sending.cancel()
+            lost.cancel()
+            scheduler.release(lease, None)
+            raise
+        lost.cancel()
+        if not sending.done():
+            sending.cancel()
+            scheduler.release(lease, None)
+            raise RetryableEndpointError(f"{slot.name} is out of rotation")
+        try:
+            generation = sending.result()
         except RetryableEndpointError as error:
-            scheduler.release(lease, None, reachable=error.status is not None)
-            log.info("row %d on %s: %s (will retry)", lease.task.row, lease.slot.name, error)
+            scheduler.release(lease, None, endpoint_failed=True)
+            log.info("row %d on %s: %s (will retry)", lease.task.row, slot.name, error)
             raise
         except FatalEndpointError:
-            scheduler.release(lease, None, reachable=True)
-            lease.slot.failed += 1
+            scheduler.release(lease, None)
+            slot.failed += 1
             raise
         except BaseException:
-            scheduler.release(lease, None, reachable=True)
+            scheduler.release(lease, None)
             raise
-        scheduler.release(lease, generation, reachable=True)
+        scheduler.release(lease, generation)
         return generation
 
     async def _record(self, result: Result) -> None:
@@ -431,12 +453,12 @@ class _Run:
                 due, delay = next_probe.setdefault(slot.name, (now, 1.0))
                 if now >= due:
                     try:
-                        state = await slot.client.probe()
+                        facts = await _inspect(slot.client)
                     except EndpointError:
                         next_probe[slot.name] = (now + delay, min(delay * 2, PROBE_BACKOFF_MAX))
                     else:
-                        log.info("%s answers again; back in rotation", slot.name)
-                        scheduler.mark_up(slot, state)
+                        log.warning("%s answers again; back in rotation", slot.name)
+                        scheduler.mark_up(slot, facts)
             scheduler.tick()
             self.reporter.endpoints(list(_views(scheduler.slots)))
             await asyncio.sleep(0.5)
@@ -515,17 +537,54 @@ async def _started_endpoints(endpoints: list[Endpoint]) -> AsyncIterator[list[En
 
 async def _probe_all(clients: list[EndpointClient]) -> list[EndpointSlot]:
     async def probe(client: EndpointClient) -> EndpointSlot:
+        slot = EndpointSlot(client, None)
         try:
-            state = await client.probe()
+            slot.learn(await _inspect(client))
         except EndpointError as error:
             log.warning("%s does not answer (%s); left out until it does", client.name, error)
-            return EndpointSlot(client, None, up=False)
-        return EndpointSlot(client, state)
+            slot.up = False
+            slot.down_since = time.monotonic()
+        return slot
 
     return list(await asyncio.gather(*(probe(client) for client in clients)))
 
 
+async def _inspect(client: EndpointClient) -> EndpointFacts:
+    """What an endpoint is, what it has in memory, and every name of its checkpoints."""
+    state = await client.probe()
+    models = loaded = None
+    with contextlib.suppress(EndpointError):
+        listed = await client.get_json("/sdapi/v1/sd-models", attempts=1)
+        models = CheckpointIndex.from_api(listed) if isinstance(listed, list) else None
+    with contextlib.suppress(EndpointError):
+        options = await client.get_json("/sdapi/v1/options", attempts=1)
+        value = options.get("sd_checkpoint_hash") if isinstance(options, dict) else None
+        loaded = value if isinstance(value, str) and value else None
+    return EndpointFacts(state, models, loaded)
+
+
+def _settle(scheduler: Scheduler, task: Task) -> Callable[[asyncio.Task[None]], None]:
+    return lambda _: scheduler.settle(task)
+
+
+def _retry_wait(job: JobSpec) -> Callable[[RetryCallState], float]:
+    backoff = wait_exponential_jitter(
+        multiplier=job.retry.backoff_initial,
+        max=job.retry.backoff_max,
+        jitter=job.retry.backoff_initial,
+    )
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, EndpointError) and error.status is None:
+            return 0.0  # the endpoint failed, not the row: another endpoint takes it at once
+        return backoff(state)
+
+    return wait
+
+
 def _views(slots: list[EndpointSlot]) -> Iterator[EndpointView]:
+    now = time.monotonic()
     for slot in slots:
         yield EndpointView(
             slot.name,
@@ -536,6 +595,8 @@ def _views(slots: list[EndpointSlot]) -> Iterator[EndpointView]:
             slot.images,
             slot.switches,
             slot.busy_s,
+            loaded=slot.loaded,
+            down_s=None if slot.down_since is None else now - slot.down_since,
         )
 
 
@@ -543,9 +604,16 @@ def _public_job(job: JobSpec, live: list[Endpoint]) -> dict[str, Any]:
     """The resolved job, with every secret left out (header values, URL credentials)."""
     data = job.model_dump(mode="json")
     data["endpoints"] = [
-        {"name": endpoint.name, "headers": sorted(spec.headers) + sorted(spec.headers_env)}
+        {
+            "name": endpoint.name,
+            "url": resolve_endpoint(spec, job.in_flight).url,  # credentials split off
+            "auth_env": spec.auth_env,
+            "headers": sorted(spec.headers) + sorted(spec.headers_env),
+            "headers_env": dict(spec.headers_env),  # header -> variable name, not its value
+        }
         for endpoint, spec in zip(live, job.endpoints, strict=True)
     ]
+    data["payload_base"] = str(job.sheet.parent.resolve())  # where the payload's paths start
     return data
 
 
@@ -554,6 +622,10 @@ def _move_aside(out_dir: Path) -> None:
         return
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = out_dir.with_name(f"{out_dir.name}.{stamp}")
+    counter = 1
+    while target.exists():  # never into (or over) an earlier copy
+        target = out_dir.with_name(f"{out_dir.name}.{stamp}-{counter}")
+        counter += 1
     shutil.move(str(out_dir), str(target))
     log.warning("--fresh: moved the earlier output folder to %s", target)
 
