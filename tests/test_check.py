@@ -23,8 +23,6 @@ from batchgen.job import EndpointSpec, JobSpec, TimeoutSpec, load_job
 from batchgen.runner import check_only
 from batchgen.sim import SimConfig, SimServer
 
-# tenacity >= 9 deprecates wait_exponential_jitter(initial=...), which client.py still uses.
-pytestmark = pytest.mark.filterwarnings("ignore:The 'initial' parameter is deprecated")
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 MODELS = ("v1-5-pruned-emaonly.safetensors", "dreamshaper_8.safetensors", "sdxl/juggernaut.ckpt")
 
