@@ -1,22 +1,37 @@
-"""Who gets what next: rows wait here until an endpoint with a free slot takes one."""
+"""Who gets what next: rows wait here, grouped by checkpoint, until an endpoint takes one.
+
+A freed endpoint keeps to the checkpoint it has loaded while that pays; when it must switch it
+joins the group that would otherwise finish last. Speeds and switch costs are learned from the
+responses, and an endpoint takes another row only if it would finish it before the others could
+(so a slow endpoint never holds the last rows). See the README, "How batchgen spreads rows".
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
+import statistics
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from batchgen.client import EndpointClient, ServerState
 from batchgen.errors import NoEndpointError
+from batchgen.inventory import CheckpointIndex
 from batchgen.records import Generation, Task
 
 log = logging.getLogger(__name__)
 
-DOWN_AFTER_FAILURES = 3
+DOWN_AFTER_FAILURES = 3  # consecutive retryable failures that take an endpoint out of rotation
+SPEED_ALPHA = 0.3  # weight of the newest sample in the running estimates
+DEFAULT_SEC_PER_UNIT = 0.05  # a 20-step 512x512 image in 1 s, until an endpoint is measured
+SWITCH_PRIOR_ROWS = 5.0  # a checkpoint switch costs this many rows until one is measured
+
+Group = str | None  # canonical checkpoint name; None: the row names none (or one no server has)
 
 
 def checkpoint_name(value: str | None) -> str | None:
@@ -28,38 +43,99 @@ def checkpoint_name(value: str | None) -> str | None:
     return re.sub(r"\.(safetensors|ckpt|pt|pth|bin|gguf)$", "", name, flags=re.IGNORECASE)
 
 
+def row_cost(body: Mapping[str, Any]) -> float:
+    """Relative work of one request: sampling steps x megapixels x images (A1111's time model)."""
+
+    def number(name: str, default: float) -> float:
+        value = body.get(name)
+        return float(value) if isinstance(value, int | float) and value > 0 else default
+
+    steps = number("steps", 50.0)
+    if body.get("init_images"):
+        steps *= number("denoising_strength", 0.75)
+    units = steps * number("width", 512) * number("height", 512) / 512**2
+    if body.get("enable_hr"):
+        scale = number("hr_scale", 2.0)
+        units += number("hr_second_pass_steps", steps) * scale * scale
+    return max(units * number("batch_size", 1) * number("n_iter", 1), 1e-3)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointFacts:
+    """What a probe learned about an endpoint."""
+
+    state: ServerState
+    models: CheckpointIndex | None  # None if the server would not list them
+    loaded_hash: str | None = None  # opts.sd_checkpoint_hash: the checkpoint really in memory
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """An endpoint's promise to send one row now. `switch`: the row is expected to load a model."""
+
+    slot: EndpointSlot
+    task: Task
+    started: float
+    cost: float
+    switch: bool
+
+
 @dataclass(eq=False)
 class EndpointSlot:
     """The scheduler's live view of one endpoint."""
 
     client: EndpointClient
     state: ServerState | None
-    running: int = 0
-    loaded: str | None = None  # comparable name of the checkpoint in memory
+    models: CheckpointIndex | None = None
+    loaded: Group = None  # the checkpoint in memory, as last seen
+    default: Group = None  # the opts checkpoint: what a row without an override loads
+    target: Group = None  # what will be in memory once the rows held are done
     up: bool = True
+    down_since: float | None = None
     failures: int = 0  # consecutive
+    held: list[Lease] = field(default_factory=list)  # rows on the endpoint, in send order
     done: int = 0
     failed: int = 0
     images: int = 0
     switches: int = 0
     busy_s: float = 0.0
+    sec_per_unit: float | None = None  # measured on rows that did not switch
+    switch_s: float | None = None  # measured on rows that did
+    last_done: float = 0.0
+    lost: asyncio.Event = field(default_factory=asyncio.Event)  # set when it leaves rotation
 
     @property
     def name(self) -> str:
         return self.client.name
 
     @property
+    def running(self) -> int:
+        return len(self.held)
+
+    @property
     def free(self) -> bool:
         return self.up and self.running < self.client.endpoint.in_flight
 
+    def learn(self, facts: EndpointFacts) -> None:
+        self.state = facts.state
+        self.models = facts.models
+        self.default = self.canonical(facts.state.checkpoint)
+        loaded = self.canonical(facts.loaded_hash) if facts.loaded_hash else None
+        self.loaded = self.target = loaded or self.default
 
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """An endpoint's promise to send one row now."""
+    def canonical(self, name: str | None) -> Group:
+        """This endpoint's canonical name for any alias of a checkpoint."""
+        if not name:
+            return None
+        if self.models is not None:
+            found = self.models.resolve(name) or self.models.resolve(name.strip())
+            if found:
+                return found
+        return checkpoint_name(name)
 
-    slot: EndpointSlot
-    task: Task
-    started: float
+    def serves(self, group: Group) -> bool:
+        """Whether a row of `group` would run here without loading another checkpoint."""
+        return self.target == (self.default if group is None else group)
 
 
 @dataclass(eq=False)
@@ -67,109 +143,277 @@ class _Waiter:
     task: Task
     avoid: frozenset[str]
     future: asyncio.Future[Lease] = field(repr=False)
-    group: str | None = None
+    group: Group
+    cost: float
 
 
 class Scheduler:
-    """Pull-based: a freed slot takes the waiting row for the checkpoint it already has, if any."""
+    """Pull-based, checkpoint-aware and speed-aware; rows are handed out in no sheet order."""
 
-    def __init__(self, slots: Sequence[EndpointSlot], *, wait_all_down: float) -> None:
+    def __init__(
+        self,
+        slots: Sequence[EndpointSlot],
+        *,
+        wait_all_down: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.slots = list(slots)
         self._wait_all_down = wait_all_down
-        self._groups: dict[str | None, deque[_Waiter]] = {}
-        self._all_down_since: float | None = None
-        for slot in self.slots:
-            if slot.state is not None:
-                slot.loaded = checkpoint_name(slot.state.checkpoint)
+        self._clock = clock
+        self._groups: dict[Group, deque[_Waiter]] = {}
+        self._pending: dict[Group, float] = {}  # cost of the rows waiting, by group
+        self._expected: set[int] = set()
+        self._aliases: dict[str, Group] = {}
+        self._handle: asyncio.Handle | None = None
+        self.all_down_since: float | None = None
 
     @property
     def waiting(self) -> int:
         return sum(len(group) for group in self._groups.values())
 
+    def expect(self, task: Task) -> None:
+        """A row is on its way to `lease`: hold dispatch until it is in, so order cannot leak."""
+        self._expected.add(task.row)
+
+    def settle(self, task: Task) -> None:
+        """The row's coroutine ended (or never started); stop waiting for it."""
+        if task.row in self._expected:
+            self._expected.discard(task.row)
+            self._soon()
+
     async def lease(self, task: Task, avoid: Iterable[str] = ()) -> Lease:
         """Wait until an endpoint takes this row."""
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(
-            task, frozenset(avoid), loop.create_future(), checkpoint_name(task.checkpoint)
-        )
-        self._groups.setdefault(waiter.group, deque()).append(waiter)
-        self._dispatch()
+        group = self.group_of(task.checkpoint)
+        waiter = _Waiter(task, frozenset(avoid), loop.create_future(), group, row_cost(task.body))
+        self._groups.setdefault(group, deque()).append(waiter)
+        self._pending[group] = self._pending.get(group, 0.0) + waiter.cost
+        self._expected.discard(task.row)
+        self._soon()
         try:
             return await waiter.future
         except asyncio.CancelledError:
             self._forget(waiter)
             raise
 
-    def release(self, lease: Lease, generation: Generation | None, *, reachable: bool) -> None:
-        """The row is back from its endpoint; `reachable` is False for connection-level failures."""
+    def group_of(self, checkpoint: str | None) -> Group:
+        """A row's checkpoint group. A name no endpoint knows is ignored by A1111, as is none."""
+        if not checkpoint:
+            return None
+        if checkpoint not in self._aliases:
+            indexes = [slot.models for slot in self.slots if slot.models is not None]
+            found = next(filter(None, (index.resolve(checkpoint) for index in indexes)), None)
+            self._aliases[checkpoint] = found if found or indexes else checkpoint_name(checkpoint)
+        return self._aliases[checkpoint]
+
+    def release(
+        self, lease: Lease, generation: Generation | None, *, endpoint_failed: bool = False
+    ) -> None:
+        """The row is back. `endpoint_failed`: the endpoint, not the request, was at fault."""
         slot = lease.slot
-        slot.running -= 1
-        slot.busy_s += time.monotonic() - lease.started
+        now = self._clock()
+        if lease in slot.held:
+            slot.held.remove(lease)
+        began = max(lease.started, slot.last_done)
+        slot.last_done = now
+        slot.busy_s += now - began
         if generation is not None:
             slot.done += 1
             slot.images += len(generation.images)
             slot.failures = 0
-            slot.loaded = checkpoint_name(generation.model) or slot.loaded
-        elif not reachable:
+            self._learn_from(slot, lease, generation, now - began)
+        elif endpoint_failed:
             slot.failures += 1
             if slot.failures >= DOWN_AFTER_FAILURES and slot.up:
                 log.warning(
-                    "%s: %d failures in a row; taking it out of rotation", slot.name, slot.failures
+                    "%s: %d failures in a row; out of rotation, its rows go to the others",
+                    slot.name,
+                    slot.failures,
                 )
-                slot.up = False
-        self._dispatch()
+                self.mark_down(slot)
+        if not slot.held:
+            slot.target = slot.loaded
+        self._soon()
 
-    def mark_up(self, slot: EndpointSlot, state: ServerState) -> None:
+    def mark_down(self, slot: EndpointSlot) -> None:
+        slot.up = False
+        slot.down_since = self._clock()
+        slot.lost.set()
+        self._soon()
+
+    def mark_up(self, slot: EndpointSlot, facts: EndpointFacts) -> None:
+        slot.learn(facts)
         slot.up = True
+        slot.down_since = None
         slot.failures = 0
-        slot.state = state
-        slot.loaded = checkpoint_name(state.checkpoint)
-        self._dispatch()
+        slot.held.clear()
+        slot.lost = asyncio.Event()
+        self._aliases.clear()
+        self._soon()
 
     def tick(self) -> None:
         """Called periodically: ends the all-down wait when it has lasted too long."""
-        self._dispatch()
+        self._dispatch(force=True)
 
-    def _dispatch(self) -> None:
-        if not any(slot.up for slot in self.slots):
+    # ----- estimates -----
+
+    def _learn_from(
+        self, slot: EndpointSlot, lease: Lease, generation: Generation, service: float
+    ) -> None:
+        before = slot.loaded
+        model = slot.canonical(generation.model_hash) if generation.model_hash else None
+        now_loaded = model or slot.canonical(generation.model) or before
+        slot.loaded = now_loaded
+        if now_loaded != before:
+            slot.switches += 1
+            sample = max(service - lease.cost * self._sec_per_unit(slot), 0.0)
+            slot.switch_s = _blend(slot.switch_s, sample)
+        elif service > 0:
+            slot.sec_per_unit = _blend(slot.sec_per_unit, service / lease.cost)
+
+    def _sec_per_unit(self, slot: EndpointSlot) -> float:
+        if slot.sec_per_unit is not None:
+            return slot.sec_per_unit
+        known = [s.sec_per_unit for s in self.slots if s.sec_per_unit is not None]
+        return statistics.fmean(known) if known else DEFAULT_SEC_PER_UNIT
+
+    def _switch_s(self, slot: EndpointSlot, cost: float) -> float:
+        if slot.switch_s is not None:
+            return slot.switch_s
+        known = [s.switch_s for s in self.slots if s.switch_s is not None]
+        if known:
+            return statistics.fmean(known)
+        return SWITCH_PRIOR_ROWS * cost * self._sec_per_unit(slot)
+
+    def _estimate(self, lease: Lease) -> float:
+        slot = lease.slot
+        extra = self._switch_s(slot, lease.cost) if lease.switch else 0.0
+        return lease.cost * self._sec_per_unit(slot) + extra
+
+    def free_in(self, slot: EndpointSlot, now: float) -> float:
+        """Seconds until the endpoint has done every row it holds."""
+        if not slot.held:
+            return 0.0
+        head, *rest = slot.held
+        elapsed = now - max(head.started, slot.last_done)
+        return max(self._estimate(head) - elapsed, 0.0) + sum(self._estimate(r) for r in rest)
+
+    def _drain(self, group: Group, without: EndpointSlot, now: float) -> float:
+        """When the group's waiting rows would all be done by the endpoints already on it."""
+        servers = [s for s in self.slots if s.up and s is not without and s.serves(group)]
+        if not servers:
+            return math.inf
+        speeds = [1.0 / self._sec_per_unit(s) for s in servers]
+        held = sum(v * self.free_in(s, now) for v, s in zip(speeds, servers, strict=True))
+        return (self._pending.get(group, 0.0) + held) / sum(speeds)
+
+    # ----- dispatch -----
+
+    def _soon(self) -> None:
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self, force: bool = False) -> None:
+        self._handle = None
+        if self._expected and not force:
+            return
+        up = [slot for slot in self.slots if slot.up]
+        if not up:
             self._all_down()
             return
-        self._all_down_since = None
-        for slot in sorted(self.slots, key=lambda s: s.running):
-            while slot.free:
-                waiter = self._pick(slot)
-                if waiter is None:
-                    break
-                slot.running += 1
-                if waiter.group is not None and waiter.group != slot.loaded:
-                    slot.switches += 1
-                    slot.loaded = waiter.group
-                waiter.future.set_result(Lease(slot, waiter.task, time.monotonic()))
+        if self.all_down_since is not None:
+            log.warning("an endpoint answers again; sending rows")
+            self.all_down_since = None
+        now = self._clock()
+        while self.waiting:
+            free = [slot for slot in up if slot.free]
+            free.sort(key=lambda s: (not self._has_own(s), self._sec_per_unit(s)))
+            picked = next(
+                ((slot, w) for slot in free if (w := self._choose(slot, now)) is not None), None
+            )
+            if picked is None:
+                if force and not any(slot.held for slot in up):
+                    picked = self._fallback(up)
+                if picked is None:
+                    return
+            self._assign(*picked, now)
 
-    def _pick(self, slot: EndpointSlot) -> _Waiter | None:
-        others_up = any(s.up for s in self.slots if s is not slot)
-        preferred = [slot.loaded, None] + [g for g in self._groups if g not in (slot.loaded, None)]
-        for group in preferred:
-            queue = self._groups.get(group)
-            if not queue:
+    def _has_own(self, slot: EndpointSlot) -> bool:
+        return bool(self._groups.get(slot.target)) or (
+            slot.target == slot.default and bool(self._groups.get(None))
+        )
+
+    def _choose(self, slot: EndpointSlot, now: float) -> _Waiter | None:
+        mine = self.free_in(slot, now)
+        rate = self._sec_per_unit(slot)
+        own: list[Group] = [slot.target] + ([None] if slot.target == slot.default else [])
+        for group in own:
+            waiter = self._first_for(group, slot)
+            if waiter is not None and mine + waiter.cost * rate <= self._drain(group, slot, now):
+                return waiter
+        best: tuple[float, float] | None = None
+        chosen = None
+        for group, queue in self._groups.items():
+            if group in own or not queue:
                 continue
-            for waiter in queue:
-                if slot.name in waiter.avoid and others_up:
-                    continue
-                queue.remove(waiter)
+            waiter = self._first_for(group, slot)
+            if waiter is None:
+                continue
+            drain = self._drain(group, slot, now)
+            finish = mine + self._switch_s(slot, waiter.cost) + waiter.cost * rate
+            need = (drain, self._pending.get(group, 0.0))
+            if finish < drain and (best is None or need > best):
+                best, chosen = need, waiter
+        return chosen
+
+    def _fallback(self, up: list[EndpointSlot]) -> tuple[EndpointSlot, _Waiter] | None:
+        """Nobody takes a row while every endpoint is idle: the estimates are off; send anyway."""
+        for slot in sorted(up, key=self._sec_per_unit):
+            for queue in self._groups.values():
+                waiter = next(iter(queue), None)
+                if waiter is not None:
+                    return slot, waiter
+        return None
+
+    def _first_for(self, group: Group, slot: EndpointSlot) -> _Waiter | None:
+        queue = self._groups.get(group)
+        if not queue:
+            return None
+        others_up = any(s.up for s in self.slots if s is not slot)
+        for waiter in queue:
+            if not (others_up and slot.name in waiter.avoid):
                 return waiter
         return None
+
+    def _assign(self, slot: EndpointSlot, waiter: _Waiter, now: float) -> None:
+        self._forget(waiter)
+        wants = slot.default if waiter.group is None else waiter.group
+        lease = Lease(slot, waiter.task, now, waiter.cost, switch=wants != slot.target)
+        slot.target = wants
+        slot.held.append(lease)
+        if not waiter.future.done():
+            waiter.future.set_result(lease)
+        else:  # cancelled while it waited
+            slot.held.remove(lease)
 
     def _forget(self, waiter: _Waiter) -> None:
         queue = self._groups.get(waiter.group)
         if queue is not None and waiter in queue:
             queue.remove(waiter)
+            self._pending[waiter.group] = max(self._pending[waiter.group] - waiter.cost, 0.0)
+            if not queue:
+                del self._groups[waiter.group]
+                self._pending.pop(waiter.group, None)
 
     def _all_down(self) -> None:
-        now = time.monotonic()
-        if self._all_down_since is None:
-            self._all_down_since = now
-        if now - self._all_down_since < self._wait_all_down:
+        now = self._clock()
+        if self.all_down_since is None:
+            self.all_down_since = now
+            log.warning(
+                "every endpoint is down; waiting up to %g s for one to answer (wait_all_down)",
+                self._wait_all_down,
+            )
+        if now - self.all_down_since < self._wait_all_down or not self.waiting:
             return
         error = NoEndpointError(
             f"no endpoint has answered for {self._wait_all_down:g} s; "
@@ -179,4 +423,9 @@ class Scheduler:
             for waiter in queue:
                 if not waiter.future.done():
                     waiter.future.set_exception(error)
-            queue.clear()
+        self._groups.clear()
+        self._pending.clear()
+
+
+def _blend(old: float | None, sample: float) -> float:
+    return sample if old is None else (1 - SPEED_ALPHA) * old + SPEED_ALPHA * sample
