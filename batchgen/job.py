@@ -65,6 +65,7 @@ class JobSpec(_Frozen):
 
     name: str
     sheet: Path
+    source: Path | None = None  # the job file, for messages; None for a bare sheet
     sheet_name: str | None = None
     endpoints: tuple[EndpointSpec, ...] = (EndpointSpec(url="sim://"),)
     in_flight: int = Field(default=2, gt=0)  # per endpoint: one running, one waiting
@@ -104,6 +105,7 @@ def load_job(
     if suffix == ".toml":
         raw = _read_toml(source)
         raw.setdefault("name", source.stem)
+        raw["source"] = source
         base = source.parent
     elif suffix in SHEET_SUFFIXES:
         raw = {"name": _folder_name(source.stem), "sheet": source.name}

@@ -37,12 +37,10 @@ def _blank(value: Any) -> bool:
 class PayloadBuilder:
     """Plans the sheet's columns once, then builds one Task per row. Build rows in sheet order."""
 
-    def __init__(
-        self, job: JobSpec, headers: Sequence[str], *, job_file: Path | None = None
-    ) -> None:
+    def __init__(self, job: JobSpec, headers: Sequence[str]) -> None:
         self._job = job
         self._sheet_file = str(job.sheet)
-        self._job_file = str(job_file) if job_file is not None else "job defaults"
+        self._job_file = str(job.source) if job.source is not None else "job defaults"
         self._images = ImageResolver(job.sheet.parent)
         self._seen: dict[str, int] = {}
         self._columns: dict[str, _Column] = {}

@@ -183,7 +183,7 @@ def test_bad_unit_defaults_are_job_problems(tmp_path: Path) -> None:
         sheet=tmp_path / "s.csv",
         controlnet=({"wieght": 1, "input_image": "x.png", "image": "y.png", "resize_mode": 9},),
     )
-    builder = PayloadBuilder(job, ["prompt"], job_file=tmp_path / "t.toml")
+    builder = PayloadBuilder(job.model_copy(update={"source": tmp_path / "t.toml"}), ["prompt"])
     problems: dict[str | None, Problem] = {p.column: p for p in builder.default_problems()}
     assert problems["controlnet[0].wieght"].hint == "did you mean 'weight'?"
     assert (

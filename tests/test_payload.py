@@ -136,7 +136,9 @@ def test_header_problems(tmp_path: Path) -> None:
         "override_settings.clip_stop_at_last_layer,cn.x\n" + "a,,,,,,,,,\n",
     )
     job = make_job(sheet, columns={"Missing": "prompt"})
-    builder = PayloadBuilder(job, read_headers(sheet), job_file=tmp_path / "t.toml")
+    builder = PayloadBuilder(
+        job.model_copy(update={"source": tmp_path / "t.toml"}), read_headers(sheet)
+    )
     by_column = {p.column: p for p in builder.header_problems}
     assert by_column["negativ_prompt"].hint is not None
     assert "did you mean 'negative_prompt'?" in by_column["negativ_prompt"].hint
@@ -303,7 +305,9 @@ def test_set_values_are_text_coerced_by_field_type(tmp_path: Path) -> None:
 def test_default_problems_name_the_job_file(tmp_path: Path) -> None:
     sheet = write_csv(tmp_path, "prompt\nfox\n")
     job = make_job(sheet, defaults={"stpes": 20, "steps": 20.5, "width": 500, "colour": "red"})
-    builder = PayloadBuilder(job, read_headers(sheet), job_file=tmp_path / "job.toml")
+    builder = PayloadBuilder(
+        job.model_copy(update={"source": tmp_path / "job.toml"}), read_headers(sheet)
+    )
     problems = {p.column: p for p in builder.default_problems()}
     assert problems["stpes"].hint == "did you mean 'steps'?"
     assert problems["stpes"].file == str(tmp_path / "job.toml")
