@@ -21,6 +21,7 @@ from .faults import FaultPlan
 from .generate import Engine
 from .models import LATENT_UPSCALE_MODES
 from .options import render_options
+from .state import ServerState
 from .stats import SimStats
 from .validate import Validator, fields_for
 
@@ -73,7 +74,8 @@ class SimApp:
     def __init__(self, config: SimConfig, stats: SimStats, on_die: Callable[[], None]) -> None:
         self.config = config
         self.stats = stats
-        self.engine = Engine(config, stats)
+        self.state = ServerState(config, stats)
+        self.engine = Engine(self.state)
         self.faults = FaultPlan(config.fault_seed)
         self.validator = Validator(config.flavor)
         self.forge = config.flavor == "forge"
@@ -163,7 +165,8 @@ class SimApp:
 
     def _add_routes(self) -> None:
         e = self.engine
-        inv = e.inv
+        st = self.state
+        inv = st.inv
         r = self.app.router
         r.add_post("/sdapi/v1/txt2img", self._txt2img)
         r.add_post("/sdapi/v1/img2img", self._img2img)
@@ -176,7 +179,7 @@ class SimApp:
             "/sdapi/v1/loras": inv.loras,
             "/sdapi/v1/upscalers": inv.upscalers,
             "/sdapi/v1/latent-upscale-modes": lambda: [{"name": n} for n in LATENT_UPSCALE_MODES],
-            "/sdapi/v1/progress": e.progress,
+            "/sdapi/v1/progress": st.progress_json,
             "/sdapi/v1/memory": lambda: _MEMORY,
             "/sdapi/v1/scripts": e.scripts,
             "/controlnet/model_list": lambda: {
@@ -189,7 +192,7 @@ class SimApp:
         if not self.forge:
             static["/controlnet/version"] = lambda: {"version": 3}
             static["/controlnet/settings"] = lambda: {
-                "control_net_unit_count": e.opts.get("control_net_unit_count", 3)
+                "control_net_unit_count": st.opts.get("control_net_unit_count", 3)
             }
         if self.config.webui:
             static["/internal/ping"] = dict
@@ -218,7 +221,7 @@ class SimApp:
 
     def _stats(self) -> dict[str, Any]:
         out = self.stats.as_json()
-        out["loaded"] = self.engine.loaded.title
+        out["loaded"] = self.state.loaded.title
         out["config"] = dataclasses.asdict(self.config)
         return out
 
@@ -249,25 +252,25 @@ class SimApp:
         return json_response(result)
 
     async def _get_options(self, request: web.Request) -> web.StreamResponse:
-        return json_response(render_options(self.engine.opts, self.forge))
+        return json_response(render_options(self.state.opts, self.forge))
 
     async def _post_options(self, request: web.Request) -> web.StreamResponse:
         body = self.validator.parse_json(await request.read(), request.headers.get("Content-Type"))
         if not isinstance(body, dict):
             self.validator.validate(body, ())
-        await self.engine.set_options(body)
+        await self.state.set_options(body)
         return json_response(None)
 
     async def _interrupt(self, request: web.Request) -> web.StreamResponse:
-        self.engine.interrupt()
+        self.state.interrupt()
         return json_response({})
 
     async def _skip(self, request: web.Request) -> web.StreamResponse:
-        self.engine.skip()
+        self.state.skip()
         return json_response(None)
 
     async def _refresh(self, request: web.Request) -> web.StreamResponse:
-        await self.engine.refresh()
+        await self.state.refresh()
         return json_response(None)
 
     async def _set_config(self, request: web.Request) -> web.StreamResponse:
@@ -288,7 +291,7 @@ class SimApp:
 
     def apply_config(self, config: SimConfig) -> None:
         self.config = config
-        self.engine.config = config
+        self.state.config = config
 
 
 def _static(fn: Callable[[], Any]) -> Handler:

@@ -51,6 +51,16 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)
     is_img2img: bool = False
 
+    def set_batch_size(self, batch_size: int) -> None:
+        """Fix batch_size and derive the seeds: base + i unless a variation strength is set."""
+        self.batch_size = batch_size
+        n = batch_size * self.n_iter
+        if self.subseed_strength == 0:
+            self.all_seeds = [self.seed + i for i in range(n)]
+        else:
+            self.all_seeds = [self.seed] * n
+        self.all_subseeds = [self.subseed + i for i in range(n)]
+
     def infotext(self, index: int) -> str:
         params: dict[str, Any] = {
             "Steps": self.steps,

@@ -43,6 +43,11 @@ class Checkpoint:
         return f"{self.name} [{self.shorthash}]"
 
     @property
+    def short_title(self) -> str:
+        """`CheckpointInfo.short_title`: name_for_extra [shorthash], as infotexts show it."""
+        return f"{self.name_for_extra} [{self.shorthash}]"
+
+    @property
     def model_name(self) -> str:
         return posixpath.splitext(self.name)[0].replace("/", "_").replace("\\", "_")
 
