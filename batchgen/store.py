@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -28,11 +29,14 @@ _TEMPLATE_FIELDS = {"row", "index", "seed", "key", "job"}
 _UNSAFE = re.compile(r"[^\w.\-+=@]+")
 
 
+MISSING = "missing"  # a PastRow status: the record says ok, but an image file is gone
+
+
 @dataclass(frozen=True, slots=True)
 class PastRow:
     """The latest manifest record of a row key, as found when the folder was opened."""
 
-    status: str
+    status: str  # "ok", "failed", or MISSING (sent again, like a failed row)
     offset: int  # byte offset of the record in the manifest
 
 
@@ -88,6 +92,7 @@ class OutputStore:
         self._remove_temporary_files()
         rows = self._read_manifest(repair=True)
         self._manifest = self.manifest_path.open("ab")
+        _fsync_dir(self.out_dir)  # a new manifest's name must survive a power cut too
         return ResumeState(rows)
 
     def close(self) -> None:
@@ -113,12 +118,18 @@ class OutputStore:
                 images.append(self._write_image(IMAGES_DIR, result, index, seed, data))
             for index, data in enumerate(generation.extras):
                 extras.append(self._write_image(EXTRAS_DIR, result, index, "map", data))
+        # The renames must be on disk before the line that says they are done (power cuts).
+        for folder in {(self.out_dir / path).parent for path in [*images, *extras]}:
+            _fsync_dir(folder)
         task = result.task
         line: dict[str, Any] = {
             "row": task.row,
             "key": task.key,
             "status": result.status,
             "images": images,
+            "image_sha256": [hashlib.sha256(data).hexdigest() for data in generation.images]
+            if generation
+            else [],
             "extras": extras,
             "seeds": list(generation.seeds) if generation else [],
             "endpoint": result.endpoint,
@@ -251,15 +262,43 @@ class OutputStore:
                 if not line.endswith(b"\n"):
                     break
                 good_end = handle.tell()
+                files = [*record.get("images", []), *record.get("extras", [])]
+                present = [path for path in files if (self.out_dir / path).is_file()]
+                if status == "ok" and len(present) < len(files):
+                    log.warning(
+                        "row %s: recorded as done, but %d image file(s) are gone; sending it again",
+                        record.get("row"),
+                        len(files) - len(present),
+                    )
+                    status = MISSING
                 rows[key] = PastRow(status=status, offset=offset)
                 self._offsets[key] = offset
-                self._taken.update(record.get("images", []))
-                self._taken.update(record.get("extras", []))
+                self._taken.update(present)
         if repair and good_end < self.manifest_path.stat().st_size:
             log.warning("%s: dropping a torn last line left by an interrupted run", MANIFEST)
             with self.manifest_path.open("r+b") as handle:
                 handle.truncate(good_end)
         return rows
+
+
+def read_records(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The latest complete manifest record of each row key, in manifest order; changes nothing."""
+    records: dict[str, dict[str, Any]] = {}
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return records
+    with path.open("rb") as handle:
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break  # torn by a crash
+            try:
+                record = json.loads(line)
+                key = record["key"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            records.pop(key, None)  # keep the latest last
+            records[key] = record
+    return records
 
 
 def peek_state(out_dir: Path) -> ResumeState:
@@ -314,6 +353,19 @@ def _write_atomic(target: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, target)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible everywhere (Windows); the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class _XlsxWriter:
