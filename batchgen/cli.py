@@ -92,6 +92,34 @@ def check(source: Path, endpoints: Sequence[str], set_fields: Sequence[str]) -> 
 
 
 @cli.command()
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="New folder for the replay."
+)
+@click.option("--rows", "rows_text", metavar="ROWS", help="Only these rows, e.g. 2,5-9.")
+@click.option(
+    "--endpoint",
+    "endpoints",
+    multiple=True,
+    metavar="URL",
+    help="Send to this server instead of the recorded ones (repeatable).",
+)
+def replay(out_dir: Path, out: Path, rows_text: str | None, endpoints: Sequence[str]) -> None:
+    """Send the requests recorded in OUT_DIR again and say, per row, if the images are identical."""
+    from batchgen.replay import parse_rows
+    from batchgen.replay import replay as replay_folder
+
+    rows = _guarded(lambda: parse_rows(rows_text)) if rows_text else None
+    summary = _guarded(
+        lambda: asyncio.run(replay_folder(out_dir, out, rows=rows, endpoints=endpoints))
+    )
+    for row in summary.rows:
+        click.echo(row.describe())
+    click.echo(summary.describe(), err=True)
+    sys.exit(summary.exit_code)
+
+
+@cli.command()
 @click.option("--port", default=7860, show_default=True, help="Port on 127.0.0.1 (0: any free).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
