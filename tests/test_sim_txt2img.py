@@ -153,7 +153,7 @@ async def test_pixels_are_a_function_of_the_inputs(sim_http: aiohttp.ClientSessi
     first = await txt2img(sim_http, **base)
     again = await txt2img(sim_http, **base, cfg_scale=3)  # cfg is not part of the key
     assert png(first["images"][0]).tobytes() == png(again["images"][0]).tobytes()
-    variants = [
+    variants: list[dict[str, Any]] = [
         {"prompt": "q"},
         {"negative_prompt": "m"},
         {"seed": 6},
@@ -255,3 +255,30 @@ async def test_stats_record_history(sim: SimServer, sim_http: aiohttp.ClientSess
     assert stats["requests"]["/sdapi/v1/txt2img"] == 2
     assert stats["generations"] == 2 and stats["images"] == 3
     assert "/_sim/stats" not in stats["requests"]
+
+
+async def test_infotext_fills_fields_not_sent(sim_http: aiohttp.ClientSession) -> None:
+    pasted = (
+        'a fox, "quoted"\nNegative prompt: blurry\nSteps: 7, Sampler: Euler a, '
+        "Schedule type: Karras, CFG scale: 5.5, Seed: 99, Size: 64x96, Clip skip: 2, "
+        'Lora hashes: "x: 1", Version: v1.10.1'
+    )
+    data = await txt2img(sim_http, infotext=pasted, steps=3)
+    params, info = data["parameters"], data["info"]
+    assert params["prompt"] == 'a fox, "quoted"' and params["negative_prompt"] == "blurry"
+    assert (params["steps"], params["seed"], params["cfg_scale"]) == (3, 99, 5.5)
+    assert (params["width"], params["height"]) == (64, 96)
+    assert params["override_settings"] == {"CLIP_stop_at_last_layers": 2}
+    assert info["sampler_name"] == "Euler a" and info["clip_skip"] == 2
+    assert "Schedule type: Karras" in info["infotexts"][0]
+
+
+async def test_gzip_like_starlette(sim_http: aiohttp.ClientSession) -> None:
+    async with sim_http.post("/sdapi/v1/txt2img", json={"steps": 1}) as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"  # aiohttp asks for gzip by default
+        assert (await resp.json())["images"]
+    plain = {"Accept-Encoding": "identity"}
+    async with sim_http.post("/sdapi/v1/txt2img", json={"steps": 1}, headers=plain) as resp:
+        assert "Content-Encoding" not in resp.headers
+    async with sim_http.get("/internal/ping") as resp:
+        assert "Content-Encoding" not in resp.headers  # under 1000 bytes

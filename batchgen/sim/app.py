@@ -21,6 +21,7 @@ from .faults import FaultPlan
 from .generate import Engine
 from .models import LATENT_UPSCALE_MODES
 from .options import render_options
+from .paste import apply_infotext
 from .state import ServerState
 from .stats import SimStats
 from .validate import Validator, fields_for
@@ -123,6 +124,12 @@ class SimApp:
             response = self._render(ApiError.internal(type(exc).__name__, str(exc)))
         if not self.forge:
             response.headers["X-Process-Time"] = f"{time.perf_counter() - began:.4f}"
+        # Starlette's GZipMiddleware(minimum_size=1000), installed by A1111 and Forge.
+        body = response.body if isinstance(response, web.Response) else None
+        accepts_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+        if accepts_gzip and isinstance(body, bytes) and len(body) >= 1000:
+            response.enable_compression(web.ContentCoding.gzip)
+            response.headers["Vary"] = "Accept-Encoding"
         return response
 
     def _gate(self, request: web.Request) -> None:
@@ -235,6 +242,7 @@ class SimApp:
         body = self.validator.parse_json(await request.read(), request.headers.get("Content-Type"))
         self.stats.record_body(route, body)
         req = self.validator.validate(body, fields_for(route, self.config.flavor))
+        apply_infotext(req, set(body))
         verdict = self.faults.draw(self.config)
         if verdict != "ok":
             self.stats.faults[verdict] += 1
