@@ -101,3 +101,39 @@ async def test_zero_delay_mode_is_fast() -> None:
         for i in range(50):
             await timed_post(http, {"steps": 150, "seed": i})
         assert time.perf_counter() - began < 1.0
+
+
+async def test_client_timeout_does_not_cancel_the_job() -> None:
+    async with SimServer(SimConfig(ms_per_step=10.0)) as sim, aiohttp.ClientSession() as http:
+        try:
+            async with http.post(
+                sim.url + "/sdapi/v1/txt2img",
+                json={"steps": 20},
+                timeout=aiohttp.ClientTimeout(total=0.05),
+            ):
+                raise AssertionError("expected a timeout")
+        except TimeoutError:
+            pass
+        assert sim.stats.generations == 0
+        await asyncio.sleep(0.3)
+        assert sim.stats.generations == 1  # finished for nobody, as in A1111
+
+
+async def test_stop_does_not_wait_for_queued_work() -> None:
+    sim = SimServer(SimConfig(ms_per_step=500.0))  # 10 s per request
+    async with aiohttp.ClientSession() as http:
+
+        async def doomed() -> None:
+            try:
+                async with http.post(sim.url + "/sdapi/v1/txt2img", json={"steps": 20}):
+                    raise AssertionError("expected a disconnect")
+            except aiohttp.ClientConnectionError:
+                pass
+
+        await sim.start()
+        tasks = [asyncio.create_task(doomed()) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        began = time.perf_counter()
+        await sim.stop()
+        assert time.perf_counter() - began < 1.0
+        await asyncio.gather(*tasks)

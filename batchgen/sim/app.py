@@ -84,6 +84,7 @@ class SimApp:
         self.dead = False
         self._on_die = on_die
         self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._credentials = (
             dict(c.split(":", 1) for c in config.api_auth.split(",")) if config.api_auth else {}
         )
@@ -95,7 +96,16 @@ class SimApp:
         self.started = time.monotonic()
 
     def stopping(self) -> None:
+        """Server shutdown or death: release hung requests, cancel queued and running ones.
+
+        A client disconnect alone cancels nothing (A1111 finishes the job), so aiohttp's
+        handler_cancellation stays off and this does it explicitly.
+        """
         self._stopping.set()
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
 
     # ----- middleware -----
 
@@ -107,6 +117,9 @@ class SimApp:
             return _abort(request)
         if not path.startswith("/_sim/"):
             self.stats.requests[path] += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             if not path.startswith("/_sim/"):
                 self._gate(request)
@@ -122,6 +135,8 @@ class SimApp:
         except Exception as exc:
             log.exception("simulator handler failed")
             response = self._render(ApiError.internal(type(exc).__name__, str(exc)))
+        finally:
+            self._tasks.discard(task)
         if not self.forge:
             response.headers["X-Process-Time"] = f"{time.perf_counter() - began:.4f}"
         # Starlette's GZipMiddleware(minimum_size=1000), installed by A1111 and Forge.

@@ -70,6 +70,8 @@ class SimServer:
         asyncio.get_running_loop().create_task(self._kill())
 
     async def _kill(self) -> None:
+        if self._sim is not None:
+            self._sim.stopping()
         if self._site is not None:
             await self._site.stop()
             self._site = None
@@ -85,8 +87,6 @@ class SimServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._bind_task
             self._bind_task = None
-        if self._sim is not None:
-            self._sim.stopping()
         if self._runner is not None:
             await self._kill()
             await self._runner.cleanup()
