@@ -81,9 +81,19 @@ class FastPngEncoder:
         if hit is not None:
             self._tails.move_to_end(key)
             return hit
-        raw = (b"\x02" + bytes(3 * width)) * (height - 1)
-        comp = zlib.compressobj(9, zlib.DEFLATED, -15)
-        entry = (comp.compress(raw) + comp.flush(), zlib.adler32(raw), len(raw))
+        row = b"\x02" + bytes(3 * width)
+        rows_left = height - 1
+        chunk_rows = max(1, (1 << 20) // len(row))  # feed ~1 MiB at a time, not the whole image
+        comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+        parts, adler = [], zlib.adler32(b"")
+        while rows_left > 0:
+            n = min(chunk_rows, rows_left)
+            chunk = row * n
+            parts.append(comp.compress(chunk))
+            adler = zlib.adler32(chunk, adler)
+            rows_left -= n
+        parts.append(comp.flush())
+        entry = (b"".join(parts), adler, len(row) * (height - 1))
         self._tails[key] = entry
         if len(self._tails) > self._cache_size:
             self._tails.popitem(last=False)
