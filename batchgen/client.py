@@ -6,10 +6,11 @@ import base64
 import binascii
 import json
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 from tenacity import (
@@ -29,6 +30,10 @@ Flavor = Literal["a1111", "forge"]
 # Deterministic server-side failures that A1111 reports as 500: sending them again cannot help.
 _FATAL_500_ERRORS = frozenset({"ValidationError", "KeyError", "TypeError", "AssertionError"})
 _FATAL_500_PHRASES = ("could not find", "not found", "not a valid")
+
+
+class _TlsError(FatalEndpointError):
+    """The server's certificate is not trusted (or TLS failed): a setting, not a passing fault."""
 
 
 class _Secret:
@@ -55,21 +60,15 @@ class Endpoint:
     name: str  # shown in progress, logs and the manifest
     url: str  # base URL without user info; "sim://..." until the simulator is started
     in_flight: int
-    username: _Secret | None = None
-    password: _Secret | None = None
-    headers: Mapping[str, _Secret] = field(default_factory=dict)
+    headers: Mapping[str, _Secret] = field(default_factory=dict)  # basic auth included
+    ssl: ssl.SSLContext | bool = True  # aiohttp's `ssl=`: True verifies against the system CAs
 
     @property
     def is_sim(self) -> bool:
         return self.url.startswith("sim://")
 
     def with_url(self, url: str) -> Endpoint:
-        return Endpoint(self.name, url, self.in_flight, self.username, self.password, self.headers)
-
-    def auth(self) -> aiohttp.BasicAuth | None:
-        if self.username is None or self.password is None:
-            return None
-        return aiohttp.BasicAuth(self.username.reveal(), self.password.reveal())
+        return Endpoint(self.name, url, self.in_flight, self.headers, self.ssl)
 
     def request_headers(self) -> dict[str, str]:
         return {key: value.reveal() for key, value in self.headers.items()}
@@ -84,8 +83,9 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
         )
     if parts.scheme != "sim" and not parts.hostname:
         raise ConfigError(f"endpoint {_redact(spec.url)}: the URL has no host")
-    username = parts.username
-    password = parts.password
+    # urlsplit leaves percent-escapes in place: "p%40ss" is how a URL spells "p@ss".
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
     if spec.auth_env:
         value = os.environ.get(spec.auth_env)
         if value is None or ":" not in value:
@@ -95,6 +95,10 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
             )
         username, _, password = value.partition(":")
     headers = {key: _Secret(value) for key, value in spec.headers.items()}
+    if username is not None:
+        # A1111 (FastAPI HTTPBasic) decodes the pair as ASCII; UTF-8 is the same for ASCII.
+        pair = f"{username}:{password or ''}".encode()
+        headers["Authorization"] = _Secret("Basic " + base64.b64encode(pair).decode("ascii"))
     for header, variable in spec.headers_env.items():
         value = os.environ.get(variable)
         if value is None:
@@ -110,19 +114,32 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
         name=spec.name or clean,
         url=clean,
         in_flight=spec.in_flight or default_in_flight,
-        username=_Secret(username) if username is not None else None,
-        password=_Secret(password or "") if username is not None else None,
         headers=headers,
+        ssl=_tls(spec, clean),
     )
+
+
+def open_session() -> aiohttp.ClientSession:
+    """One session for every endpoint. No pool cap: the per-endpoint in_flight is the limit."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+
+def _tls(spec: EndpointSpec, shown: str) -> ssl.SSLContext | bool:
+    if spec.ca_file is not None:
+        try:
+            return ssl.create_default_context(cafile=str(spec.ca_file))
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(
+                f"endpoint {shown}: cannot use ca_file {spec.ca_file}: {error}"
+            ) from None
+    return spec.verify
 
 
 def _redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]  # keeps [::1] brackets and the port as written
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
@@ -172,8 +189,17 @@ class EndpointClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def probe(self) -> ServerState:
-        """Ask the server what it is and what it has loaded."""
-        options = await self.get_json("/sdapi/v1/options", attempts=1)
+        """Ask the server what it is and what it has loaded.
+
+        Refused credentials or an untrusted certificate raise ConfigError: the job is wrong, and
+        waiting for the server to come back would not help.
+        """
+        try:
+            options = await self.get_json("/sdapi/v1/options", attempts=1)
+        except FatalEndpointError as error:
+            if error.status in (401, 403) or isinstance(error, _TlsError):
+                raise ConfigError(f"endpoint {self.name}: {error}") from None
+            raise
         self.flavor = await self._detect_flavor()
         if not isinstance(options, dict):
             raise FatalEndpointError("/sdapi/v1/options did not return an object")
@@ -207,9 +233,9 @@ class EndpointClient:
                 method,
                 self.endpoint.url + path,
                 json=body,
-                auth=self.endpoint.auth(),
                 headers=self.endpoint.request_headers(),
                 timeout=timeout,
+                ssl=self.endpoint.ssl,
             ) as response:
                 raw = await response.read()
                 if response.status != 200:
@@ -223,6 +249,11 @@ class EndpointClient:
             raise RetryableEndpointError(
                 "the connection dropped while the answer was sent"
             ) from None
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as error:
+            raise _TlsError(
+                f"TLS: {_tls_reason(error)}; trust the server's certificate with the endpoint's "
+                "ca_file (or verify = false on a network you trust)"
+            ) from None
         except aiohttp.ServerDisconnectedError:
             raise RetryableEndpointError("the server closed the connection") from None
         except aiohttp.ClientConnectorError as error:
@@ -233,6 +264,11 @@ class EndpointClient:
             return json.loads(raw)
         except ValueError:
             raise RetryableEndpointError("the answer was not JSON") from None
+
+
+def _tls_reason(error: aiohttp.ClientError) -> str:
+    reason = getattr(error, "certificate_error", None) or getattr(error, "os_error", None)
+    return str(reason or error)
 
 
 def parse_generation(payload: Any) -> Generation:

@@ -37,6 +37,8 @@ class EndpointSpec(_Frozen):
     headers: dict[str, str] = Field(default_factory=dict)
     headers_env: dict[str, str] = Field(default_factory=dict)  # header -> env var with its value
     in_flight: int | None = Field(default=None, gt=0)
+    verify: bool = True  # false: accept any TLS certificate (a self-signed one on your own LAN)
+    ca_file: Path | None = None  # a PEM certificate (or CA) to trust for this https endpoint
 
 
 class RetrySpec(_Frozen):
@@ -159,6 +161,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     output = raw.get("output")
     if isinstance(output, dict) and isinstance(output.get("dir"), str):
         output["dir"] = base / output["dir"]
+    for endpoint in raw.get("endpoints") or ():
+        if isinstance(endpoint, dict) and isinstance(endpoint.get("ca_file"), str):
+            endpoint["ca_file"] = base / endpoint["ca_file"]
     return raw
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -24,8 +23,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from batchgen.client import Endpoint, EndpointClient, resolve_endpoint
+from batchgen.client import Endpoint, EndpointClient, open_session, resolve_endpoint
 from batchgen.errors import (
+    ConfigError,
     EndpointError,
     FatalEndpointError,
     InputError,
@@ -202,7 +202,7 @@ async def check_only(job: JobSpec) -> list[str]:
     except InputError as error:  # go on: the endpoints' problems belong in the same list
         sheet_problems, lines = list(error.problems), []
     endpoints = [resolve_endpoint(spec, job.in_flight) for spec in job.endpoints]
-    async with _started_endpoints(endpoints) as live, aiohttp.ClientSession() as session:
+    async with _started_endpoints(endpoints) as live, open_session() as session:
         clients = [EndpointClient(endpoint, session, job.timeout) for endpoint in live]
         slots = await _probe_all(clients)
         up = [slot.client for slot in slots if slot.up]
@@ -249,7 +249,7 @@ class _Run:
         plan = validate(self.job, past, retry_failed=self.options.retry_failed)
         started = time.monotonic()
         endpoints = [resolve_endpoint(spec, self.job.in_flight) for spec in self.job.endpoints]
-        async with _started_endpoints(endpoints) as live, aiohttp.ClientSession() as session:
+        async with _started_endpoints(endpoints) as live, open_session() as session:
             clients = [EndpointClient(endpoint, session, self.job.timeout) for endpoint in live]
             slots = await _probe_all(clients)
             scheduler = Scheduler(slots, wait_all_down=self.job.wait_all_down)
@@ -358,10 +358,12 @@ class _Run:
                         self.sending.add(current)
                     try:
                         generation = await self._attempt(lease, scheduler)
-                    except BaseException:
+                    except BaseException as error:
                         self.sending.discard(current)
+                        if isinstance(error, RetryableEndpointError):
+                            # Only the last one: avoiding all that failed could leave no taker.
+                            avoid = {endpoint}
                         raise
-                    avoid.discard(endpoint)
             result = Result(
                 task, "ok", endpoint, attempts, None, generation, started, time.monotonic() - clock
             )
@@ -371,8 +373,6 @@ class _Run:
             self._stop(str(error))
             return
         except EndpointError as error:
-            if isinstance(error, RetryableEndpointError):
-                avoid.add(endpoint)
             result = Result(
                 task,
                 "failed",
@@ -454,7 +454,7 @@ class _Run:
                 if now >= due:
                     try:
                         facts = await _inspect(slot.client)
-                    except EndpointError:
+                    except (EndpointError, ConfigError):  # ConfigError: refused credentials
                         next_probe[slot.name] = (now + delay, min(delay * 2, PROBE_BACKOFF_MAX))
                     else:
                         log.warning("%s answers again; back in rotation", slot.name)
@@ -521,8 +521,6 @@ async def _started_endpoints(endpoints: list[Endpoint]) -> AsyncIterator[list[En
                 try:
                     config = SimConfig.from_query(urlsplit(endpoint.url).query)
                 except ValueError as error:
-                    from batchgen.errors import ConfigError
-
                     raise ConfigError(f"endpoint {endpoint.url}: {error}") from None
                 server = SimServer(config)
                 url = await server.start()
