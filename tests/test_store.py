@@ -1,0 +1,165 @@
+"""OutputStore on real files: what a crash can leave behind, and what is taken for a result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from batchgen.records import Generation, Result, Task
+from batchgen.store import MANIFEST, MISSING, OutputStore, peek_state, read_records
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 10
+
+
+def task(row: int, key: str | None = None) -> Task:
+    return Task(row, key or f"k{row}-0", "txt2img", {"prompt": f"p{row}", "seed": 10 + row}, None)
+
+
+def ok(row: int, data: bytes = PNG, key: str | None = None) -> Result:
+    generation = Generation((data,), (), (10 + row,), "m", "abc123", None, "v1.10.1", {})
+    return Result(task(row, key), "ok", "sim://x", 1, None, generation, 0.0, 0.1)
+
+
+def failed(row: int) -> Result:
+    return Result(task(row), "failed", "sim://x", 3, "HTTP 500: out of memory", None, 0.0, 0.1)
+
+
+def store(out: Path) -> OutputStore:
+    return OutputStore(out, "job", "{row:06d}-{index:02d}-{seed}", out)
+
+
+def test_record_writes_the_images_then_a_complete_line(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    assert s.open().rows == {}
+    line = s.record(ok(2), {"prompt": "p2"})
+    s.close()
+    assert line["images"] == ["images/000002-00-12.png"]
+    assert (tmp_path / line["images"][0]).read_bytes() == PNG
+    assert line["image_sha256"] == [hashlib.sha256(PNG).hexdigest()]
+    raw = (tmp_path / MANIFEST).read_bytes()
+    assert raw.endswith(b"\n") and json.loads(raw) == line
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_latest_record_per_key_decides(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.open()
+    s.record(failed(2), {})
+    s.record(failed(3), {})
+    s.record(ok(2), {})
+    s.close()
+    state = store(tmp_path).open()
+    assert state.done == {"k2-0"}
+    assert state.failed == {"k3-0"}
+    assert [r["status"] for r in read_records(tmp_path).values()] == ["failed", "ok"]
+
+
+def test_a_torn_last_line_is_dropped_and_its_row_sent_again(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.open()
+    s.record(ok(2), {})
+    s.record(ok(3), {})
+    s.close()
+    manifest = tmp_path / MANIFEST
+    whole = manifest.read_bytes()
+    first_end = whole.index(b"\n") + 1
+    manifest.write_bytes(whole[: first_end + 40])  # the crash tore the second line
+    assert peek_state(tmp_path).done == {"k2-0"}
+    assert manifest.stat().st_size == first_end + 40, "peek_state changes nothing"
+    state = store(tmp_path).open()
+    assert state.done == {"k2-0"}
+    assert manifest.read_bytes() == whole[:first_end]
+
+
+def test_a_complete_line_without_its_newline_counts_as_torn(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.open()
+    s.record(ok(2), {})
+    s.close()
+    manifest = tmp_path / MANIFEST
+    manifest.write_bytes(manifest.read_bytes().rstrip(b"\n"))
+    assert store(tmp_path).open().rows == {}
+    assert manifest.read_bytes() == b""
+
+
+def test_an_unreadable_middle_line_is_skipped(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.open()
+    s.record(ok(2), {})
+    s.close()
+    with (tmp_path / MANIFEST).open("ab") as handle:
+        handle.write(b"{not json\n")
+    s = store(tmp_path)
+    s.open()
+    s.record(ok(3), {})
+    s.close()
+    assert store(tmp_path).open().done == {"k2-0", "k3-0"}
+
+
+def test_stale_tmp_files_are_removed_on_open(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    stale = tmp_path / "images" / "000002-00-12.png.tmp"
+    stale.write_bytes(PNG[:5])
+    (tmp_path / "results.csv.tmp").write_text("row\n")
+    store(tmp_path).open()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_an_orphan_image_is_replaced_not_suffixed_or_counted(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    orphan = tmp_path / "images" / "000002-00-12.png"
+    orphan.write_bytes(b"written before the crash, never recorded")
+    s = store(tmp_path)
+    state = s.open()
+    assert state.rows == {}, "a file without a record is not a result"
+    line = s.record(ok(2), {})
+    s.close()
+    assert line["images"] == ["images/000002-00-12.png"]
+    assert orphan.read_bytes() == PNG
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["000002-00-12.png"]
+
+
+def test_a_name_a_record_owns_is_never_overwritten(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.open()
+    first = s.record(ok(2, PNG, key="a-0"), {})
+    second = s.record(ok(2, PNG + b"x", key="b-0"), {})  # an edited row 2, same seed
+    s.close()
+    assert first["images"] != second["images"]
+    assert (tmp_path / first["images"][0]).read_bytes() == PNG
+
+
+def test_an_ok_row_whose_image_is_gone_is_sent_again(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.open()
+    line = s.record(ok(2), {})
+    s.record(ok(3), {})
+    s.close()
+    (tmp_path / line["images"][0]).unlink()
+    state = store(tmp_path).open()
+    assert state.rows["k2-0"].status == MISSING
+    assert state.done == {"k3-0"} and state.failed == {"k2-0"}
+    s = store(tmp_path)
+    s.open()
+    again = s.record(ok(2), {})
+    s.close()
+    assert again["images"] == line["images"], "the freed name is used again"
+    assert store(tmp_path).open().done == {"k2-0", "k3-0"}
+
+
+def test_results_sheet_shows_each_rows_latest_outcome(tmp_path: Path) -> None:
+    from batchgen.records import SheetRow
+
+    s = store(tmp_path)
+    s.open()
+    s.record(failed(3), {})
+    s.record(ok(2), {})
+    rows = [SheetRow(2, {"prompt": "p2"}), SheetRow(3, {"prompt": "p3"}), SheetRow(4, {})]
+    s.write_results(rows, ["prompt"], {2: "k2-0", 3: "k3-0"}, xlsx=False)
+    s.close()
+    text = (tmp_path / "results.csv").read_text(encoding="utf-8-sig").splitlines()
+    assert text[0] == "prompt,row,status,images,seeds,error"
+    assert text[1] == "p2,2,ok,images/000002-00-12.png,12,"
+    assert text[2].startswith("p3,3,failed,,,HTTP 500")
+    assert text[3] == ",4,not run,,,"
