@@ -62,12 +62,14 @@ def check_template(template: str, metadata_columns: Iterable[str]) -> None:
         parsed = list(string.Formatter().parse(template))
     except ValueError as error:
         raise ConfigError(f"output.filename {template!r}: {error}") from None
-    for _, name, _, _ in parsed:
+    for _, name, spec, _ in parsed:
         if name is not None and name not in allowed:
             raise ConfigError(
                 f"output.filename {template!r}: unknown field {{{name}}}; "
                 f"known: {', '.join(sorted(allowed))}"
             )
+        if spec and "{" in spec:
+            raise ConfigError(f"output.filename {template!r}: a format spec cannot hold a field")
 
 
 class OutputStore:
@@ -205,7 +207,8 @@ class OutputStore:
         self, folder: str, result: Result, index: int, seed: int | str, data: bytes
     ) -> str:
         fields = {
-            **{key: value for key, value in result.task.metadata.items()},
+            # A cell value is one name part: its separators must not make folders.
+            **{key: _no_separators(value) for key, value in result.task.metadata.items()},
             "row": result.task.row,
             "index": index,
             "seed": seed,
@@ -215,7 +218,10 @@ class OutputStore:
         try:
             rendered = self._template.format_map(fields)
         except (ValueError, KeyError, TypeError):
-            rendered = string.Formatter().vformat(self._template, (), _Stringly(fields))
+            try:
+                rendered = string.Formatter().vformat(self._template, (), _Stringly(fields))
+            except (ValueError, KeyError, TypeError):  # e.g. {row:zz}: a name, not a crash
+                rendered = f"{result.task.row:06d}-{index:02d}"
         relative = self._unique(folder, _safe_relative(rendered) + _extension(data))
         target = self.out_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -324,6 +330,10 @@ class _FormatAnything:
             return format(self.value, spec)
         except (ValueError, TypeError):
             return str(self.value)
+
+
+def _no_separators(value: Any) -> Any:
+    return value.replace("/", "_").replace("\\", "_") if isinstance(value, str) else value
 
 
 def _safe_relative(rendered: str) -> str:

@@ -91,6 +91,10 @@ def assert_exactly_once_ok(out_dir: Path, rows: Sequence[int]) -> list[dict[str,
     return records
 
 
+def names_in(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
 def all_text(folder: Path) -> str:
     """Every file under a folder, as text (bytes decoded leniently), for secret hunting."""
     return "\n".join(
