@@ -137,3 +137,30 @@ async def test_stop_does_not_wait_for_queued_work() -> None:
         await sim.stop()
         assert time.perf_counter() - began < 1.0
         await asyncio.gather(*tasks)
+
+
+async def test_internal_progress_with_force_task_id() -> None:
+    config = SimConfig(ms_per_step=5.0)  # 100 ms per request
+    async with SimServer(config) as sim, aiohttp.ClientSession(base_url=sim.url) as http:
+
+        async def where(task: str) -> dict[str, Any]:
+            async with http.post("/internal/progress", json={"id_task": task}) as resp:
+                data: dict[str, Any] = await resp.json()
+                return data
+
+        jobs = []
+        for task in ("task(a)", "task(b)"):
+            body = {"steps": 20, "force_task_id": task}
+            jobs.append(asyncio.create_task(timed_post(http, body)))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.03)
+        a, b = await where("task(a)"), await where("task(b)")
+        assert a["active"] and not a["queued"] and 0 <= a["progress"] < 1
+        assert not b["active"] and b["queued"] and b["textinfo"] == "In queue: 1/1"
+        async with http.get("/internal/pending-tasks") as resp:
+            assert await resp.json() == {"size": 1, "tasks": ["task(b)"]}
+        await asyncio.gather(*jobs)
+        done = await where("task(a)")
+        assert done["completed"] and not done["active"] and done["textinfo"] == "Waiting..."
+        unknown = await where("task(zzz)")
+        assert not (unknown["active"] or unknown["queued"] or unknown["completed"])

@@ -218,6 +218,8 @@ class SimApp:
             }
         if self.config.webui:
             static["/internal/ping"] = dict
+            static["/internal/pending-tasks"] = st.pending_tasks
+            r.add_post("/internal/progress", self._task_progress)
         for path, fn in static.items():
             r.add_get(path, _static(fn))
         r.add_post("/sdapi/v1/interrupt", self._interrupt)
@@ -283,6 +285,15 @@ class SimApp:
             self.validator.validate(body, ())
         await self.state.set_options(body)
         return json_response(None)
+
+    async def _task_progress(self, request: web.Request) -> web.StreamResponse:
+        body = self.validator.parse_json(await request.read(), request.headers.get("Content-Type"))
+        if not isinstance(body, dict):
+            self.validator.validate(body, ())
+        id_task = body.get("id_task")
+        return json_response(
+            self.state.task_progress(id_task if isinstance(id_task, str) else None)
+        )
 
     async def _interrupt(self, request: web.Request) -> web.StreamResponse:
         self.state.interrupt()

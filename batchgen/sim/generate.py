@@ -6,6 +6,7 @@ import hashlib
 import logging
 import math
 import random
+import string
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ class Engine:
         self.state = state
         self.encoder = make_encoder(state.config.encoder)
         self._seeds = random.Random(state.config.fault_seed ^ 0x5EED)
+        self._task_ids = random.Random(state.config.fault_seed ^ 0x7A5C)
 
     def _alwayson(self) -> frozenset[str]:
         return ALWAYSON_SCRIPTS | (FORGE_ALWAYSON if self.state.forge else frozenset())
@@ -72,14 +74,20 @@ class Engine:
             if req["mask"] is not None and decode_image(req["mask"]) is None:
                 raise ApiError.http(500, "Invalid encoded image")
         state = self.state
-        async with state.lock:
-            saved: dict[str, Any] = {}
-            try:
-                return await self._run(route, req, fail, saved)
-            finally:
-                if req["override_settings_restore_afterwards"]:
-                    state.opts.update(saved)  # the checkpoint itself stays loaded
-                state.progress = Progress()
+        task_id = req.get("force_task_id") or _task_id(route, self._task_ids)
+        state.tasks.add(task_id)
+        try:
+            async with state.lock:
+                state.tasks.start(task_id)
+                saved: dict[str, Any] = {}
+                try:
+                    return await self._run(route, req, fail, saved)
+                finally:
+                    if req["override_settings_restore_afterwards"]:
+                        state.opts.update(saved)  # the checkpoint itself stays loaded
+                    state.progress = Progress()
+        finally:
+            state.tasks.finish(task_id)
 
     async def _run(
         self, route: str, req: dict[str, Any], fail: bool, saved: dict[str, Any]
@@ -229,3 +237,8 @@ class Engine:
             params["init_images"] = None
             params["mask"] = None
         return {"images": encoded, "parameters": params, "info": job.info(infotexts, first)}
+
+
+def _task_id(route: str, rng: random.Random) -> str:
+    """`progress.create_task_id`."""
+    return f"task({route}-{''.join(rng.choices(string.ascii_letters + string.digits, k=7))})"

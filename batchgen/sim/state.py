@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,28 @@ class Progress:
     skipped: bool = False
 
 
+class TaskTracker:
+    """`modules/progress.py`: pending, current and recently finished task ids."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, float] = {}
+        self.current: str | None = None
+        self.finished: deque[str] = deque(maxlen=16)
+
+    def add(self, task_id: str) -> None:
+        self.pending[task_id] = time.monotonic()
+
+    def start(self, task_id: str) -> None:
+        self.pending.pop(task_id, None)
+        self.current = task_id
+
+    def finish(self, task_id: str) -> None:
+        self.pending.pop(task_id, None)
+        self.finished.append(task_id)
+        if self.current == task_id:
+            self.current = None
+
+
 class ServerState:
     """What one simulated web UI process holds between requests."""
 
@@ -45,6 +68,7 @@ class ServerState:
         # asyncio.Lock wakes waiters in arrival order, like A1111's FIFOLock.
         self.lock = asyncio.Lock()
         self.progress = Progress()
+        self.tasks = TaskTracker()
         self._wake = asyncio.Event()
 
     def progress_json(self) -> dict[str, Any]:
@@ -80,6 +104,36 @@ class ServerState:
             "current_image": None,
             "textinfo": None,
         }
+
+    def task_progress(self, id_task: str | None) -> dict[str, Any]:
+        """POST /internal/progress: where a task (e.g. one sent with force_task_id) is."""
+        tasks = self.tasks
+        active = id_task is not None and id_task == tasks.current
+        queued = id_task in tasks.pending
+        out: dict[str, Any] = {
+            "active": active,
+            "queued": queued,
+            "completed": id_task in tasks.finished,
+            "progress": None,
+            "eta": None,
+            "live_preview": None,
+            "id_live_preview": -1,
+            "textinfo": None,
+        }
+        if not active:
+            out["textinfo"] = "Waiting..."
+            if queued:
+                order = sorted(tasks.pending, key=tasks.pending.__getitem__)
+                out["textinfo"] = f"In queue: {order.index(str(id_task)) + 1}/{len(order)}"
+            return out
+        public = self.progress_json()
+        out["progress"] = max(public["progress"] - 0.01, 0.0)
+        out["eta"] = public["eta_relative"]
+        return out
+
+    def pending_tasks(self) -> dict[str, Any]:
+        order = sorted(self.tasks.pending, key=self.tasks.pending.__getitem__)
+        return {"size": len(order), "tasks": order}
 
     def interrupt(self) -> None:
         self.progress.interrupted = True
