@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -118,3 +119,20 @@ async def test_runtime_config_route() -> None:
 def test_rates_are_checked(knob: str) -> None:
     with pytest.raises(ValueError, match=knob):
         SimConfig.from_query(f"{knob}=1.5")
+
+
+async def test_set_config_in_process_and_reseed() -> None:
+    async with SimServer() as sim, aiohttp.ClientSession() as http:
+        await sim.set_config(dataclasses.replace(sim.config, fail_rate=1.0))
+        assert await outcome(http, sim.url) == 500
+        with pytest.raises(ValueError, match="flavor"):
+            await sim.set_config(dataclasses.replace(sim.config, flavor="forge"))
+        async with http.post(sim.url + "/_sim/config", json={"fail_rate": 0.5, "fault_seed": 3}):
+            pass
+        assert sim.config.fault_seed == 3 and sim.config.fail_rate == 0.5
+        first = [await outcome(http, sim.url) for _ in range(8)]
+        async with http.post(sim.url + "/_sim/config", json={"fault_seed": 4}):
+            pass
+        async with http.post(sim.url + "/_sim/config", json={"fault_seed": 3}):
+            pass
+        assert [await outcome(http, sim.url) for _ in range(8)] == first

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import SimConfig
+from .controlnet import MODEL_FREE
 from .errors import ApiError, RequestInvalid
 from .faults import FaultPlan
 from .generate import Engine
@@ -231,7 +232,7 @@ class SimApp:
     def _module_list(self) -> dict[str, Any]:
         detail = {
             m: {
-                "model_free": m in ("reference_only", "invert"),
+                "model_free": m in MODEL_FREE,
                 "sliders": [
                     {"name": "Resolution", "value": 512, "min": 64, "max": 2048, "step": 8}
                 ],
@@ -312,18 +313,23 @@ class SimApp:
             values = await request.json()
             if not isinstance(values, dict):
                 raise ValueError("expected a JSON object")
-            bad = sorted(set(values) - RUNTIME_KNOBS)
-            if bad:
-                raise ValueError(f"not changeable at run time: {', '.join(bad)}")
-            config = self.config.replace(values)
+            self.apply_config(self.config.replace(values))
         except ValueError as exc:
             return json_response({"detail": str(exc)}, status=400)
-        self.apply_config(config)
-        if "fault_seed" in values:
-            self.faults.reseed(config.fault_seed)
-        return json_response(dataclasses.asdict(config))
+        return json_response(dataclasses.asdict(self.config))
 
     def apply_config(self, config: SimConfig) -> None:
+        """Swap time and fault knobs; a new fault_seed restarts the fault sequence."""
+        changed = [
+            f.name
+            for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(self.config, f.name)
+        ]
+        bad = sorted(set(changed) - RUNTIME_KNOBS)
+        if bad:
+            raise ValueError(f"not changeable at run time: {', '.join(bad)}")
+        if "fault_seed" in changed:
+            self.faults.reseed(config.fault_seed)
         self.config = config
         self.state.config = config
 

@@ -22,13 +22,18 @@ class SimServer:
     """A simulated A1111/Forge server on 127.0.0.1; an async context manager."""
 
     def __init__(self, config: SimConfig | None = None) -> None:
-        self.config = config or SimConfig()
+        self._config = config or SimConfig()
         self.stats = SimStats()
         self.url = ""
         self._sim: SimApp | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.SockSite | None = None
         self._bind_task: asyncio.Task[None] | None = None
+
+    @property
+    def config(self) -> SimConfig:
+        """The current config, including knobs changed at run time via POST /_sim/config."""
+        return self._sim.config if self._sim is not None else self._config
 
     @property
     def app(self) -> SimApp:
@@ -93,10 +98,10 @@ class SimServer:
             self._runner = None
 
     async def set_config(self, config: SimConfig) -> None:
-        """Swap fault and time knobs at run time (inventory changes need a restart)."""
-        self.config = config
+        """Swap fault and time knobs at run time; other changes raise ValueError."""
         if self._sim is not None:
             self._sim.apply_config(config)
+        self._config = config
 
     async def __aenter__(self) -> SimServer:
         if not self.url:
