@@ -74,7 +74,7 @@ async def test_response_and_errors(forge: tuple[SimServer, aiohttp.ClientSession
 
 async def test_controlnet_unit(forge: tuple[SimServer, aiohttp.ClientSession]) -> None:
     _, http = forge
-    unit = {"module": "canny", "model": "control_v11p_sd15_canny"}
+    unit: dict[str, Any] = {"module": "canny", "model": "control_v11p_sd15_canny"}
     unit |= {"resize_mode": 1, "control_mode": 0}
     scripts = {"ControlNet": {"args": [{**unit, "image": png()}]}}
     status, data, _ = await txt2img(http, alwayson_scripts=scripts)
