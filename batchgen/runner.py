@@ -39,7 +39,7 @@ from batchgen.payload import PayloadBuilder, manifest_body
 from batchgen.records import Generation, Result, Task
 from batchgen.scheduler import EndpointFacts, EndpointSlot, Lease, Scheduler
 from batchgen.sheet import read_headers, read_rows
-from batchgen.store import OutputStore, ResumeState, check_template, peek_state
+from batchgen.store import OutputStore, ResumeState, check_template, folder_in_use, peek_state
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +264,10 @@ class _Run:
                 self.reporter.started(plan, self.job.out_dir)
                 with self._interrupts():
                     await self._send_all(scheduler, state)
+            except BaseException:
+                self.writer.shutdown(wait=True)  # a row being written is finished first
+                self.store.close()  # and the folder is free for the next run at once
+                raise
             finally:
                 self.writer.shutdown(wait=True)
                 logging.getLogger("batchgen").removeHandler(handler)
@@ -618,6 +622,8 @@ def _public_job(job: JobSpec, live: list[Endpoint]) -> dict[str, Any]:
 def _move_aside(out_dir: Path) -> None:
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return
+    if folder_in_use(out_dir):
+        raise ConfigError(f"{out_dir}: another batchgen run is writing here; --fresh left it")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = out_dir.with_name(f"{out_dir.name}.{stamp}")
     counter = 1

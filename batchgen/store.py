@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import string
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from batchgen.records import Result, SheetRow
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
+LOCK = ".batchgen.lock"  # held (flock) while a run writes here; the OS drops it if the run dies
 IMAGES_DIR = "images"
 EXTRAS_DIR = "controlnet"
 TMP_SUFFIX = ".tmp"
@@ -81,6 +83,7 @@ class OutputStore:
         self._job_name = job_name
         self._template = template
         self._manifest: IO[bytes] | None = None
+        self._lock: IO[bytes] | None = None
         self._offsets: dict[str, int] = {}
         self._taken: set[str] = set()
 
@@ -91,6 +94,7 @@ class OutputStore:
     def open(self) -> ResumeState:
         """Create the folder, drop what a crash left half-written, and read what is done."""
         (self.out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        self._lock = _take_lock(self.out_dir)
         self._remove_temporary_files()
         rows = self._read_manifest(repair=True)
         self._manifest = self.manifest_path.open("ab")
@@ -101,6 +105,9 @@ class OutputStore:
         if self._manifest is not None:
             self._manifest.close()
             self._manifest = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def write_json(self, name: str, data: Any) -> None:
         """A small side file (resolved job, stats), replaced atomically."""
@@ -305,6 +312,37 @@ def read_records(out_dir: Path) -> dict[str, dict[str, Any]]:
             records.pop(key, None)  # keep the latest last
             records[key] = record
     return records
+
+
+def folder_in_use(out_dir: Path) -> bool:
+    """True while a run (in any process) has this folder open for writing."""
+    if not (out_dir / LOCK).exists():
+        return False
+    try:
+        handle = _take_lock(out_dir)
+    except ConfigError:
+        return True
+    if handle is not None:
+        handle.close()
+    return False
+
+
+def _take_lock(out_dir: Path) -> IO[bytes] | None:
+    """Two runs appending to one manifest could both send a row: the second one stops here."""
+    if sys.platform == "win32":  # no flock; one run per folder is then the user's to keep
+        return None
+    import fcntl
+
+    handle = (out_dir / LOCK).open("ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(
+            f"{out_dir}: another batchgen run is writing to this folder; "
+            "wait for it to finish, or give another output folder"
+        ) from None
+    return handle
 
 
 def peek_state(out_dir: Path) -> ResumeState:

@@ -272,13 +272,18 @@ def test_one_sigint_finishes_the_rows_in_flight_and_exits_130(
     assert_exactly_once(out, rows + 1)
 
 
-@pytest.mark.parametrize("sims", [[{"ms_per_step": 150}]], indirect=True)
-def test_a_second_sigint_stops_at_once(sims: list[SimProcess], tmp_path: Path) -> None:
-    rows = 6  # 3 s per image: the first row is still running when the second Ctrl-C comes
+@pytest.mark.parametrize("sims", [[{"ms_per_step": 300}]], indirect=True)
+def test_a_second_run_is_refused_and_a_second_sigint_stops_at_once(
+    sims: list[SimProcess], tmp_path: Path
+) -> None:
+    rows = 6  # 6 s per image: the first row is still running when the second Ctrl-C comes
     job = write_job(tmp_path, [sims[0].url], rows, request_s=60)
     out = tmp_path / "out"
     proc = start_run(job)
     _wait_for(lambda: len(sims[0].received_seeds()) >= 1, proc)
+    code, err = finish(start_run(job))  # the same command in another terminal
+    assert code == 2 and "another batchgen run is writing to this folder" in err
+    assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     stopped = time.monotonic()

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+from batchgen.errors import ConfigError
 from batchgen.records import Generation, Result, Task
-from batchgen.store import MANIFEST, MISSING, OutputStore, peek_state, read_records
+from batchgen.store import (
+    MANIFEST,
+    MISSING,
+    OutputStore,
+    folder_in_use,
+    peek_state,
+    read_records,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 10
 
@@ -163,3 +175,32 @@ def test_results_sheet_shows_each_rows_latest_outcome(tmp_path: Path) -> None:
     assert text[1] == "p2,2,ok,images/000002-00-12.png,12,"
     assert text[2].startswith("p3,3,failed,,,HTTP 500")
     assert text[3] == ",4,not run,,,"
+
+
+def test_one_run_per_folder_and_a_killed_run_frees_it(tmp_path: Path) -> None:
+    first = store(tmp_path)
+    first.open()
+    assert folder_in_use(tmp_path)
+    with pytest.raises(ConfigError, match="another batchgen run"):
+        store(tmp_path).open()
+    first.close()
+    assert not folder_in_use(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from batchgen.store import OutputStore;"
+            "s = OutputStore(Path(sys.argv[1]), 'j', '{row}', Path('.')); s.open();"
+            "print('open', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+    assert folder_in_use(tmp_path)
+    holder.kill()
+    holder.communicate()
+    second = store(tmp_path)
+    second.open()  # the kernel dropped the dead run's lock
+    second.close()
