@@ -72,6 +72,8 @@ def run(
     no_check: bool,
 ) -> None:
     """Send every row of SOURCE (a .toml job or a sheet) and write images and a manifest."""
+    if fresh and retry_failed:
+        raise click.UsageError("--fresh starts an empty folder, where no row has failed yet")
     job = _load(source, endpoints, set_fields, out)
     if dry_run:
         _guarded(lambda: _dry_run(job))

@@ -221,3 +221,17 @@ async def test_manifest_fields_and_no_credentials_anywhere(tmp_path: Path) -> No
     for path in out.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_fresh_and_retry_failed_together_are_refused(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from batchgen.cli import cli
+
+    write_sheet(tmp_path, rows_of("a"))
+    result = CliRunner().invoke(
+        cli, ["run", str(tmp_path / "sheet.csv"), "--fresh", "--retry-failed"]
+    )
+    assert result.exit_code == 2
+    assert "--fresh starts an empty folder" in result.output
+    assert not (tmp_path / "out").exists()
