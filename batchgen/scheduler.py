@@ -147,6 +147,24 @@ class _Waiter:
     cost: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Outlook:
+    """The pool at one moment: speeds (units/s), seconds of work held, and the projected end."""
+
+    up: list[EndpointSlot]
+    speed: dict[str, float]
+    busy: dict[str, float]
+    end: float  # seconds from now until everything waiting and held is done, if shared perfectly
+
+    def supply(self, group: Group, without: EndpointSlot) -> float:
+        """Work the group's other endpoints can do before the projected end."""
+        return sum(
+            self.speed[s.name] * max(self.end - self.busy[s.name], 0.0)
+            for s in self.up
+            if s is not without and s.serves(group)
+        )
+
+
 class Scheduler:
     """Pull-based, checkpoint-aware and speed-aware; rows are handed out in no sheet order."""
 
@@ -304,8 +322,13 @@ class Scheduler:
         if not servers:
             return math.inf
         speeds = [1.0 / self._sec_per_unit(s) for s in servers]
-        held = sum(v * self.free_in(s, now) for v, s in zip(speeds, servers, strict=True))
-        return (self._pending.get(group, 0.0) + held) / sum(speeds)
+        busy = [self.free_in(s, now) for s in servers]
+        pending = self._pending.get(group, 0.0)
+        fluid = (pending + sum(v * b for v, b in zip(speeds, busy, strict=True))) / sum(speeds)
+        # Rows do not split: the last one ends no sooner than the quickest endpoint could do it.
+        head = self._groups[group][0].cost if self._groups.get(group) else 0.0
+        whole = min(b + head / v for v, b in zip(speeds, busy, strict=True))
+        return max(fluid, whole)
 
     # ----- dispatch -----
 
@@ -347,24 +370,57 @@ class Scheduler:
         mine = self.free_in(slot, now)
         rate = self._sec_per_unit(slot)
         own: list[Group] = [slot.target] + ([None] if slot.target == slot.default else [])
+        outlook = self._outlook(now)
         for group in own:
             waiter = self._first_for(group, slot)
-            if waiter is not None and mine + waiter.cost * rate <= self._drain(group, slot, now):
-                return waiter
-        best: tuple[float, float] | None = None
+            if waiter is None or mine + waiter.cost * rate > self._drain(group, slot, now):
+                continue
+            if self._measured() and outlook.supply(group, slot) >= self._pending[group]:
+                # The others finish this group anyway: leave now for one that is short, if this
+                # endpoint alone can fill it; it would have to switch later regardless.
+                rank, other = self._switch_for(slot, own, now, outlook)
+                if other is not None and rank[0] == 2:
+                    return other
+            return waiter
+        return self._switch_for(slot, own, now, outlook)[1]
+
+    def _measured(self) -> bool:
+        return all(s.sec_per_unit is not None for s in self.slots if s.up)
+
+    def _outlook(self, now: float) -> _Outlook:
+        up = [s for s in self.slots if s.up]
+        speed = {s.name: 1.0 / self._sec_per_unit(s) for s in up}
+        busy = {s.name: self.free_in(s, now) for s in up}
+        work = sum(self._pending.values()) + sum(speed[s.name] * busy[s.name] for s in up)
+        return _Outlook(up, speed, busy, work / sum(speed.values()))
+
+    def _switch_for(
+        self, slot: EndpointSlot, own: list[Group], now: float, outlook: _Outlook
+    ) -> tuple[tuple[int, float], _Waiter | None]:
+        """The group that most needs another endpoint, for one that has to load a checkpoint.
+
+        A group's deficit is the work its endpoints cannot do by the projected end of the run;
+        the endpoint joins the largest (rank 2 if it can keep busy there to the end, 1 if not).
+        Once no group is short it helps the one that would finish last (rank 0). Never a group
+        whose endpoints would finish the row sooner than this one could, switch included.
+        """
+        speed, busy = outlook.speed[slot.name], outlook.busy[slot.name]
+        best: tuple[int, float] = (-1, 0.0)
         chosen = None
         for group, queue in self._groups.items():
-            if group in own or not queue:
-                continue
-            waiter = self._first_for(group, slot)
+            waiter = self._first_for(group, slot) if group not in own and queue else None
             if waiter is None:
                 continue
+            switch = self._switch_s(slot, waiter.cost)
             drain = self._drain(group, slot, now)
-            finish = mine + self._switch_s(slot, waiter.cost) + waiter.cost * rate
-            need = (drain, self._pending.get(group, 0.0))
-            if finish < drain and (best is None or need > best):
-                best, chosen = need, waiter
-        return chosen
+            if busy + switch + waiter.cost / speed >= drain:
+                continue
+            room = speed * max(outlook.end - busy - switch, 0.0)
+            deficit = self._pending.get(group, 0.0) - outlook.supply(group, slot)
+            rank = (2 if deficit >= room > 0 else 1, deficit) if deficit > 0 else (0, drain)
+            if rank > best:
+                best, chosen = rank, waiter
+        return best, chosen
 
     def _fallback(self, up: list[EndpointSlot]) -> tuple[EndpointSlot, _Waiter] | None:
         """Nobody takes a row while every endpoint is idle: the estimates are off; send anyway."""

@@ -1,0 +1,277 @@
+"""Scheduling benchmark: makespan and checkpoint switches on simulators of different speeds.
+
+    python benchmarks/bench_schedule.py [--rows 800] [--seed 1]
+
+Four simulator endpoints (speeds 1, 1, 2, 4; a switch costs several generations), a sheet whose
+rows name 4 checkpoints in random order. Three runs, each on freshly started simulators:
+  1. batchgen's scheduler (run_batch);
+  2. a naive baseline in the same process: rows in sheet order, round robin, 2 in flight each;
+  3. batchgen again, with the fastest endpoint killed mid-run and restarted later.
+Makespan is measured from the manifest (first row sent to last row back); switches are read from
+the simulators. The ideal is a lower bound: (total work + the switches that cannot be avoided,
+each costing at least switch_s on the slowest endpoint) / total speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import logging
+import random
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from batchgen.client import EndpointClient, resolve_endpoint
+from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
+from batchgen.payload import PayloadBuilder
+from batchgen.records import Task
+from batchgen.runner import RunOptions, run_batch
+from batchgen.sheet import read_headers, read_rows
+
+MODELS = ("alpha.safetensors", "beta.safetensors", "gamma.safetensors", "delta.safetensors")
+SPEEDS = (1.0, 1.0, 2.0, 4.0)
+STEPS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    makespan: float
+    switches: int
+    ok: int
+
+
+class Sim:
+    """One simulator in its own process, so that its clock does not share our event loop."""
+
+    def __init__(self, args: argparse.Namespace, speed: float, port: int = 0) -> None:
+        self.options = {
+            "models": ",".join(MODELS),
+            "ms_per_step": args.ms_per_step,
+            "switch_s": args.switch_s,
+            "speed": speed,
+        }
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        sets = [arg for key, value in self.options.items() for arg in ("--set", f"{key}={value}")]
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "batchgen.sim",
+            "--port",
+            str(self.port),
+            *sets,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with aiohttp.ClientSession() as session:
+            for _ in range(500):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(self.url + "/sdapi/v1/options") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.02)
+        raise RuntimeError(f"simulator at {self.url} did not start")
+
+    async def stats(self) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session, session.get(self.url + "/_sim/stats") as r:
+            result: dict[str, Any] = await r.json()
+            return result
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def simulators(args: argparse.Namespace) -> AsyncIterator[list[Sim]]:
+    sims = [Sim(args, speed) for speed in SPEEDS]
+    try:
+        await asyncio.gather(*(sim.start() for sim in sims))
+        yield sims
+    finally:
+        for sim in sims:
+            await sim.kill()
+
+
+async def switches(sims: Sequence[Sim]) -> int:
+    counts = [int((await sim.stats())["switches"]) for sim in sims]
+    return sum(counts)
+
+
+def write_sheet(path: Path, rows: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "model", "steps", "seed"])
+        for index in range(rows):
+            writer.writerow([f"row {index}", rng.choice(MODELS)[:-12], STEPS, index])
+
+
+def job_for(sheet: Path, out: Path, urls: Sequence[str]) -> JobSpec:
+    return JobSpec(
+        name="bench",
+        sheet=sheet,
+        endpoints=tuple(EndpointSpec(url=url, name=f"e{i}") for i, url in enumerate(urls)),
+        output=OutputSpec(dir=out),
+        retry=RetrySpec(attempts=8, backoff_initial=0.05, backoff_max=0.5),
+        check=False,
+        wait_all_down=30.0,
+    )
+
+
+def manifest_figures(out: Path) -> tuple[float, int]:
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    ok = [line for line in lines if line["status"] == "ok"]
+    first = min(line["started_at"] for line in lines)
+    last = max(line["started_at"] + line["duration_s"] for line in lines)
+    rows = {line["row"] for line in ok}
+    assert len(rows) == len(ok), "a row was recorded ok twice"
+    return last - first, len(ok)
+
+
+async def run_batchgen(args: argparse.Namespace, sheet: Path, out: Path) -> Figures:
+    async with simulators(args) as sims:
+        await run_batch(job_for(sheet, out, [sim.url for sim in sims]), RunOptions())
+        makespan, ok = manifest_figures(out)
+        return Figures(makespan, await switches(sims), ok)
+
+
+async def run_naive(args: argparse.Namespace, sheet: Path) -> Figures:
+    """Rows in sheet order, dealt round robin; each endpoint keeps two requests in flight."""
+    job = job_for(sheet, Path(tempfile.mkdtemp()), ["http://127.0.0.1:1"])
+    builder = PayloadBuilder(job, read_headers(sheet, None))
+    tasks = [builder.build(row) for row in read_rows(sheet, None)]
+    async with simulators(args) as sims, aiohttp.ClientSession() as session:
+        clients = [
+            EndpointClient(resolve_endpoint(EndpointSpec(url=sim.url), 2), session, job.timeout)
+            for sim in sims
+        ]
+        for client in clients:
+            await client.probe()
+        done = 0
+
+        async def lane(client: EndpointClient, rows: list[Task]) -> None:
+            nonlocal done
+            for task in rows:
+                await client.generate(task)
+                done += 1
+
+        count = len(clients)
+        started = time.monotonic()
+        await asyncio.gather(
+            *(
+                lane(client, tasks[index::count][lane_no::2])
+                for index, client in enumerate(clients)
+                for lane_no in range(2)
+            )
+        )
+        return Figures(time.monotonic() - started, await switches(sims), done)
+
+
+async def run_with_kill(args: argparse.Namespace, sheet: Path, out: Path) -> Figures:
+    """The fastest endpoint is killed after 1/8 of the rows and restarted `--down-s` later."""
+    async with simulators(args) as sims:
+        victim = sims[-1]
+        fresh = Sim(args, SPEEDS[-1], victim.port)
+        before = 0
+
+        async def kill_and_restart() -> None:
+            nonlocal before
+            while (await victim.stats())["generations"] < args.rows // 8:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            before = int((await victim.stats())["switches"])
+            await victim.kill()
+            await asyncio.sleep(args.down_s)
+            await fresh.start()
+            print(f"  killed the fastest endpoint; restarted it {args.down_s:g} s later")
+
+        chaos = asyncio.create_task(kill_and_restart())
+        try:
+            await run_batch(job_for(sheet, out, [sim.url for sim in sims]), RunOptions())
+            await chaos
+            makespan, ok = manifest_figures(out)
+            total = await switches(sims[:-1]) + before + await switches([fresh])
+            return Figures(makespan, total, ok)
+        finally:
+            chaos.cancel()
+            await fresh.kill()
+
+
+def ideal(args: argparse.Namespace) -> float:
+    row_s = STEPS * float(args.ms_per_step) / 1000
+    unavoidable = len(MODELS) - 1  # every simulator starts with the first checkpoint loaded
+    return (int(args.rows) * row_s + unavoidable * float(args.switch_s) * min(SPEEDS)) / sum(SPEEDS)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=800)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--ms-per-step", type=float, default=2.0)  # 40 ms a row at speed 1
+    parser.add_argument("--switch-s", type=float, default=0.2)  # 5 rows at speed 1, 20 at 4
+    parser.add_argument("--down-s", type=float, default=1.5)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--keep", help="write the outputs here instead of a temporary folder")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger().handlers[0].setLevel(logging.ERROR)
+    bound = len(MODELS) + len(SPEEDS)
+    best = ideal(args)
+    print(
+        f"{args.rows} rows over {len(MODELS)} checkpoints in random order; endpoint speeds "
+        f"{', '.join(f'{s:g}' for s in SPEEDS)}; a row takes {STEPS * args.ms_per_step:g} ms "
+        f"at speed 1, a switch {args.switch_s * 1000:g} ms"
+    )
+    print(f"ideal makespan (lower bound): {best:.2f} s; switch bound: {bound}")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(args.keep) if args.keep else Path(tmp)
+        sheet = base / "sheet.csv"
+        write_sheet(sheet, args.rows, args.seed)
+        ours = await run_batchgen(args, sheet, base / "ours")
+        print(
+            f"batchgen: makespan {ours.makespan:.2f} s ({ours.makespan / best:.3f} x ideal), "
+            f"{ours.switches} switches (bound {bound}), {ours.ok} rows ok"
+        )
+        if not args.skip_naive:
+            naive = await run_naive(args, sheet)
+            print(
+                f"naive:    makespan {naive.makespan:.2f} s ({naive.makespan / best:.3f} x ideal), "
+                f"{naive.switches} switches, {naive.ok} rows ok"
+            )
+            print(
+                f"batchgen vs naive: makespan {naive.makespan / ours.makespan:.1f}x shorter, "
+                f"{naive.switches / max(ours.switches, 1):.0f}x fewer switches"
+            )
+        killed = await run_with_kill(args, sheet, base / "killed")
+        print(
+            f"fastest endpoint killed at 1/8 and restarted: makespan {killed.makespan:.2f} s "
+            f"({killed.makespan / best:.3f} x ideal without the outage, "
+            f"{killed.makespan / ours.makespan:.3f} x the run without it), "
+            f"{killed.switches} switches, {killed.ok}/{args.rows} rows ok"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
