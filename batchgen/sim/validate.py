@@ -5,6 +5,7 @@ The field tables follow a1111-api.md section 3; every field is optional, unknown
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -99,7 +100,9 @@ _FORGE_TXT2IMG: tuple[Field, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=8)
 def fields_for(route: str, flavor: str) -> tuple[Field, ...]:
+    """The request model of `route` ("txt2img" or "img2img") for a flavor, in field order."""
     forge = flavor == "forge"
     if route == "txt2img":
         extra = _FORGE_COMMON + _FORGE_TXT2IMG if forge else ()
