@@ -68,6 +68,10 @@ async def test_img2img_errors(sim_http: aiohttp.ClientSession) -> None:
     )
     status, data = await img2img(sim_http, init_images=["not base64 at all"])
     assert status == 500 and data["detail"] == "Invalid encoded image"
+    status, data = await img2img(sim_http, init_images=["http://localhost/x.png"])
+    assert status == 500 and data["detail"] == "Request to local resource not allowed"
+    status, data = await img2img(sim_http, init_images=["https://example.com/x.png"])
+    assert status == 500 and data["detail"] == "Invalid image url"
     status, data = await img2img(sim_http, init_images=[init_png()], mask="garbage")
     assert status == 500 and data["detail"] == "Invalid encoded image"
 

@@ -9,6 +9,7 @@ import random
 import string
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import controlnet
 from .errors import ApiError
@@ -151,6 +152,12 @@ class Engine:
         if route != "img2img":
             return ""
         images = req["init_images"]
+        for image in images:
+            if isinstance(image, str) and image.startswith(("http://", "https://")):
+                # The simulator never fetches; A1111 refuses local URLs by default.
+                local = urlsplit(image).hostname in ("localhost", "127.0.0.1", "::1")
+                detail = "Request to local resource not allowed" if local else "Invalid image url"
+                raise ApiError.http(500, detail)
         decoded = [decode_image(i) if isinstance(i, str) else None for i in images]
         if not decoded or any(d is None for d in decoded):
             raise ApiError.http(500, "Invalid encoded image")
