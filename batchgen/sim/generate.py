@@ -104,7 +104,7 @@ class Engine:
         init_digest = self._init_images(route, req, job)
         if fail:
             raise ApiError.internal("OutOfMemoryError", OOM_MESSAGE)
-        batches = await self._work(route, req, job)
+        batches = await self._work(route, req, job, out_size)
         return self._respond(route, req, job, out_size, map_sizes, init_digest, batches)
 
     def _controlnet_units(self, req: dict[str, Any]) -> list[controlnet.Unit]:
@@ -175,7 +175,10 @@ class Engine:
                 digest.update(hashlib.sha256(item[0]).digest())
         return digest.hexdigest()[:16]
 
-    def _seconds_per_batch(self, route: str, req: dict[str, Any], job: Job) -> float:
+    def _seconds_per_batch(
+        self, route: str, req: dict[str, Any], job: Job, out_size: tuple[int, int]
+    ) -> float:
+        """Time model: ms_per_step x steps x (pixels / 512^2) x batch_size / speed."""
         config = self.state.config
         steps = job.steps
         if route == "img2img" and not self.state.opts.get("img2img_fix_steps"):
@@ -183,12 +186,14 @@ class Engine:
         units = steps * job.width * job.height / 512**2
         if route == "txt2img" and req.get("enable_hr"):
             hr_steps = as_int(req["hr_second_pass_steps"], 0) or job.steps
-            units *= 1 + hr_steps / max(job.steps, 1) * 4  # the second pass is ~4x the area
+            units += hr_steps * out_size[0] * out_size[1] / 512**2
         return config.ms_per_step / 1000 * units * job.batch_size / config.speed
 
-    async def _work(self, route: str, req: dict[str, Any], job: Job) -> int:
+    async def _work(
+        self, route: str, req: dict[str, Any], job: Job, out_size: tuple[int, int]
+    ) -> int:
         """Sleep per batch; interrupt ends the run after the current batch, skip ends the batch."""
-        per_batch = self._seconds_per_batch(route, req, job)
+        per_batch = self._seconds_per_batch(route, req, job, out_size)
         s = self.state.progress
         s.job_count, s.sampling_steps, s.started = job.n_iter, job.steps, time.monotonic()
         done = 0
