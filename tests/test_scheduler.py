@@ -1,0 +1,158 @@
+"""Scheduling over real HTTP: checkpoint affinity, rows without a checkpoint, speed, the tail.
+
+Switch counts are read from the simulators, never from batchgen's own counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import csv
+import json
+import random
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
+from batchgen.runner import RunOptions, RunSummary, run_batch
+from batchgen.sim import SimConfig, SimServer
+
+MODELS = ("a.safetensors", "b.safetensors", "c.safetensors")
+FAST = SimConfig(models=MODELS, ms_per_step=0.5, switch_s=0.05)  # 10 ms a row, switch 50 ms
+
+
+@contextlib.asynccontextmanager
+async def simulators(*configs: SimConfig) -> AsyncIterator[list[SimServer]]:
+    servers = [SimServer(config) for config in configs]
+    try:
+        for server in servers:
+            await server.start()
+        yield servers
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+def make_job(
+    folder: Path, urls: Sequence[str], models: Sequence[str | None], **extra: Any
+) -> JobSpec:
+    sheet = folder / "sheet.csv"
+    with sheet.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "model", "steps", "seed"])
+        for index, model in enumerate(models):
+            writer.writerow([f"row {index}", model or "", 20, index])
+    return JobSpec(
+        name="sched",
+        sheet=sheet,
+        endpoints=tuple(EndpointSpec(url=url, name=f"e{i}") for i, url in enumerate(urls)),
+        output=OutputSpec(dir=folder / "out"),
+        retry=RetrySpec(attempts=8, backoff_initial=0.01, backoff_max=0.05),
+        check=False,
+        **extra,
+    )
+
+
+async def run(job: JobSpec, timeout: float = 30.0) -> RunSummary:
+    return await asyncio.wait_for(run_batch(job, RunOptions()), timeout)
+
+
+def manifest(job: JobSpec) -> list[dict[str, Any]]:
+    lines = (job.out_dir / "manifest.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def assert_each_row_ok_once(job: JobSpec, rows: int) -> list[dict[str, Any]]:
+    lines = manifest(job)
+    ok = collections.Counter(line["row"] for line in lines if line["status"] == "ok")
+    assert sorted(ok) == list(range(2, rows + 2)), "every row ok"
+    assert set(ok.values()) == {1}, "no row recorded ok twice"
+    return lines
+
+
+def switches(sims: Sequence[SimServer]) -> int:
+    return sum(sim.stats.switches for sim in sims)
+
+
+async def test_rows_in_random_order_switch_at_most_checkpoints_plus_endpoints(
+    tmp_path: Path,
+) -> None:
+    models = [random.Random(5).choice(MODELS)[:-12] for _ in range(90)]
+    async with simulators(FAST, FAST) as sims:
+        job = make_job(tmp_path, [sim.url for sim in sims], models)
+        summary = await run(job)
+    assert summary.ok == 90
+    assert switches(sims) <= len(MODELS) + len(sims)
+    lines = assert_each_row_ok_once(job, 90)
+    for line in lines:  # each row ran on the checkpoint it named
+        assert line["model"] == models[line["row"] - 2]
+    assert sum(view.switches for view in summary.endpoints) == switches(sims)
+
+
+async def test_alternating_rows_on_one_endpoint_switch_once(tmp_path: Path) -> None:
+    models = ["b" if index % 2 else "a" for index in range(30)]  # the sim starts with a
+    async with simulators(FAST) as sims:
+        job = make_job(tmp_path, [sims[0].url], models)
+        await run(job)
+    assert switches(sims) == 1
+    assert sims[0].stats.per_checkpoint.total() == 30
+
+
+async def test_rows_without_a_checkpoint_go_where_the_default_is_loaded(tmp_path: Path) -> None:
+    # A row with no override loads the server's opts checkpoint (a): it is an "a" row there,
+    # and sending it after the "b" rows would cost a switch back.
+    models = [None if index % 2 else "b" for index in range(30)]
+    async with simulators(FAST) as sims:
+        job = make_job(tmp_path, [sims[0].url], models)
+        await run(job)
+    assert switches(sims) == 1
+    assert_each_row_ok_once(job, 30)
+
+
+async def test_alias_forms_of_a_checkpoint_are_one_group(tmp_path: Path) -> None:
+    # Title, file name and stem name the same checkpoint: one group, not three.
+    async with simulators(FAST) as sims:
+        url = sims[0].url + "/sdapi/v1/sd-models"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            listed = await response.json()
+        title = next(item["title"] for item in listed if item["title"].startswith("b."))
+        names = ["b", "b.safetensors", title]
+        job = make_job(tmp_path, [sims[0].url], [names[i % 3] for i in range(24)])
+        await run(job)
+    assert switches(sims) == 1
+
+
+async def test_speeds_get_work_in_proportion_and_the_slow_one_keeps_no_tail(
+    tmp_path: Path,
+) -> None:
+    slow = SimConfig(models=MODELS, ms_per_step=2.0, switch_s=0.05)  # 40 ms a row
+    fast = SimConfig(models=MODELS, ms_per_step=2.0, switch_s=0.05, speed=4.0)  # 10 ms
+    async with simulators(slow, fast) as sims:
+        job = make_job(tmp_path, [sim.url for sim in sims], ["a"] * 100)
+        summary = await run(job)
+    done = {view.name: view.done for view in summary.endpoints}
+    assert done["e0"] + done["e1"] == 100
+    assert done["e1"] >= 3 * done["e0"], done  # 4:1 speeds; round robin would give 1:1
+    lines = assert_each_row_ok_once(job, 100)
+    ends = {
+        name: max(
+            line["started_at"] + line["duration_s"] for line in lines if line["endpoint"] == name
+        )
+        for name in ("e0", "e1")
+    }
+    # The slow endpoint's last row ends within about one of its rows of the fast one's end.
+    assert ends["e0"] <= ends["e1"] + 0.2, ends
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+async def test_in_flight_caps_each_endpoint(tmp_path: Path, in_flight: int) -> None:
+    async with simulators(FAST, FAST) as sims:
+        job = make_job(tmp_path, [sim.url for sim in sims], ["a"] * 20, in_flight=in_flight)
+        summary = await run(job)
+    assert summary.ok == 20
+    assert all(view.running == 0 for view in summary.endpoints)
