@@ -1,0 +1,102 @@
+"""Health over real HTTP: endpoints that die, come back, never answer, or all go down at once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+
+from test_scheduler import (
+    FAST,
+    assert_each_row_ok_once,
+    make_job,
+    manifest,
+    run,
+    simulators,
+)
+
+from batchgen.sim import SimConfig, SimServer
+
+SLOWER = dataclasses.replace(FAST, ms_per_step=1.0)  # 20 ms a row
+
+
+async def restart_when_dead(sim: SimServer, config: SimConfig, after: float) -> SimServer:
+    """Wait for `sim` to die (die_after), then start a fresh one on the same port."""
+    while not sim.app.dead:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    port = int(sim.url.rsplit(":", 1)[1])
+    await sim.stop()
+    await asyncio.sleep(after)
+    fresh = SimServer(config)
+    await fresh.start(port=port)
+    return fresh
+
+
+async def test_an_endpoint_that_dies_loses_its_rows_to_the_others_and_rejoins(
+    tmp_path: Path,
+) -> None:
+    dying = dataclasses.replace(SLOWER, die_after=10)
+    async with simulators(SLOWER, dying) as (steady, victim):
+        job = make_job(tmp_path, [steady.url, victim.url], ["a"] * 120)
+        comeback = asyncio.create_task(restart_when_dead(victim, SLOWER, after=0.2))
+        try:
+            summary = await run(job)
+        finally:
+            fresh = await comeback
+            await fresh.stop()
+    assert summary.ok == 120 and summary.failed == 0
+    lines = assert_each_row_ok_once(job, 120)
+    assert victim.stats.faults["die"] == 1
+    # It answered again and took rows; the manifest agrees with what the simulators saw.
+    assert fresh.stats.generations > 0
+    by_victim = sum(1 for line in lines if line["endpoint"] == "e1")
+    assert fresh.stats.generations <= by_victim <= fresh.stats.generations + 10
+    assert sum(1 for line in lines if line["endpoint"] == "e0") == steady.stats.generations
+
+
+async def test_an_endpoint_that_does_not_answer_at_the_start_joins_when_it_does(
+    tmp_path: Path,
+) -> None:
+    late = dataclasses.replace(SLOWER, refuse_s=0.6)  # connections refused for 0.6 s
+    async with simulators(SLOWER, late) as sims:
+        job = make_job(tmp_path, [sim.url for sim in sims], ["a"] * 150)
+        summary = await run(job)
+    assert summary.ok == 150
+    assert_each_row_ok_once(job, 150)
+    assert sims[1].stats.generations > 0, "the late endpoint was probed again and took rows"
+
+
+async def test_when_every_endpoint_is_down_the_run_waits_instead_of_failing_rows(
+    tmp_path: Path,
+) -> None:
+    dying = dataclasses.replace(FAST, die_after=5)
+    async with simulators(dying) as (only,):
+        job = make_job(tmp_path, [only.url], ["a"] * 30, wait_all_down=20.0)
+        comeback = asyncio.create_task(restart_when_dead(only, FAST, after=1.0))
+        try:
+            summary = await run(job)
+        finally:
+            fresh = await comeback
+            await fresh.stop()
+    assert summary.ok == 30 and summary.failed == 0
+    assert_each_row_ok_once(job, 30)
+    assert fresh.stats.generations >= 25
+
+
+async def test_all_down_for_longer_than_wait_all_down_stops_the_run_cleanly(
+    tmp_path: Path,
+) -> None:
+    dying = dataclasses.replace(SLOWER, die_after=4)
+    async with simulators(dying) as sims:
+        job = make_job(tmp_path, [sims[0].url], ["a"] * 30, wait_all_down=0.8)
+        began = time.monotonic()
+        summary = await run(job)
+    assert time.monotonic() - began < 10
+    assert 0 < summary.ok <= 4  # the row running when it died may be cut off
+    assert summary.failed == 0, "rows are not failed one by one while no endpoint answers"
+    assert summary.not_run == 30 - summary.ok
+    assert summary.stopped_reason is not None and "no endpoint" in summary.stopped_reason
+    assert summary.exit_code == 1
+    assert [line["status"] for line in manifest(job)] == ["ok"] * summary.ok
+    assert [view.up for view in summary.endpoints] == [False]
