@@ -43,13 +43,26 @@ def free_port() -> int:
         return port
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pin(pid: int, core: int) -> None:
     with contextlib.suppress(AttributeError, OSError):
         cores = sorted(os.sched_getaffinity(0))
         os.sched_setaffinity(pid, {cores[core % len(cores)]})
 
 
-async def http_rate(encoder: str, seconds: float, concurrency: int, batch_size: int) -> float:
+async def http_rate(
+    encoder: str, seconds: float, concurrency: int, batch_size: int
+) -> tuple[float, float | None]:
+    """(images per wall-clock second, images per second of server CPU time)."""
     port = free_port()
     options = ["ms_per_step=0", "switch_s=0", f"encoder={encoder}"]
     args = [sys.executable, "-m", "batchgen.sim", "--port", str(port)]
@@ -86,10 +99,15 @@ async def http_rate(encoder: str, seconds: float, concurrency: int, batch_size: 
                 *(worker(i, time.perf_counter() + 0.3) for i in range(concurrency))
             )
             images = 0
+            cpu_before = cpu_seconds(proc.pid)
             began = time.perf_counter()
             deadline = began + seconds
             await asyncio.gather(*(worker(i + 100, deadline) for i in range(concurrency)))
-            return images / (time.perf_counter() - began)
+            wall = images / (time.perf_counter() - began)
+            cpu_after = cpu_seconds(proc.pid)
+            if cpu_before is None or cpu_after is None or cpu_after <= cpu_before:
+                return wall, None
+            return wall, images / (cpu_after - cpu_before)
     finally:
         proc.send_signal(signal.SIGINT)
         await proc.wait()
@@ -116,9 +134,14 @@ async def main() -> None:
     rates = {}
     for encoder in ("fast", "pillow"):
         rates[encoder] = await http_rate(encoder, args.seconds, args.concurrency, args.batch_size)
-    print(f"  fast encoder    {rates['fast']:10.0f} images/s")
-    print(f"  Pillow baseline {rates['pillow']:10.0f} images/s")
-    print(f"  ratio           {rates['fast'] / rates['pillow']:10.1f}x")
+    (fast_wall, fast_cpu), (naive_wall, naive_cpu) = rates["fast"], rates["pillow"]
+    print("                  wall-clock      per server CPU-second")
+    rows = [("fast encoder", fast_wall, fast_cpu), ("Pillow baseline", naive_wall, naive_cpu)]
+    for name, wall, cpu in rows:
+        per_cpu = f"{cpu:10.0f}" if cpu else "       n/a"
+        print(f"  {name:<15} {wall:10.0f}      {per_cpu}   images/s")
+    ratio_cpu = f"{fast_cpu / naive_cpu:10.1f}x" if fast_cpu and naive_cpu else "       n/a"
+    print(f"  ratio           {fast_wall / naive_wall:10.1f}x     {ratio_cpu}")
 
 
 if __name__ == "__main__":
