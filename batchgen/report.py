@@ -80,8 +80,10 @@ class LogReporter:
         if now - self._last < self._every:
             return
         self._last = now
-        states = "; ".join(_endpoint_text(view) for view in views)
-        log.warning("%s; %s", self._tally.line(), states)
+        elapsed = now - self._tally.started
+        states = "; ".join(_endpoint_text(view, elapsed) for view in views)
+        waiting = _all_down(views)
+        log.warning("%s; %s", self._tally.line(), f"{waiting}; {states}" if waiting else states)
 
     def finished(self, summary: RunSummary) -> None:
         for line in summary_lines(summary):
@@ -122,20 +124,27 @@ class RichReporter:
         filled = int(width * (tally.ok + tally.failed) / total)
         bar = Text("█" * filled + "░" * (width - filled), style="green")
         table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
-        for column in ("endpoint", "state", "running", "done", "failed", "images/s", "switches"):
+        columns = ("endpoint", "state", "checkpoint", "running", "done", "failed", "images/s")
+        for column in (*columns, "switches"):
             table.add_column(column)
         elapsed = max(time.monotonic() - tally.started, 1e-9)
         for view in tally.views:
             table.add_row(
                 view.name,
-                "up" if view.up else "[red]down[/red]",
+                _state(view) if view.up else f"[red]{_state(view)}[/red]",
+                view.loaded or "?",
                 str(view.running),
                 str(view.done),
                 str(view.failed),
                 f"{view.images / elapsed:.1f}",
                 str(view.switches),
             )
-        self._live.update(Group(Text.assemble(bar, " ", tally.line()), table))
+        waiting = _all_down(tally.views)
+        head = Text.assemble(bar, " ", tally.line())
+        if waiting:
+            self._live.update(Group(head, Text(waiting, style="bold red"), table))
+        else:
+            self._live.update(Group(head, table))
 
 
 def summary_lines(summary: RunSummary) -> list[str]:
@@ -150,18 +159,35 @@ def summary_lines(summary: RunSummary) -> list[str]:
         f"{summary.images:,} images"
     )
     for view in summary.endpoints:
-        lines.append(f"  {_endpoint_text(view)}")
+        lines.append(f"  {_endpoint_text(view, summary.elapsed_s)}")
     if summary.failed or summary.not_run:
         lines.append("run the same command again to resume; --retry-failed sends only failed rows")
     lines.append(f"outputs: {', '.join(str(path) for path in summary.outputs)}")
     return lines
 
 
-def _endpoint_text(view: EndpointView) -> str:
-    state = "up" if view.up else "down"
+def _endpoint_text(view: EndpointView, elapsed_s: float) -> str:
+    rate = view.images / elapsed_s if elapsed_s > 0 else 0.0
     return (
-        f"{view.name} ({state}): {view.done:,} done, {view.failed:,} failed, "
-        f"{view.images:,} images, {view.switches} checkpoint switches"
+        f"{view.name} ({_state(view)}): {view.done:,} done, {view.failed:,} failed, "
+        f"{view.images:,} images ({rate:.2f}/s), {view.switches} checkpoint switches"
+    )
+
+
+def _state(view: EndpointView) -> str:
+    if view.up:
+        return "up"
+    return "down" if view.down_s is None else f"down {_duration(view.down_s)}"
+
+
+def _all_down(views: list[EndpointView]) -> str:
+    """The status line while no endpoint answers: the run waits (wait_all_down), rows are kept."""
+    if not views or any(view.up for view in views):
+        return ""
+    since = min((view.down_s for view in views if view.down_s is not None), default=0.0)
+    return (
+        f"waiting: every endpoint is down (for {_duration(since)}); rows are kept, not failed, "
+        "until one answers or wait_all_down runs out"
     )
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
+import pytest
 from test_scheduler import (
     FAST,
     assert_each_row_ok_once,
@@ -16,6 +18,8 @@ from test_scheduler import (
     simulators,
 )
 
+from batchgen.report import LogReporter
+from batchgen.runner import EndpointView
 from batchgen.sim import SimConfig, SimServer
 
 SLOWER = dataclasses.replace(FAST, ms_per_step=1.0)  # 20 ms a row
@@ -100,3 +104,21 @@ async def test_all_down_for_longer_than_wait_all_down_stops_the_run_cleanly(
     assert summary.exit_code == 1
     assert [line["status"] for line in manifest(job)] == ["ok"] * summary.ok
     assert [view.up for view in summary.endpoints] == [False]
+
+
+def test_progress_shows_each_endpoint_and_the_all_down_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reporter = LogReporter(every_s=0.0)
+    views = [
+        EndpointView("e0", False, 0, 12, 1, 12, 2, 3.0, loaded="a.safetensors", down_s=75.0),
+        EndpointView("e1", False, 0, 30, 0, 60, 1, 3.0, loaded="b.safetensors", down_s=4.0),
+    ]
+    with caplog.at_level(logging.WARNING, logger="batchgen"):
+        reporter.endpoints(views)
+        reporter.endpoints([dataclasses.replace(views[0], up=True, down_s=None), views[1]])
+    first, second = (record.getMessage() for record in caplog.records)
+    assert "waiting: every endpoint is down (for 4s)" in first
+    assert "e0 (down 1m15s): 12 done, 1 failed, 12 images" in first
+    assert "2 checkpoint switches" in first
+    assert "waiting" not in second and "e0 (up)" in second
