@@ -40,6 +40,7 @@ from batchgen.records import Generation, Result, Task
 from batchgen.scheduler import EndpointFacts, EndpointSlot, Lease, Scheduler
 from batchgen.sheet import read_headers, read_rows
 from batchgen.store import OutputStore, ResumeState, check_template, folder_in_use, peek_state
+from batchgen.writer import GroupWriter
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ class _Run:
         self.rows: set[asyncio.Task[None]] = set()
         self.row_keys: dict[int, str] = {}
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store")
+        self.group = GroupWriter(self.store, self.writer)
 
     async def run(self) -> RunSummary:
         past = None if self.options.fresh else peek_state(self.job.out_dir)
@@ -429,9 +431,8 @@ class _Run:
 
     async def _record(self, result: Result) -> None:
         payload = manifest_body(result.task.body, self.job.sheet.parent)
-        loop = asyncio.get_running_loop()
         # Shielded: once the images are being written, the manifest line follows them.
-        await asyncio.shield(loop.run_in_executor(self.writer, self.store.record, result, payload))
+        await asyncio.shield(self.group.write(result, payload))
         if result.status == "ok":
             self.ok += 1
             self.images += len(result.generation.images) if result.generation else 0

@@ -11,7 +11,8 @@ import re
 import string
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +27,7 @@ LOCK = ".batchgen.lock"  # held (flock) while a run writes here; the OS drops it
 IMAGES_DIR = "images"
 EXTRAS_DIR = "controlnet"
 TMP_SUFFIX = ".tmp"
+IMAGE_WRITERS = 8  # threads writing one batch's images
 RESULT_COLUMNS = ("row", "status", "images", "seeds", "error")
 _TEMPLATE_FIELDS = {"row", "index", "seed", "key", "job"}
 _UNSAFE = re.compile(r"[^\w.\-+=@]+")
@@ -84,6 +86,7 @@ class OutputStore:
         self._template = template
         self._manifest: IO[bytes] | None = None
         self._lock: IO[bytes] | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._offsets: dict[str, int] = {}
         self._taken: set[str] = set()
 
@@ -108,6 +111,9 @@ class OutputStore:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def write_json(self, name: str, data: Any) -> None:
         """A small side file (resolved job, stats), replaced atomically."""
@@ -116,22 +122,80 @@ class OutputStore:
 
     def record(self, result: Result, manifest_payload: Mapping[str, Any]) -> dict[str, Any]:
         """Write a row's images, then its manifest line; return the line."""
+        return self.record_many([(result, manifest_payload)])[0]
+
+    def record_many(
+        self, finished: Sequence[tuple[Result, Mapping[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Rows' images, then their manifest lines: one folder and manifest fsync per batch."""
         if self._manifest is None:
             raise RuntimeError("open the store first")
+        lines = []
+        files: list[tuple[Path, bytes]] = []
+        for result, manifest_payload in finished:
+            images, extras = self._name_files(result, files)
+            lines.append(self._line(result, manifest_payload, images, extras))
+        folders = {target.parent for target, _ in files}
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        if len(files) > 1:  # fsyncs in parallel share the file system's journal commits
+            list(self._image_pool().map(_write_atomic_file, files))
+        else:
+            for file in files:
+                _write_atomic_file(file)
+        # The renames must be on disk before the line that says they are done (power cuts).
+        for folder in folders:
+            _fsync_dir(folder)
+        offset = self._manifest.tell()
+        chunks = [
+            (json.dumps(line, ensure_ascii=False, default=str) + "\n").encode() for line in lines
+        ]
+        self._manifest.write(b"".join(chunks))
+        self._manifest.flush()
+        os.fsync(self._manifest.fileno())
+        for line, chunk in zip(lines, chunks, strict=True):
+            self._offsets[line["key"]] = offset
+            offset += len(chunk)
+        return lines
+
+    def _name_files(
+        self, result: Result, files: list[tuple[Path, bytes]]
+    ) -> tuple[list[str], list[str]]:
+        """Each image's path relative to the folder; (target, data) pairs go into `files`."""
         generation = result.generation
         images: list[str] = []
         extras: list[str] = []
         if generation is not None:
             for index, data in enumerate(generation.images):
                 seed = generation.seeds[index] if index < len(generation.seeds) else ""
-                images.append(self._write_image(IMAGES_DIR, result, index, seed, data))
+                images.append(self._name_image(IMAGES_DIR, result, index, seed, data))
             for index, data in enumerate(generation.extras):
-                extras.append(self._write_image(EXTRAS_DIR, result, index, "map", data))
-        # The renames must be on disk before the line that says they are done (power cuts).
-        for folder in {(self.out_dir / path).parent for path in [*images, *extras]}:
-            _fsync_dir(folder)
+                extras.append(self._name_image(EXTRAS_DIR, result, index, "map", data))
+        files.extend(
+            (self.out_dir / path, data)
+            for path, data in zip(
+                [*images, *extras],
+                [*generation.images, *generation.extras] if generation else [],
+                strict=True,
+            )
+        )
+        return images, extras
+
+    def _image_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(IMAGE_WRITERS, thread_name_prefix="batchgen-image")
+        return self._pool
+
+    def _line(
+        self,
+        result: Result,
+        manifest_payload: Mapping[str, Any],
+        images: list[str],
+        extras: list[str],
+    ) -> dict[str, Any]:
         task = result.task
-        line: dict[str, Any] = {
+        generation = result.generation
+        return {
             "row": task.row,
             "key": task.key,
             "status": result.status,
@@ -155,13 +219,6 @@ class OutputStore:
             "metadata": dict(task.metadata),
             "payload": dict(manifest_payload),
         }
-        encoded = (json.dumps(line, ensure_ascii=False, default=str) + "\n").encode()
-        offset = self._manifest.tell()
-        self._manifest.write(encoded)
-        self._manifest.flush()
-        os.fsync(self._manifest.fileno())
-        self._offsets[task.key] = offset
-        return line
 
     def record_at(self, key: str) -> dict[str, Any] | None:
         """The latest manifest line of a key, read back from disk."""
@@ -210,7 +267,7 @@ class OutputStore:
             }
         return [outcome.get(column, "") for column in RESULT_COLUMNS if column not in headers]
 
-    def _write_image(
+    def _name_image(
         self, folder: str, result: Result, index: int, seed: int | str, data: bytes
     ) -> str:
         fields = {
@@ -229,11 +286,7 @@ class OutputStore:
                 rendered = string.Formatter().vformat(self._template, (), _Stringly(fields))
             except (ValueError, KeyError, TypeError):  # e.g. {row:zz}: a name, not a crash
                 rendered = f"{result.task.row:06d}-{index:02d}"
-        relative = self._unique(folder, _safe_relative(rendered) + _extension(data))
-        target = self.out_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(target, data)
-        return relative
+        return self._unique(folder, _safe_relative(rendered) + _extension(data))
 
     def _unique(self, folder: str, name: str) -> str:
         """A path no earlier record owns; an unowned file there is a crash's orphan: replaced."""
@@ -392,6 +445,10 @@ def _extension(data: bytes) -> str:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return ".webp"
     return ".bin"
+
+
+def _write_atomic_file(file: tuple[Path, bytes]) -> None:
+    _write_atomic(*file)
 
 
 def _write_atomic(target: Path, data: bytes) -> None:
