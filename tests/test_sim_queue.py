@@ -52,16 +52,16 @@ async def test_time_model_scales() -> None:
     async with SimServer(config) as sim, aiohttp.ClientSession(base_url=sim.url) as http:
         base, _ = await timed_post(http, {"steps": 20})  # 20 ms
         big, _ = await timed_post(http, {"steps": 20, "batch_size": 2, "n_iter": 2, "width": 1024})
-        assert 0.02 <= base < 0.06
-        assert 0.16 <= big < 0.25  # 20 ms x 2 (pixels) x 4 (images)
+        assert 0.02 <= base < 0.1
+        assert 0.16 <= big < 0.3  # 20 ms x 2 (pixels) x 4 (images)
         switch, _ = await timed_post(
             http, {"steps": 20, "override_settings": {"sd_model_checkpoint": "sd_xl_base_1.0"}}
         )
-        assert 0.17 <= switch < 0.25 and sim.stats.switches == 1
+        assert 0.17 <= switch < 0.3 and sim.stats.switches == 1
     async with SimServer(SimConfig(ms_per_step=1.0, speed=4)) as sim:
         async with aiohttp.ClientSession(base_url=sim.url) as http:
             fast, _ = await timed_post(http, {"steps": 200})  # 200 ms / 4
-        assert 0.05 <= fast < 0.09
+        assert 0.05 <= fast < 0.12
 
 
 async def test_interrupt_returns_finished_batches() -> None:
@@ -91,7 +91,7 @@ async def test_skip_ends_current_batch_only() -> None:
         async with http.post("/sdapi/v1/skip") as resp:
             assert resp.status == 200
         elapsed, data = await job
-        assert 0.28 <= elapsed < 0.38 and len(data["images"]) == 2
+        assert 0.28 <= elapsed < 0.45 and len(data["images"]) == 2
 
 
 async def test_zero_delay_mode_is_fast() -> None:
@@ -140,7 +140,7 @@ async def test_stop_does_not_wait_for_queued_work() -> None:
 
 
 async def test_internal_progress_with_force_task_id() -> None:
-    config = SimConfig(ms_per_step=5.0)  # 100 ms per request
+    config = SimConfig(ms_per_step=10.0)  # 200 ms per request
     async with SimServer(config) as sim, aiohttp.ClientSession(base_url=sim.url) as http:
 
         async def where(task: str) -> dict[str, Any]:
