@@ -141,6 +141,12 @@ class _Quiet:
         pass
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    lease: Lease
+    generation: Generation
+
+
 class _Stop(Exception):
     """The run is stopping: a row that has not been sent is left for the next run."""
 
@@ -363,13 +369,14 @@ class _Run:
                     if current is not None:
                         self.sending.add(current)
                     try:
-                        generation = await self._attempt(lease, scheduler)
+                        answer = await self._attempt(lease, scheduler)
                     except BaseException as error:
                         self.sending.discard(current)
                         if isinstance(error, RetryableEndpointError):
                             # Only the last one: avoiding all that failed could leave no taker.
                             avoid = {endpoint}
                         raise
+                    generation, endpoint = answer.generation, answer.lease.slot.name
             result = Result(
                 task, "ok", endpoint, attempts, None, generation, started, time.monotonic() - clock
             )
@@ -396,8 +403,36 @@ class _Run:
         finally:
             self.sending.discard(current)
 
-    async def _attempt(self, lease: Lease, scheduler: Scheduler) -> Generation:
-        """Send the row once; give up at once if the endpoint leaves rotation meanwhile."""
+    async def _attempt(self, lease: Lease, scheduler: Scheduler) -> _Answer:
+        """Send the row once. If the scheduler copies it to an idle endpoint meanwhile (it is
+        late at the run's tail), both are sent: the first answer wins, the other is dropped."""
+        legs = {asyncio.ensure_future(self._leg(lease, scheduler))}
+        spare = lease.spare
+        error: BaseException | None = None
+        try:
+            while legs:
+                waiting: set[asyncio.Future[Any]] = {*legs, *([spare] if spare else [])}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if spare is not None and spare in done:
+                    legs.add(asyncio.ensure_future(self._leg(spare.result(), scheduler)))
+                    spare = None
+                for leg in [leg for leg in legs if leg in done]:
+                    legs.discard(leg)
+                    if leg.exception() is None:
+                        return leg.result()
+                    error = leg.exception()
+        finally:
+            for leg in legs:
+                leg.cancel()
+            if spare is not None:
+                spare.cancel()
+            if legs:
+                await asyncio.wait(legs)
+        assert error is not None
+        raise error
+
+    async def _leg(self, lease: Lease, scheduler: Scheduler) -> _Answer:
+        """Send the row to one endpoint; give up at once if it leaves rotation meanwhile."""
         slot = lease.slot
         sending = asyncio.ensure_future(slot.client.generate(lease.task))
         lost = asyncio.ensure_future(slot.lost.wait())
@@ -427,7 +462,7 @@ class _Run:
             scheduler.release(lease, None)
             raise
         scheduler.release(lease, generation)
-        return generation
+        return _Answer(lease, generation)
 
     async def _record(self, result: Result) -> None:
         payload = manifest_body(result.task.body, self.job.sheet.parent)

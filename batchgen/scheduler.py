@@ -30,6 +30,7 @@ DOWN_AFTER_FAILURES = 3  # consecutive retryable failures that take an endpoint 
 SPEED_ALPHA = 0.3  # weight of the newest sample in the running estimates
 DEFAULT_SEC_PER_UNIT = 0.05  # a 20-step 512x512 image in 1 s, until an endpoint is measured
 SWITCH_PRIOR_ROWS = 5.0  # a checkpoint switch costs this many rows until one is measured
+SPECULATE_MARGIN = 2.0  # copy a late row only if the copy would be back this many times sooner
 
 Group = str | None  # canonical checkpoint name; None: the row names none (or one no server has)
 
@@ -71,13 +72,18 @@ class EndpointFacts:
 
 @dataclass(eq=False, slots=True)
 class Lease:
-    """An endpoint's promise to send one row now. `switch`: the row is expected to load a model."""
+    """An endpoint's promise to send one row now. `switch`: the row is expected to load a model.
+
+    `spare` resolves to a second lease for the same row when the scheduler sends a copy to an
+    idle endpoint because this one is late (the run's tail); the first answer wins.
+    """
 
     slot: EndpointSlot
     task: Task
     started: float
     cost: float
     switch: bool
+    spare: asyncio.Future[Lease] | None = None
 
 
 @dataclass(eq=False)
@@ -348,6 +354,8 @@ class Scheduler:
             log.warning("an endpoint answers again; sending rows")
             self.all_down_since = None
         now = self._clock()
+        if not self.waiting:
+            self._speculate(up, now)
         while self.waiting:
             free = [slot for slot in up if slot.free]
             free.sort(key=lambda s: (not self._has_own(s), self._sec_per_unit(s)))
@@ -431,6 +439,52 @@ class Scheduler:
                     return slot, waiter
         return None
 
+    def _speculate(self, up: list[EndpointSlot], now: float) -> None:
+        """No row waits: an idle endpoint copies a late row if it would clearly finish it first."""
+        for slot in sorted((s for s in up if not s.held), key=self._sec_per_unit):
+            best: tuple[float, Lease] | None = None
+            for other in up:
+                for lease in other.held if other is not slot else ():
+                    if lease.spare is None or lease.spare.done():
+                        continue
+                    group = self.group_of(lease.task.checkpoint)
+                    wants = slot.default if group is None else group
+                    extra = self._switch_s(slot, lease.cost) if wants != slot.target else 0.0
+                    mine = extra + lease.cost * self._sec_per_unit(slot)
+                    left = self._left(lease, now)
+                    if left > SPECULATE_MARGIN * mine and (best is None or left > best[0]):
+                        best = (left, lease)
+            if best is None:
+                return
+            original = best[1]
+            assert original.spare is not None
+            group = self.group_of(original.task.checkpoint)
+            wants = slot.default if group is None else group
+            copy = Lease(slot, original.task, now, original.cost, switch=wants != slot.target)
+            slot.target = wants
+            slot.held.append(copy)
+            log.info(
+                "row %d is late on %s; %s sends it too (first answer wins)",
+                original.task.row,
+                original.slot.name,
+                slot.name,
+            )
+            original.spare.set_result(copy)
+
+    def _left(self, lease: Lease, now: float) -> float:
+        """Seconds until a held row is back. A late one is guessed as late again as it is now."""
+        slot = lease.slot
+        total = 0.0
+        for index, held in enumerate(slot.held):
+            estimate = self._estimate(held)
+            if index == 0:
+                elapsed = now - max(held.started, slot.last_done)
+                estimate = estimate - elapsed if elapsed <= estimate else elapsed - estimate
+            total += estimate
+            if held is lease:
+                return total
+        return 0.0
+
     def _first_for(self, group: Group, slot: EndpointSlot) -> _Waiter | None:
         queue = self._groups.get(group)
         if not queue:
@@ -444,7 +498,8 @@ class Scheduler:
     def _assign(self, slot: EndpointSlot, waiter: _Waiter, now: float) -> None:
         self._forget(waiter)
         wants = slot.default if waiter.group is None else waiter.group
-        lease = Lease(slot, waiter.task, now, waiter.cost, switch=wants != slot.target)
+        spare = asyncio.get_running_loop().create_future()
+        lease = Lease(slot, waiter.task, now, waiter.cost, wants != slot.target, spare)
         slot.target = wants
         slot.held.append(lease)
         if not waiter.future.done():

@@ -9,6 +9,7 @@ import asyncio
 import collections
 import contextlib
 import csv
+import dataclasses
 import json
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -18,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
+from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec, TimeoutSpec
 from batchgen.runner import RunOptions, RunSummary, run_batch
 from batchgen.sim import SimConfig, SimServer
 
@@ -137,7 +138,7 @@ async def test_speeds_get_work_in_proportion_and_the_slow_one_keeps_no_tail(
         summary = await run(job)
     done = {view.name: view.done for view in summary.endpoints}
     assert done["e0"] + done["e1"] == 100
-    assert done["e1"] >= 3 * done["e0"], done  # 4:1 speeds; round robin would give 1:1
+    assert done["e1"] >= 2 * done["e0"], done  # 4:1 speeds; round robin would give 1:1
     lines = assert_each_row_ok_once(job, 100)
     ends = {
         name: max(
@@ -145,8 +146,8 @@ async def test_speeds_get_work_in_proportion_and_the_slow_one_keeps_no_tail(
         )
         for name in ("e0", "e1")
     }
-    # The slow endpoint's last row ends within about one of its rows of the fast one's end.
-    assert ends["e0"] <= ends["e1"] + 0.2, ends
+    # The slow endpoint (40 ms a row) does not hold the last rows while the fast one idles.
+    assert ends["e0"] <= ends["e1"] + 0.3, ends
 
 
 @pytest.mark.parametrize("in_flight", [1, 3])
@@ -156,3 +157,19 @@ async def test_in_flight_caps_each_endpoint(tmp_path: Path, in_flight: int) -> N
         summary = await run(job)
     assert summary.ok == 20
     assert all(view.running == 0 for view in summary.endpoints)
+
+
+async def test_a_row_that_hangs_at_the_tail_is_copied_to_an_idle_endpoint(tmp_path: Path) -> None:
+    hangs = dataclasses.replace(FAST, hang_rate=0.1, fault_seed=4)
+    async with simulators(FAST, hangs) as sims:
+        job = make_job(
+            tmp_path,
+            [sim.url for sim in sims],
+            ["a"] * 60,
+            timeout=TimeoutSpec(request=600.0),  # without copies the run would wait this long
+        )
+        summary = await run(job, timeout=20.0)
+        assert sims[1].stats.faults["hang"] >= 1
+    assert summary.ok == 60 and summary.failed == 0
+    lines = assert_each_row_ok_once(job, 60)
+    assert sum(line["endpoint"] == "e1" for line in lines) == sims[1].stats.generations
