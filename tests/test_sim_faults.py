@@ -136,3 +136,12 @@ async def test_set_config_in_process_and_reseed() -> None:
         async with http.post(sim.url + "/_sim/config", json={"fault_seed": 3}):
             pass
         assert [await outcome(http, sim.url) for _ in range(8)] == first
+
+
+async def test_port_in_use_raises_cleanly() -> None:
+    async with SimServer() as first:
+        port = int(first.url.rsplit(":", 1)[1])
+        second = SimServer()
+        with pytest.raises(OSError):
+            await second.start(port=port)
+        await second.stop()

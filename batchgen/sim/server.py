@@ -47,10 +47,16 @@ class SimServer:
         self._runner = web.AppRunner(self._sim.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         bound = sock.getsockname()[1]
-        self.url = f"http://{host}:{bound}"
+        self.url = f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
         if self.config.refuse_s > 0:
             # A bound socket that does not listen answers connects with RST: "connection refused".
             self._bind_task = asyncio.create_task(self._listen_later(sock))
