@@ -29,7 +29,7 @@ async def outcome(http: aiohttp.ClientSession, url: str, timeout: float = 2.0) -
 
 async def sequence(config: SimConfig, n: int) -> list[Any]:
     async with SimServer(config) as sim, aiohttp.ClientSession() as http:
-        return [await outcome(http, sim.url, timeout=0.15) for _ in range(n)]
+        return [await outcome(http, sim.url, timeout=0.4) for _ in range(n)]
 
 
 async def test_oom_body() -> None:
@@ -80,7 +80,7 @@ async def test_die_after_and_restart_on_same_port() -> None:
 
 
 async def test_unavailable_then_ready() -> None:
-    async with SimServer(SimConfig(unavailable_s=0.3)) as sim, aiohttp.ClientSession() as http:
+    async with SimServer(SimConfig(unavailable_s=0.5)) as sim, aiohttp.ClientSession() as http:
         async with http.get(sim.url + "/internal/ping") as resp:
             assert resp.status == 503
             assert await resp.json() == {
@@ -89,15 +89,15 @@ async def test_unavailable_then_ready() -> None:
                 "body": "",
                 "errors": "",
             }
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(0.55)
         assert await outcome(http, sim.url) == 200
 
 
 async def test_refuse_then_listen() -> None:
-    async with SimServer(SimConfig(refuse_s=0.3)) as sim, aiohttp.ClientSession() as http:
+    async with SimServer(SimConfig(refuse_s=0.5)) as sim, aiohttp.ClientSession() as http:
         assert sim.url
         assert await outcome(http, sim.url) == "ClientConnectorError"
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.6)
         assert await outcome(http, sim.url) == 200
 
 
