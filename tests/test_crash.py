@@ -272,11 +272,11 @@ def test_one_sigint_finishes_the_rows_in_flight_and_exits_130(
     assert_exactly_once(out, rows + 1)
 
 
-@pytest.mark.parametrize("sims", [[{"ms_per_step": 300}]], indirect=True)
+@pytest.mark.parametrize("sims", [[{"ms_per_step": 600}]], indirect=True)
 def test_a_second_run_is_refused_and_a_second_sigint_stops_at_once(
     sims: list[SimProcess], tmp_path: Path
 ) -> None:
-    rows = 6  # 6 s per image: the first row is still running when the second Ctrl-C comes
+    rows = 6  # 12 s per image: the first row is still running when the second Ctrl-C comes
     job = write_job(tmp_path, [sims[0].url], rows, request_s=60)
     out = tmp_path / "out"
     proc = start_run(job)
@@ -290,7 +290,7 @@ def test_a_second_run_is_refused_and_a_second_sigint_stops_at_once(
     proc.send_signal(signal.SIGINT)
     code, err = finish(proc, timeout=30)
     assert code == 130, err
-    assert time.monotonic() - stopped < 2.5, "the second Ctrl-C did not stop at once"
+    assert time.monotonic() - stopped < 5, "the second Ctrl-C did not stop at once"
     assert not [r for r in lines_of(out) if r["status"] == "ok"]
     assert not list(out.rglob("*.tmp"))
     sims[0].proc.send_signal(signal.SIGINT)  # a fast simulator for the rest
