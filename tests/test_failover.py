@@ -88,6 +88,15 @@ async def test_when_every_endpoint_is_down_the_run_waits_instead_of_failing_rows
     assert fresh.stats.generations >= 25
 
 
+async def test_no_endpoint_answering_at_the_start_is_waited_for(tmp_path: Path) -> None:
+    late = dataclasses.replace(FAST, refuse_s=0.5)
+    async with simulators(late) as sims:
+        job = make_job(tmp_path, [sims[0].url], ["a", "b"] * 10, check=True)
+        summary = await run(job)
+    assert summary.ok == 20 and summary.failed == 0
+    assert sims[0].stats.switches == 1
+
+
 async def test_all_down_for_longer_than_wait_all_down_stops_the_run_cleanly(
     tmp_path: Path,
 ) -> None:

@@ -54,8 +54,7 @@ def make_job(
         endpoints=tuple(EndpointSpec(url=url, name=f"e{i}") for i, url in enumerate(urls)),
         output=OutputSpec(dir=folder / "out"),
         retry=RetrySpec(attempts=8, backoff_initial=0.01, backoff_max=0.05),
-        check=False,
-        **extra,
+        **{"check": False, **extra},
     )
 
 
