@@ -132,7 +132,7 @@ class RichReporter:
             table.add_row(
                 view.name,
                 _state(view) if view.up else f"[red]{_state(view)}[/red]",
-                view.loaded or "?",
+                _model(view),
                 str(view.running),
                 str(view.done),
                 str(view.failed),
@@ -172,6 +172,13 @@ def _endpoint_text(view: EndpointView, elapsed_s: float) -> str:
         f"{view.name} ({_state(view)}): {view.done:,} done, {view.failed:,} failed, "
         f"{view.images:,} images ({rate:.2f}/s), {view.switches} checkpoint switches"
     )
+
+
+def _model(view: EndpointView) -> str:
+    shown = view.loaded or "?"
+    if view.vae and view.vae not in ("Automatic", "None"):
+        shown += f" + {view.vae}"
+    return shown
 
 
 def _state(view: EndpointView) -> str:

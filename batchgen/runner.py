@@ -89,6 +89,7 @@ class EndpointView:
     switches: int
     busy_s: float
     loaded: str | None = None  # the checkpoint in memory, as last seen
+    vae: str | None = None
     down_s: float | None = None  # how long it has been out of rotation
 
 
@@ -634,6 +635,7 @@ def _views(slots: list[EndpointSlot]) -> Iterator[EndpointView]:
             slot.switches,
             slot.busy_s,
             loaded=slot.loaded,
+            vae=slot.vae,
             down_s=None if slot.down_since is None else now - slot.down_since,
         )
 

@@ -96,6 +96,7 @@ class EndpointSlot:
     loaded: Group = None  # the checkpoint in memory, as last seen
     default: Group = None  # the opts checkpoint: what a row without an override loads
     target: Group = None  # what will be in memory once the rows held are done
+    vae: str | None = None  # as last seen; not a group key: A1111 restores the VAE after a row
     up: bool = True
     down_since: float | None = None
     failures: int = 0  # consecutive
@@ -126,6 +127,7 @@ class EndpointSlot:
         self.state = facts.state
         self.models = facts.models
         self.default = self.canonical(facts.state.checkpoint)
+        self.vae = facts.state.vae
         loaded = self.canonical(facts.loaded_hash) if facts.loaded_hash else None
         self.loaded = self.target = loaded or self.default
 
@@ -288,6 +290,7 @@ class Scheduler:
         model = slot.canonical(generation.model_hash) if generation.model_hash else None
         now_loaded = model or slot.canonical(generation.model) or before
         slot.loaded = now_loaded
+        slot.vae = generation.vae or slot.vae
         if now_loaded != before:
             slot.switches += 1
             sample = max(service - lease.cost * self._sec_per_unit(slot), 0.0)
