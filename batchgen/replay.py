@@ -51,7 +51,7 @@ class ReplayRow:
 
 @dataclass(frozen=True, slots=True)
 class ReplaySummary:
-    """Every replayed row, in manifest order."""
+    """Every replayed row, by row number."""
 
     source: Path
     out_dir: Path
@@ -175,6 +175,7 @@ def _judge(setup: _Setup, source: Path, out_dir: Path, errors: Mapping[str, str]
             outcome.append(ReplayRow(row, key, "failed", str(error)))
             continue
         outcome.append(_compare(row, key, plan.record, source, new, out_dir))
+    outcome.sort(key=lambda row: row.row)
     return ReplaySummary(source, out_dir, tuple(outcome))
 
 
