@@ -491,7 +491,12 @@ class _Run:
                 if slot.up:
                     next_probe.pop(slot.name, None)
                     continue
-                due, delay = next_probe.setdefault(slot.name, (now, 1.0))
+                if slot.name not in next_probe:
+                    # The more often it has left rotation, the longer before it may rejoin: an
+                    # endpoint that answers probes but fails every row must not flap.
+                    wait = min(2.0 ** max(slot.downs - 1, 0), PROBE_BACKOFF_MAX)
+                    next_probe[slot.name] = (now + wait, wait * 2)
+                due, delay = next_probe[slot.name]
                 if now >= due:
                     try:
                         facts = await _inspect(slot.client)

@@ -100,6 +100,7 @@ class EndpointSlot:
     up: bool = True
     down_since: float | None = None
     failures: int = 0  # consecutive
+    downs: int = 0  # times taken out of rotation
     held: list[Lease] = field(default_factory=list)  # rows on the endpoint, in send order
     done: int = 0
     failed: int = 0
@@ -263,6 +264,7 @@ class Scheduler:
 
     def mark_down(self, slot: EndpointSlot) -> None:
         slot.up = False
+        slot.downs += 1
         slot.down_since = self._clock()
         slot.lost.set()
         self._soon()

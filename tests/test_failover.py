@@ -71,6 +71,20 @@ async def test_an_endpoint_that_does_not_answer_at_the_start_joins_when_it_does(
     assert sims[1].stats.generations > 0, "the late endpoint was probed again and took rows"
 
 
+async def test_an_endpoint_that_answers_probes_but_fails_every_row_is_kept_out(
+    tmp_path: Path,
+) -> None:
+    broken = dataclasses.replace(SLOWER, fail_rate=1.0)  # every generation: 500 out of memory
+    async with simulators(SLOWER, broken) as (good, bad):
+        job = make_job(tmp_path, [good.url, bad.url], ["a"] * 150)
+        summary = await run(job)
+    assert summary.ok == 150 and summary.failed == 0
+    assert good.stats.generations == 150
+    # Out after 3 failures, back after 1 s, out again, back after 2 s...: a few tries, no flapping.
+    sent = bad.stats.requests["/sdapi/v1/txt2img"]
+    assert 3 <= sent <= 25, sent
+
+
 async def test_when_every_endpoint_is_down_the_run_waits_instead_of_failing_rows(
     tmp_path: Path,
 ) -> None:
