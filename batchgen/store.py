@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -150,13 +151,25 @@ class OutputStore:
         chunks = [
             (json.dumps(line, ensure_ascii=False, default=str) + "\n").encode() for line in lines
         ]
-        self._manifest.write(b"".join(chunks))
-        self._manifest.flush()
-        os.fsync(self._manifest.fileno())
+        try:
+            self._manifest.write(b"".join(chunks))
+            self._manifest.flush()
+            os.fsync(self._manifest.fileno())
+        except OSError:
+            self._rewind(offset)
+            raise
         for line, chunk in zip(lines, chunks, strict=True):
             self._offsets[line["key"]] = offset
             offset += len(chunk)
         return lines
+
+    def _rewind(self, offset: int) -> None:
+        """After a failed append (disk full), cut the half line so no later line follows it."""
+        if self._manifest is not None:
+            with contextlib.suppress(OSError):  # the buffered rest fails again; the file closes
+                self._manifest.close()
+        os.truncate(self.manifest_path, offset)
+        self._manifest = self.manifest_path.open("ab")
 
     def _name_files(
         self, result: Result, files: list[tuple[Path, bytes]]
@@ -453,10 +466,14 @@ def _write_atomic_file(file: tuple[Path, bytes]) -> None:
 
 def _write_atomic(target: Path, data: bytes) -> None:
     tmp = target.with_name(target.name + TMP_SUFFIX)
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, target)
 
 

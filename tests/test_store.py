@@ -204,3 +204,42 @@ def test_one_run_per_folder_and_a_killed_run_frees_it(tmp_path: Path) -> None:
     second = store(tmp_path)
     second.open()  # the kernel dropped the dead run's lock
     second.close()
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from test_store import ok, store
+
+out = Path(sys.argv[1])
+s = store(out)
+s.open()
+s.record(ok(2), {})
+size = (out / "manifest.jsonl").stat().st_size
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal: a disk that is full
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, hard))
+try:
+    s.record(ok(3), {"prompt": "x" * 400})
+except OSError as error:
+    print("failed:", error.errno, flush=True)
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+s.record(ok(4), {})
+s.close()
+"""
+
+
+def test_a_full_disk_leaves_no_half_line_behind(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(out), str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.startswith("failed: 27"), done.stdout + done.stderr  # EFBIG
+    lines = (out / MANIFEST).read_bytes().splitlines(keepends=True)
+    assert [json.loads(line)["row"] for line in lines] == [2, 4]
+    assert store(out).open().done == {"k2-0", "k4-0"}
