@@ -18,7 +18,7 @@ from rich.logging import RichHandler
 from batchgen.errors import BatchgenError
 from batchgen.job import JobSpec, load_job, parse_set
 from batchgen.payload import manifest_body
-from batchgen.report import LogReporter, RichReporter
+from batchgen.report import LogReporter, RichReporter, not_file_only
 from batchgen.runner import Reporter, RunOptions, check_only, first_tasks, run_batch, validate
 from batchgen.store import peek_state
 
@@ -197,6 +197,7 @@ def _setup_logging(verbose: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    handler.addFilter(not_file_only)
     logger = logging.getLogger("batchgen")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

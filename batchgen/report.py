@@ -15,6 +15,13 @@ from batchgen.records import Result
 from batchgen.runner import EndpointView, RunPlan, RunSummary
 
 log = logging.getLogger(__name__)
+# Lines the terminal already shows in its own way: the run log gets them, the console does not.
+FILE_ONLY = {"file_only": True}
+
+
+def not_file_only(record: logging.LogRecord) -> bool:
+    """A logging filter for console handlers."""
+    return not getattr(record, "file_only", False)
 
 
 class _Tally:
@@ -100,7 +107,9 @@ class RichReporter:
 
     def started(self, plan: RunPlan, out_dir: Path) -> None:
         self._tally.start(plan)
-        self._console.print(f"{plan.describe()}; output in {out_dir}")
+        line = f"{plan.describe()}; output in {out_dir}"
+        self._console.print(line, highlight=False)
+        log.info("%s", line, extra=FILE_ONLY)
         self._live.start()
         self._refresh()
 
@@ -116,6 +125,7 @@ class RichReporter:
         self._live.stop()
         for line in summary_lines(summary):
             self._console.print(line, highlight=False)
+            log.info("%s", line, extra=FILE_ONLY)
 
     def _refresh(self) -> None:
         tally = self._tally
@@ -153,10 +163,11 @@ def summary_lines(summary: RunSummary) -> list[str]:
     if summary.stopped_reason and not summary.interrupted:
         lines.append(f"stopped: {summary.stopped_reason}")
     state = "interrupted" if summary.interrupted else "finished"
+    rate = summary.images / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     lines.append(
         f"{state} in {_duration(summary.elapsed_s)}: {summary.ok:,} ok, {summary.failed:,} failed, "
         f"{summary.not_run:,} not run, {summary.plan.done:,} done earlier; "
-        f"{summary.images:,} images"
+        f"{summary.images:,} images ({rate:.1f}/s)"
     )
     for view in summary.endpoints:
         lines.append(f"  {_endpoint_text(view, summary.elapsed_s)}")

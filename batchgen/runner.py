@@ -276,11 +276,16 @@ class _Run:
             except BaseException:
                 self.writer.shutdown(wait=True)  # a row being written is finished first
                 self.store.close()  # and the folder is free for the next run at once
+                _close_log(handler)
                 raise
             finally:
                 self.writer.shutdown(wait=True)
-                logging.getLogger("batchgen").removeHandler(handler)
-                handler.close()
+        try:  # the run log keeps the summary too
+            return self._finish(plan, started, scheduler)
+        finally:
+            _close_log(handler)
+
+    def _finish(self, plan: RunPlan, started: float, scheduler: Scheduler) -> RunSummary:
         outputs = self._write_results()
         self.store.close()
         summary = RunSummary(
@@ -675,6 +680,11 @@ def _move_aside(out_dir: Path) -> None:
         counter += 1
     shutil.move(str(out_dir), str(target))
     log.warning("--fresh: moved the earlier output folder to %s", target)
+
+
+def _close_log(handler: logging.Handler) -> None:
+    logging.getLogger("batchgen").removeHandler(handler)
+    handler.close()
 
 
 def _run_log(path: Path) -> logging.Handler:
