@@ -578,7 +578,7 @@ async def _started_endpoints(endpoints: list[Endpoint]) -> AsyncIterator[list[En
                 stack.push_async_callback(server.stop)
                 shown = url.replace("http", "sim", 1)
                 name = endpoint.name if endpoint.name != endpoint.url else shown
-                live.append(Endpoint(name, url, endpoint.in_flight))
+                live.append(Endpoint(name, url, endpoint.in_flight, endpoint.headers))
             else:
                 live.append(endpoint)
         yield live

@@ -1,0 +1,164 @@
+"""`batchgen run`: exit codes, --dry-run, the default folder, plain log lines, secrets, Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from runhelp import all_text, manifest, prompts, served_sim, write_sheet
+
+from batchgen.cli import cli
+from batchgen.sim import SimConfig
+
+
+@pytest.fixture(autouse=True)
+def _own_log_handlers() -> Iterator[None]:
+    """Each CLI call adds a console handler; drop them so the next call starts clean."""
+    logger = logging.getLogger("batchgen")
+    before = list(logger.handlers)
+    yield
+    for handler in logger.handlers[len(before) :]:
+        logger.removeHandler(handler)
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, ["run", *args], catch_exceptions=False)
+
+
+def test_all_rows_ok_exits_0_and_the_default_folder_is_outputs_job_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_sheet(tmp_path / "my prompts.csv", prompts(3))
+
+    result = invoke("my prompts.csv", "--endpoint", "sim://")
+
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "outputs" / "my_prompts"
+    assert sorted(r["row"] for r in manifest(out)) == [2, 3, 4]
+    assert (out / "run.log").is_file() and (out / "results.csv").is_file()
+    assert "finished in" in result.stderr and "outputs:" in result.stderr
+
+
+def test_a_failed_row_exits_1(tmp_path: Path) -> None:
+    rows = prompts(2)
+    rows[0]["script_name"] = "no such script"
+    sheet = write_sheet(tmp_path / "rows.csv", rows)
+
+    result = invoke(str(sheet), "--endpoint", "sim://", "--out", str(tmp_path / "o"), "--no-check")
+
+    assert result.exit_code == 1
+    assert [r["status"] for r in manifest(tmp_path / "o")] == ["failed", "ok"]
+    assert "--retry-failed" in result.stderr
+
+
+def test_an_invalid_sheet_exits_2_and_sends_nothing(tmp_path: Path) -> None:
+    sheet = write_sheet(tmp_path / "rows.csv", [*prompts(2), {"prompt": "x", "steps": "many"}])
+
+    result = invoke(str(sheet), "--endpoint", "http://127.0.0.1:9", "--out", str(tmp_path / "o"))
+
+    assert result.exit_code == 2
+    assert "row 4" in result.stderr and "steps" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_invalid_job_file_exits_2(tmp_path: Path) -> None:
+    write_sheet(tmp_path / "rows.csv", prompts(1))
+    job = tmp_path / "job.toml"
+    job.write_text('sheet = "rows.csv"\n[retry]\nattempt = 3\n', encoding="utf-8")
+
+    result = invoke(str(job))
+
+    assert result.exit_code == 2
+    assert "retry.attempt" in result.stderr and "attempts" in result.stderr
+
+
+def test_dry_run_prints_the_first_bodies_and_sends_nothing(tmp_path: Path) -> None:
+    sheet = write_sheet(tmp_path / "rows.jsonl", prompts(5, seed=7))
+
+    result = invoke(
+        str(sheet), "--dry-run", "--endpoint", "http://127.0.0.1:9", "--set", "cfg_scale=5"
+    )
+
+    assert result.exit_code == 0
+    decoder, text, shown = json.JSONDecoder(), result.stdout, []
+    while text.strip():
+        item, end = decoder.raw_decode(text.strip())
+        shown.append(item)
+        text = text.strip()[end:]
+    assert [item["row"] for item in shown] == [1, 2, 3]
+    assert shown[0]["body"]["prompt"] == "a lighthouse, study 0"
+    assert shown[0]["body"]["cfg_scale"] == 5 and shown[0]["body"]["seed"] == 7
+    assert "nothing is sent" in result.stderr
+    assert not (tmp_path / "outputs").exists() and not Path("outputs/rows").exists()
+
+
+async def _batchgen(*args: str, timeout: float = 60.0) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "batchgen",
+        "run",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, (stdout + stderr).decode()
+
+
+async def test_credentials_in_an_endpoint_url_never_reach_the_output(tmp_path: Path) -> None:
+    sheet = write_sheet(tmp_path / "rows.csv", prompts(3))
+    ok, bad = tmp_path / "ok", tmp_path / "bad"
+    async with served_sim(SimConfig(api_auth="alice:Hunter2-secret")) as (url, _):
+        host = url.removeprefix("http://")
+        code, output = await _batchgen(
+            str(sheet), "--endpoint", f"http://alice:Hunter2-secret@{host}", "--out", str(ok)
+        )
+        bad_code, bad_output = await _batchgen(
+            str(sheet), "--endpoint", f"http://alice:wrong-Hunter3@{host}", "--out", str(bad)
+        )
+
+    assert code == 0, output
+    assert "finished in" in output and f"{url} (up): 3 done" in output  # plain log lines
+    assert "Hunter2" not in output + all_text(ok)
+    assert bad_code == 2 and "401" in bad_output and "Hunter3" not in bad_output
+
+
+async def test_ctrl_c_finishes_rows_in_flight_and_exits_130(tmp_path: Path) -> None:
+    sheet = write_sheet(tmp_path / "rows.csv", prompts(30))
+    out = tmp_path / "out"
+    async with served_sim(SimConfig(ms_per_step=60)) as (url, stats):  # 0.24 s per row
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            str(sheet),
+            "--endpoint",
+            url,
+            "--out",
+            str(out),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(600):
+            if (out / "manifest.jsonl").exists() and manifest(out):
+                break
+            await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        sent = stats.generations
+
+    assert process.returncode == 130, stderr.decode()
+    records = manifest(out)
+    assert 1 <= len(records) < 30 and {r["status"] for r in records} == {"ok"}
+    assert len(records) >= sent - 1  # the rows in flight were finished and written
+    assert all((out / path).is_file() for r in records for path in r["images"])
