@@ -157,21 +157,46 @@ class _Waiter:
 
 
 @dataclass(frozen=True, slots=True)
-class _Outlook:
-    """The pool at one moment: speeds (units/s), seconds of work held, and the projected end."""
+class _Load:
+    """The endpoints serving one group, summed (speeds in cost units per second)."""
 
-    up: list[EndpointSlot]
-    speed: dict[str, float]
-    busy: dict[str, float]
+    count: int
+    speed: float
+    held: float  # sum of speed x seconds of work held: units still to do
+    supply: float  # units they can do before the projected end
+    firsts: tuple[tuple[float, EndpointSlot], ...]  # the two soonest ends of its next row
+
+
+@dataclass(frozen=True, slots=True)
+class _Outlook:
+    """The pool at one moment: speeds, seconds of work held, the projected end, group loads."""
+
+    speed: dict[EndpointSlot, float]
+    busy: dict[EndpointSlot, float]
     end: float  # seconds from now until everything waiting and held is done, if shared perfectly
+    loads: dict[Group, _Load]
+    measured: bool  # every endpoint's speed is measured, not assumed
+
+    def drain(self, group: Group, without: EndpointSlot, pending: float) -> float:
+        """When the group's waiting rows would all be done by its endpoints but `without`."""
+        load = self.loads.get(group)
+        inside = load is not None and without.serves(group)
+        if load is None or load.count - inside == 0:
+            return math.inf
+        speed, busy = self.speed[without], self.busy[without]
+        total = load.speed - (speed if inside else 0.0)
+        fluid = (pending + load.held - (speed * busy if inside else 0.0)) / total
+        # Rows do not split: the last one ends no sooner than the quickest endpoint could do it.
+        whole = next(value for value, s in load.firsts if s is not without or not inside)
+        return max(fluid, whole)
 
     def supply(self, group: Group, without: EndpointSlot) -> float:
         """Work the group's other endpoints can do before the projected end."""
-        return sum(
-            self.speed[s.name] * max(self.end - self.busy[s.name], 0.0)
-            for s in self.up
-            if s is not without and s.serves(group)
-        )
+        load = self.loads.get(group)
+        if load is None:
+            return 0.0
+        mine = self.speed[without] * max(self.end - self.busy[without], 0.0)
+        return load.supply - (mine if without.serves(group) else 0.0)
 
 
 class Scheduler:
@@ -191,6 +216,7 @@ class Scheduler:
         self._pending: dict[Group, float] = {}  # cost of the rows waiting, by group
         self._expected: set[int] = set()
         self._aliases: dict[str, Group] = {}
+        self._means: dict[str, float | None] = {}
         self._handle: asyncio.Handle | None = None
         self.all_down_since: float | None = None
 
@@ -288,6 +314,7 @@ class Scheduler:
     def _learn_from(
         self, slot: EndpointSlot, lease: Lease, generation: Generation, service: float
     ) -> None:
+        self._means.clear()
         before = slot.loaded
         model = slot.canonical(generation.model_hash) if generation.model_hash else None
         now_loaded = model or slot.canonical(generation.model) or before
@@ -303,16 +330,19 @@ class Scheduler:
     def _sec_per_unit(self, slot: EndpointSlot) -> float:
         if slot.sec_per_unit is not None:
             return slot.sec_per_unit
-        known = [s.sec_per_unit for s in self.slots if s.sec_per_unit is not None]
-        return statistics.fmean(known) if known else DEFAULT_SEC_PER_UNIT
+        return self._pool_mean("sec_per_unit") or DEFAULT_SEC_PER_UNIT
 
     def _switch_s(self, slot: EndpointSlot, cost: float) -> float:
         if slot.switch_s is not None:
             return slot.switch_s
-        known = [s.switch_s for s in self.slots if s.switch_s is not None]
-        if known:
-            return statistics.fmean(known)
-        return SWITCH_PRIOR_ROWS * cost * self._sec_per_unit(slot)
+        return self._pool_mean("switch_s") or SWITCH_PRIOR_ROWS * cost * self._sec_per_unit(slot)
+
+    def _pool_mean(self, name: str) -> float | None:
+        """The mean of one estimate over the endpoints that have it; for those that do not."""
+        if name not in self._means:
+            known = [v for s in self.slots if (v := getattr(s, name)) is not None]
+            self._means[name] = statistics.fmean(known) if known else None
+        return self._means[name]
 
     def _estimate(self, lease: Lease) -> float:
         slot = lease.slot
@@ -326,20 +356,6 @@ class Scheduler:
         head, *rest = slot.held
         elapsed = now - max(head.started, slot.last_done)
         return max(self._estimate(head) - elapsed, 0.0) + sum(self._estimate(r) for r in rest)
-
-    def _drain(self, group: Group, without: EndpointSlot, now: float) -> float:
-        """When the group's waiting rows would all be done by the endpoints already on it."""
-        servers = [s for s in self.slots if s.up and s is not without and s.serves(group)]
-        if not servers:
-            return math.inf
-        speeds = [1.0 / self._sec_per_unit(s) for s in servers]
-        busy = [self.free_in(s, now) for s in servers]
-        pending = self._pending.get(group, 0.0)
-        fluid = (pending + sum(v * b for v, b in zip(speeds, busy, strict=True))) / sum(speeds)
-        # Rows do not split: the last one ends no sooner than the quickest endpoint could do it.
-        head = self._groups[group][0].cost if self._groups.get(group) else 0.0
-        whole = min(b + head / v for v, b in zip(speeds, busy, strict=True))
-        return max(fluid, whole)
 
     # ----- dispatch -----
 
@@ -363,9 +379,12 @@ class Scheduler:
             self._speculate(up, now)
         while self.waiting:
             free = [slot for slot in up if slot.free]
-            free.sort(key=lambda s: (not self._has_own(s), self._sec_per_unit(s)))
+            if not free:
+                return
+            outlook = self._outlook(up, now)
+            free.sort(key=lambda s: (not self._has_own(s), -outlook.speed[s]))
             picked = next(
-                ((slot, w) for slot in free if (w := self._choose(slot, now)) is not None), None
+                ((s, w) for s in free if (w := self._choose(s, outlook)) is not None), None
             )
             if picked is None:
                 if force and not any(slot.held for slot in up):
@@ -379,36 +398,52 @@ class Scheduler:
             slot.target == slot.default and bool(self._groups.get(None))
         )
 
-    def _choose(self, slot: EndpointSlot, now: float) -> _Waiter | None:
-        mine = self.free_in(slot, now)
-        rate = self._sec_per_unit(slot)
+    def _choose(self, slot: EndpointSlot, outlook: _Outlook) -> _Waiter | None:
+        mine = outlook.busy[slot]
+        speed = outlook.speed[slot]
         own: list[Group] = [slot.target] + ([None] if slot.target == slot.default else [])
-        outlook = self._outlook(now)
         for group in own:
             waiter = self._first_for(group, slot)
-            if waiter is None or mine + waiter.cost * rate > self._drain(group, slot, now):
+            pending = self._pending.get(group, 0.0)
+            if waiter is None or mine + waiter.cost / speed > outlook.drain(group, slot, pending):
                 continue
-            if self._measured() and outlook.supply(group, slot) >= self._pending[group]:
+            if outlook.measured and outlook.supply(group, slot) >= pending:
                 # The others finish this group anyway: leave now for one that is short, if this
                 # endpoint alone can fill it; it would have to switch later regardless.
-                rank, other = self._switch_for(slot, own, now, outlook)
+                rank, other = self._switch_for(slot, own, outlook)
                 if other is not None and rank[0] == 2:
                     return other
             return waiter
-        return self._switch_for(slot, own, now, outlook)[1]
+        return self._switch_for(slot, own, outlook)[1]
 
-    def _measured(self) -> bool:
-        return all(s.sec_per_unit is not None for s in self.slots if s.up)
-
-    def _outlook(self, now: float) -> _Outlook:
-        up = [s for s in self.slots if s.up]
-        speed = {s.name: 1.0 / self._sec_per_unit(s) for s in up}
-        busy = {s.name: self.free_in(s, now) for s in up}
-        work = sum(self._pending.values()) + sum(speed[s.name] * busy[s.name] for s in up)
-        return _Outlook(up, speed, busy, work / sum(speed.values()))
+    def _outlook(self, up: list[EndpointSlot], now: float) -> _Outlook:
+        speed = {s: 1.0 / self._sec_per_unit(s) for s in up}
+        busy = {s: self.free_in(s, now) for s in up}
+        work = sum(self._pending.values()) + sum(speed[s] * busy[s] for s in up)
+        end = work / sum(speed.values())
+        members: dict[Group, list[EndpointSlot]] = {}
+        for slot in up:
+            if slot.target is not None:
+                members.setdefault(slot.target, []).append(slot)
+            if slot.target == slot.default:
+                members.setdefault(None, []).append(slot)
+        loads = {}
+        for group, slots in members.items():
+            queue = self._groups.get(group)
+            head = queue[0].cost if queue else 0.0
+            ends = sorted(((busy[s] + head / speed[s], s) for s in slots), key=lambda e: e[0])[:2]
+            loads[group] = _Load(
+                count=len(slots),
+                speed=sum(speed[s] for s in slots),
+                held=sum(speed[s] * busy[s] for s in slots),
+                supply=sum(speed[s] * max(end - busy[s], 0.0) for s in slots),
+                firsts=tuple(ends),
+            )
+        measured = all(s.sec_per_unit is not None for s in up)
+        return _Outlook(speed, busy, end, loads, measured)
 
     def _switch_for(
-        self, slot: EndpointSlot, own: list[Group], now: float, outlook: _Outlook
+        self, slot: EndpointSlot, own: list[Group], outlook: _Outlook
     ) -> tuple[tuple[int, float], _Waiter | None]:
         """The group that most needs another endpoint, for one that has to load a checkpoint.
 
@@ -417,7 +452,7 @@ class Scheduler:
         Once no group is short it helps the one that would finish last (rank 0). Never a group
         whose endpoints would finish the row sooner than this one could, switch included.
         """
-        speed, busy = outlook.speed[slot.name], outlook.busy[slot.name]
+        speed, busy = outlook.speed[slot], outlook.busy[slot]
         best: tuple[int, float] = (-1, 0.0)
         chosen = None
         for group, queue in self._groups.items():
@@ -425,7 +460,7 @@ class Scheduler:
             if waiter is None:
                 continue
             switch = self._switch_s(slot, waiter.cost)
-            drain = self._drain(group, slot, now)
+            drain = outlook.drain(group, slot, self._pending.get(group, 0.0))
             if busy + switch + waiter.cost / speed >= drain:
                 continue
             room = speed * max(outlook.end - busy - switch, 0.0)
