@@ -473,7 +473,11 @@ class _Run:
     async def _record(self, result: Result) -> None:
         payload = manifest_body(result.task.body, self.job.sheet.parent)
         # Shielded: once the images are being written, the manifest line follows them.
-        await asyncio.shield(self.group.write(result, payload))
+        try:
+            await asyncio.shield(self.group.write(result, payload))
+        except OSError as error:  # a full disk: the row is not done; stop rather than fail them all
+            self._stop(f"cannot write to {self.job.out_dir}: {error}; the row is sent next run")
+            return
         if result.status == "ok":
             self.ok += 1
             self.images += len(result.generation.images) if result.generation else 0

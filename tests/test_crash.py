@@ -333,3 +333,38 @@ def _wait_for(condition: Any, proc: subprocess.Popen[bytes], timeout: float = 30
         assert proc.poll() is None, f"the run ended early: {finish(proc)}"
         time.sleep(0.05)
     raise AssertionError("timed out")
+
+
+# Every file the run writes is capped at 6 kB (EFBIG past that, no SIGXFSZ): a disk that fills up.
+_SMALL_DISK = """
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (6000, hard))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_a_full_disk_stops_the_run_and_the_folder_resumes(tmp_path: Path) -> None:
+    rows = 30
+    (tmp_path / "sheet.csv").write_text(
+        "prompt\n" + "".join(f"row {index}\n" for index in range(rows)), encoding="utf-8"
+    )
+
+    args = [sys.executable, "-m", "batchgen", "run", "sheet.csv", "--out", "out"]
+    full = subprocess.run(
+        [sys.executable, "-c", _SMALL_DISK, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert full.returncode == 1, full.stderr
+    assert "cannot write to out: [Errno 27] File too large" in full.stderr
+    out = tmp_path / "out"
+    written = lines_of(out)  # every line whole: the failed append was cut back
+    assert 0 < len(written) < rows
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(written)} done" in again.stderr
+    assert_exactly_once(out, rows)
