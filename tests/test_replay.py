@@ -56,7 +56,8 @@ async def run_into(job: Path, out: Path, url: str) -> None:
 
 
 def canonical(bodies: list[dict[str, Any]]) -> list[str]:
-    return sorted(json.dumps(body, sort_keys=True) for body in bodies)
+    """The bodies as JSON text in the order their keys arrived: equal text, equal bytes sent."""
+    return sorted(json.dumps(body) for body in bodies)
 
 
 def image_digests(out: Path) -> dict[str, list[str]]:
