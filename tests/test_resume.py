@@ -235,3 +235,29 @@ def test_fresh_and_retry_failed_together_are_refused(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--fresh starts an empty folder" in result.output
     assert not (tmp_path / "out").exists()
+
+
+async def test_a_crashed_folder_resumes_torn_line_tmp_and_orphan(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    write_sheet(tmp_path, rows_of("a", "b", "c"))
+    job = write_job(tmp_path, sim.url)
+    await run(job)
+    out = tmp_path / "out"
+    manifest = out / MANIFEST
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    # What a kill during the last row's write leaves: its image (now an orphan), half its
+    # line, and another image's temporary file.
+    manifest.write_bytes(b"".join(lines[:-1]) + lines[-1][:50])
+    (out / "images" / "000009-00-1.png.tmp").write_bytes(b"\x89PNG half")
+    summary = await run(job)
+    assert summary.plan.describe() == "3 rows: 2 done, 0 failed to retry, 1 to go"
+    assert sent_prompts(sim, 3) == [last["payload"]["prompt"]]
+    records = read_records(out)
+    assert len(records) == 3 and all(r["status"] == "ok" for r in records.values())
+    assert records[last["key"]]["images"] == last["images"], "the orphan's name is reused"
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
+        Path(image).name for r in records.values() for image in r["images"]
+    )
+    assert all(line.endswith(b"\n") for line in manifest.read_bytes().splitlines(keepends=True))
