@@ -254,7 +254,7 @@ def test_one_sigint_finishes_the_rows_in_flight_and_exits_130(
     job = write_job(tmp_path, [sim.url for sim in sims], rows, request_s=30)
     out = tmp_path / "out"
     proc = start_run(job)
-    _wait_for(lambda: len(lines_of(out)) >= 2, proc)
+    _wait_for(lambda: _manifest_lines(out) >= 2, proc)
     proc.send_signal(signal.SIGINT)
     code, err = finish(proc, timeout=30)
     assert code == 130, err
