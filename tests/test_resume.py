@@ -204,6 +204,10 @@ async def test_manifest_fields_and_no_credentials_anywhere(tmp_path: Path) -> No
         url = server.url.replace("http://", f"http://alice:{secret}@")
         write_sheet(tmp_path, rows_of("a", "b"))
         job = write_job(tmp_path, url)
+        with_header = job.read_text(encoding="utf-8").replace(
+            f'url = "{url}"', f'url = "{url}"\nheaders = {{ "X-Api-Key" = "{secret}-key" }}'
+        )
+        job.write_text(with_header, encoding="utf-8")
         summary = await run(job)
     assert summary.exit_code == 0
     out = tmp_path / "out"
@@ -218,6 +222,7 @@ async def test_manifest_fields_and_no_credentials_anywhere(tmp_path: Path) -> No
     assert saved["seed"] == {"mode": "derived", "base": 0}
     assert saved["retry"]["attempts"] == 5, "defaults are filled in"
     assert saved["endpoints"][0]["url"] == server.url
+    assert saved["endpoints"][0]["headers"] == ["X-Api-Key"], "the header's name, not its value"
     for path in out.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
