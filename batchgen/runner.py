@@ -420,7 +420,11 @@ class _Run:
                 waiting: set[asyncio.Future[Any]] = {*legs, *([spare] if spare else [])}
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if spare is not None and spare in done:
-                    legs.add(asyncio.ensure_future(self._leg(spare.result(), scheduler)))
+                    copy = spare.result()
+                    if self.stopping:  # after Ctrl-C nothing new is sent, not even a copy
+                        scheduler.release(copy, None)
+                    else:
+                        legs.add(asyncio.ensure_future(self._leg(copy, scheduler)))
                     spare = None
                 for leg in [leg for leg in legs if leg in done]:
                     legs.discard(leg)

@@ -6,6 +6,7 @@ were sent across runs: that is how these tests see that no finished row is ever 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import json
@@ -259,7 +260,8 @@ def test_one_sigint_finishes_the_rows_in_flight_and_exits_130(
     code, err = finish(proc, timeout=30)
     assert code == 130, err
     assert "interrupted" in err
-    sent = [seed for seeds in received(sims) for seed in seeds]
+    first = received(sims)
+    sent = [seed for seeds in first for seed in seeds]
     recorded = [int(r["payload"]["seed"]) for r in lines_of(out)]
     # Every request that reached a server was let finish and was written; none was lost.
     assert sorted(sent) == sorted(recorded)
@@ -267,8 +269,10 @@ def test_one_sigint_finishes_the_rows_in_flight_and_exits_130(
     code, err = finish(start_run(job))
     assert code == 0, err
     assert f"{len(recorded)} done" in err.replace(",", "")
-    sent_after = [seed for seeds in received(sims) for seed in seeds]
-    assert len(sent_after) == rows + 1, "a row was sent twice"
+    again = [
+        seed for old, new in zip(first, received(sims), strict=True) for seed in new[len(old) :]
+    ]
+    assert not set(recorded) & set(again), "a row written before Ctrl-C was sent again"
     assert_exactly_once(out, rows + 1)
 
 
@@ -368,3 +372,28 @@ def test_a_full_disk_stops_the_run_and_the_folder_resumes(tmp_path: Path) -> Non
     assert again.returncode == 0, again.stderr
     assert f"{len(written)} done" in again.stderr
     assert_exactly_once(out, rows)
+
+
+async def test_after_ctrl_c_no_late_row_is_copied_to_an_idle_endpoint(tmp_path: Path) -> None:
+    """At the tail an idle endpoint may copy a late row; once stopping, nothing new is sent."""
+    from batchgen.job import load_job
+    from batchgen.runner import RunOptions, run_batch
+    from batchgen.sim import SimConfig, SimServer
+
+    sheet = tmp_path / "sheet.csv"
+    rows = "".join(f"row {i},20\n" for i in range(12))
+    sheet.write_text("prompt,steps\n" + rows, encoding="utf-8")
+    async with (
+        SimServer(SimConfig(ms_per_step=2)) as fast,
+        SimServer(SimConfig(ms_per_step=50)) as slow,  # 1 s a row
+    ):
+        job = load_job(sheet, endpoints=[fast.url, slow.url], out=tmp_path / "out")
+        run = asyncio.create_task(run_batch(job, RunOptions()))
+        while len(slow.stats.history) < 2:  # noqa: ASYNC110 - a counter, not an event
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # the fast one is idle by now; the slow one's 2nd row is late
+        os.kill(os.getpid(), signal.SIGINT)  # the run's own handler takes it
+        summary = await run
+        sent = len(fast.stats.history) + len(slow.stats.history)
+    assert summary.interrupted and summary.exit_code == 130
+    assert sent == len(read_records(tmp_path / "out")) < 12
