@@ -30,9 +30,7 @@ class EndpointSpec(_Frozen):
     """One web UI server. Credentials may sit in the URL or in environment variables."""
 
     url: str
-    name: str | None = (
-        None  # a label for progress and the manifest; defaults to the URL sans secrets
-    )
+    name: str | None = None  # shown in progress and the manifest; default: URL sans secrets
     auth_env: str | None = None  # environment variable holding "user:password" for basic auth
     headers: dict[str, str] = Field(default_factory=dict)
     headers_env: dict[str, str] = Field(default_factory=dict)  # header -> env var with its value
