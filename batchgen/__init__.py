@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from batchgen.job import JobSpec, load_job
-    from batchgen.runner import RunOptions, RunSummary, run_batch
+    from batchgen.records import RunSummary
+    from batchgen.runner import RunOptions, run_batch
 
 __all__ = ["JobSpec", "RunOptions", "RunSummary", "load_job", "run_batch"]
 
@@ -17,7 +18,11 @@ def __getattr__(name: str) -> Any:
         from batchgen import job
 
         return getattr(job, name)
-    if name in ("RunOptions", "RunSummary", "run_batch"):
+    if name == "RunSummary":
+        from batchgen import records
+
+        return records.RunSummary
+    if name in ("RunOptions", "run_batch"):
         from batchgen import runner
 
         return getattr(runner, name)

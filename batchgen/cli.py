@@ -18,8 +18,10 @@ from rich.logging import RichHandler
 from batchgen.errors import BatchgenError
 from batchgen.job import JobSpec, load_job, parse_set
 from batchgen.payload import manifest_body
+from batchgen.plan import check_only, first_tasks, validate
+from batchgen.records import Reporter
 from batchgen.report import LogReporter, RichReporter, not_file_only
-from batchgen.runner import Reporter, RunOptions, check_only, first_tasks, run_batch, validate
+from batchgen.runner import RunOptions, run_batch
 from batchgen.store import peek_state
 
 EXIT_INTERRUPTED = 130

@@ -1,11 +1,11 @@
-"""The typed, frozen values that pass between stages (sheet -> payload -> runner -> store)."""
+"""The typed, frozen values passed between stages: sheet -> payload -> runner -> store, report."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Route = Literal["txt2img", "img2img"]
 Status = Literal["ok", "failed"]
@@ -73,3 +73,72 @@ class Result:
     generation: Generation | None
     started_at: float  # unix time of the first attempt
     duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """What the run will do, said before it starts."""
+
+    total: int
+    done: int  # already ok in the output folder
+    to_retry: int  # failed last time, sent again
+    to_go: int  # never finished
+    skipped: int  # not sent this time (--retry-failed leaves new rows for later)
+
+    def describe(self) -> str:
+        return (
+            f"{self.total:,} rows: {self.done:,} done, {self.to_retry:,} failed to retry, "
+            f"{self.to_go:,} to go" + (f", {self.skipped:,} left for later" if self.skipped else "")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """One endpoint's figures, for progress and the summary."""
+
+    name: str
+    up: bool
+    running: int
+    done: int
+    failed: int
+    images: int
+    switches: int
+    busy_s: float
+    loaded: str | None = None  # the checkpoint in memory, as last seen
+    vae: str | None = None
+    down_s: float | None = None  # how long it has been out of rotation
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """How a run ended."""
+
+    out_dir: Path
+    plan: RunPlan
+    ok: int
+    failed: int
+    images: int
+    elapsed_s: float
+    interrupted: bool
+    endpoints: tuple[EndpointView, ...]
+    outputs: tuple[Path, ...]
+    stopped_reason: str | None = None
+
+    @property
+    def not_run(self) -> int:
+        return self.plan.to_go + self.plan.to_retry - self.ok - self.failed
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 0 if self.failed == 0 and self.not_run == 0 else 1
+
+
+class Reporter(Protocol):
+    """What the runner tells the outside while it works."""
+
+    def started(self, plan: RunPlan, out_dir: Path) -> None: ...
+    def row_finished(self, result: Result) -> None: ...
+    def endpoints(self, views: list[EndpointView]) -> None: ...
+    def finished(self, summary: RunSummary) -> None: ...

@@ -201,13 +201,13 @@ class _Sender:
         """Send every task; return the error of each row that failed."""
         if not tasks:
             return self._errors
-        from batchgen.runner import _started_endpoints  # starts sim:// endpoints like a run
+        from batchgen.fleet import started_endpoints  # starts sim:// endpoints like a run
 
         endpoints = [resolve_endpoint(spec, self._in_flight) for spec in self._specs]
         queue: asyncio.Queue[Task] = asyncio.Queue()
         for task in tasks:
             queue.put_nowait(task)
-        async with _started_endpoints(endpoints) as live, aiohttp.ClientSession() as session:
+        async with started_endpoints(endpoints) as live, aiohttp.ClientSession() as session:
             clients = [EndpointClient(endpoint, session, self._timeout) for endpoint in live]
             up = []
             for client in clients:

@@ -11,8 +11,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from batchgen.records import Result
-from batchgen.runner import EndpointView, RunPlan, RunSummary
+from batchgen.records import EndpointView, Result, RunPlan, RunSummary
 
 log = logging.getLogger(__name__)
 # Lines the terminal already shows in its own way: the run log gets them, the console does not.

@@ -37,7 +37,8 @@ from typing import Any
 import aiohttp
 
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, TimeoutSpec
-from batchgen.runner import RunOptions, RunSummary, run_batch
+from batchgen.records import RunSummary
+from batchgen.runner import RunOptions, run_batch
 
 STEPS = 20
 MS_PER_STEP = 25.0  # 0.5 s per row at speed 1

@@ -20,7 +20,7 @@ from batchgen.client import EndpointClient, resolve_endpoint
 from batchgen.errors import InputError, Problem
 from batchgen.inventory import CheckpointIndex, resolve_checkpoint
 from batchgen.job import EndpointSpec, JobSpec, TimeoutSpec, load_job
-from batchgen.runner import check_only
+from batchgen.plan import check_only
 from batchgen.sim import SimConfig, SimServer
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"

@@ -18,8 +18,8 @@ from test_scheduler import (
     simulators,
 )
 
+from batchgen.records import EndpointView
 from batchgen.report import LogReporter
-from batchgen.runner import EndpointView
 from batchgen.sim import SimConfig, SimServer
 
 SLOWER = dataclasses.replace(FAST, ms_per_step=1.0)  # 20 ms a row

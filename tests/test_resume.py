@@ -12,7 +12,8 @@ import pytest
 
 from batchgen.job import load_job
 from batchgen.payload import derive_seed
-from batchgen.runner import RunOptions, RunSummary, run_batch
+from batchgen.records import RunSummary
+from batchgen.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 from batchgen.store import MANIFEST, read_records
 

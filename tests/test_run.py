@@ -11,8 +11,8 @@ from openpyxl import load_workbook
 from runhelp import assert_exactly_once_ok, make_job, manifest, no_sleep, prompts, write_sheet
 
 from batchgen.job import load_job
-from batchgen.records import Result
-from batchgen.runner import EndpointView, RunOptions, RunPlan, RunSummary, run_batch
+from batchgen.records import EndpointView, Result, RunPlan, RunSummary
+from batchgen.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 
 FAST = RunOptions(sleep=no_sleep)

@@ -15,7 +15,8 @@ from runhelp import (
 )
 
 from batchgen.errors import InputError
-from batchgen.runner import RunOptions, run_batch, validate
+from batchgen.plan import validate
+from batchgen.runner import RunOptions, run_batch
 from batchgen.sim import SimServer
 
 HOSTILE = [

@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec, TimeoutSpec
-from batchgen.runner import RunOptions, RunSummary, run_batch
+from batchgen.records import RunSummary
+from batchgen.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 
 MODELS = ("a.safetensors", "b.safetensors", "c.safetensors")
