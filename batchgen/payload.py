@@ -17,6 +17,7 @@ from batchgen.fields import FIELDS, KIND_HINTS, coerce, normalize_name
 from batchgen.images import ImageError, ImageResolver, decode_inline, encode_file
 from batchgen.job import JobSpec
 from batchgen.records import ImageRef, Route, SheetRow, Task
+from batchgen.rowindex import RowIndex, digest_int
 from batchgen.sheet import NO_HEADER
 from batchgen.traps import HIRES_DENOISE, fix_sampler, value_issue
 
@@ -42,7 +43,7 @@ class PayloadBuilder:
         self._sheet_file = str(job.sheet)
         self._job_file = str(job.source) if job.source is not None else "job defaults"
         self._images = ImageResolver(job.sheet.parent)
-        self._seen: dict[str, int] = {}
+        self._twins = RowIndex()  # distinct row contents: moves to disk once there are many
         self._columns: dict[str, _Column] = {}
         self._bad_headers: set[str] = set()
         header_problems: list[Problem] = []
@@ -457,9 +458,7 @@ class PayloadBuilder:
             separators=(",", ":"),
         )
         digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
-        n = self._seen.get(digest, 0)
-        self._seen[digest] = n + 1
-        return f"{digest}-{n}"
+        return f"{digest}-{self._twins.next_twin(digest_int(digest))}"
 
     def _fix_seeds(self, body: dict[str, Any], key: str) -> None:
         """Derived mode: a concrete seed per row. Random mode: -1, A1111's own random seed."""

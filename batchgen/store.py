@@ -12,7 +12,7 @@ import re
 import string
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +20,12 @@ from typing import IO, Any
 
 from batchgen.errors import ConfigError
 from batchgen.records import Result, SheetRow
+from batchgen.rowindex import RowIndex
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
+INDEX = ".batchgen/index.sqlite"  # per-key lookups on disk; refilled from the manifest at open
 LOCK = ".batchgen.lock"  # held (flock) while a run writes here; the OS drops it if the run dies
 IMAGES_DIR = "images"
 EXTRAS_DIR = "controlnet"
@@ -31,6 +33,7 @@ TMP_SUFFIX = ".tmp"
 IMAGE_WRITERS = 8  # threads writing one batch's images
 RESULT_COLUMNS = ("row", "status", "images", "seeds", "error")
 _TEMPLATE_FIELDS = {"row", "index", "seed", "key", "job"}
+_INDEX_BATCH = 4096  # manifest lines read per insert into the index
 _UNSAFE = re.compile(r"[^\w.\-+=@]+")
 
 
@@ -43,6 +46,29 @@ class PastRow:
 
     status: str  # "ok", "failed", or MISSING (sent again, like a failed row)
     offset: int  # byte offset of the record in the manifest
+
+
+class PastRows(Mapping[str, PastRow]):
+    """The latest record per key, looked up in the store's index instead of held in memory."""
+
+    def __init__(self, index: RowIndex) -> None:
+        self._index = index
+
+    def get(self, key: str, default: Any = None) -> Any:  # the runner's per-row lookup
+        found = self._index.past(key)
+        return default if found is None else PastRow(status=found[0], offset=found[1])
+
+    def __getitem__(self, key: str) -> PastRow:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[str]:
+        return self._index.past_keys()
+
+    def __len__(self) -> int:
+        return self._index.past_count()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +114,7 @@ class OutputStore:
         self._manifest: IO[bytes] | None = None
         self._lock: IO[bytes] | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._offsets: dict[str, int] = {}
-        self._taken: set[str] = set()
+        self._index: RowIndex | None = None  # past records, offsets, image paths taken
 
     @property
     def manifest_path(self) -> Path:
@@ -100,6 +125,9 @@ class OutputStore:
         (self.out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
         self._lock = _take_lock(self.out_dir)
         self._remove_temporary_files()
+        if self._index is not None:
+            self._index.close()
+        self._index = RowIndex(self.out_dir / INDEX)
         rows = self._read_manifest(repair=True)
         self._manifest = self.manifest_path.open("ab")
         _fsync_dir(self.out_dir)  # a new manifest's name must survive a power cut too
@@ -115,6 +143,11 @@ class OutputStore:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+            with contextlib.suppress(OSError):  # the folder as it was, if nothing else is there
+                (self.out_dir / INDEX).parent.rmdir()
 
     def write_json(self, name: str, data: Any) -> None:
         """A small side file (resolved job, stats), replaced atomically."""
@@ -158,10 +191,17 @@ class OutputStore:
         except OSError:
             self._rewind(offset)
             raise
+        offsets = []
         for line, chunk in zip(lines, chunks, strict=True):
-            self._offsets[line["key"]] = offset
+            offsets.append((line["key"], offset))
             offset += len(chunk)
+        self._opened().put_offsets(offsets)
         return lines
+
+    def _opened(self) -> RowIndex:
+        if self._index is None:
+            raise RuntimeError("open the store first")
+        return self._index
 
     def _rewind(self, offset: int) -> None:
         """After a failed append (disk full), cut the half line so no later line follows it."""
@@ -235,7 +275,7 @@ class OutputStore:
 
     def record_at(self, key: str) -> dict[str, Any] | None:
         """The latest manifest line of a key, read back from disk."""
-        offset = self._offsets.get(key)
+        offset = self._opened().offset(key)
         if offset is None:
             return None
         with self.manifest_path.open("rb") as handle:
@@ -306,10 +346,10 @@ class OutputStore:
         stem, dot, suffix = name.rpartition(".")
         candidate = f"{folder}/{name}"
         counter = 1
-        while candidate in self._taken:
+        index = self._opened()
+        while not index.take(candidate):
             candidate = f"{folder}/{stem}~{counter}{dot}{suffix}"
             counter += 1
-        self._taken.add(candidate)
         return candidate
 
     def _remove_temporary_files(self) -> None:
@@ -318,10 +358,13 @@ class OutputStore:
                 log.info("removing %s, left half-written by an earlier run", path)
                 path.unlink()
 
-    def _read_manifest(self, *, repair: bool) -> dict[str, PastRow]:
-        rows: dict[str, PastRow] = {}
+    def _read_manifest(self, *, repair: bool) -> PastRows:
+        index = self._opened()
+        rows = PastRows(index)
         if not self.manifest_path.exists():
             return rows
+        past: list[tuple[str, str, int]] = []
+        taken: list[str] = []
         good_end = 0
         with self.manifest_path.open("rb") as handle:
             while True:
@@ -350,9 +393,14 @@ class OutputStore:
                         len(files) - len(present),
                     )
                     status = MISSING
-                rows[key] = PastRow(status=status, offset=offset)
-                self._offsets[key] = offset
-                self._taken.update(present)
+                past.append((key, status, offset))  # in file order: the latest one wins
+                taken.extend(present)
+                if len(past) >= _INDEX_BATCH:
+                    index.put_past(past)
+                    index.take_all(taken)
+                    past, taken = [], []
+        index.put_past(past)
+        index.take_all(taken)
         if repair and good_end < self.manifest_path.stat().st_size:
             log.warning("%s: dropping a torn last line left by an interrupted run", MANIFEST)
             with self.manifest_path.open("r+b") as handle:
@@ -414,6 +462,7 @@ def _take_lock(out_dir: Path) -> IO[bytes] | None:
 def peek_state(out_dir: Path) -> ResumeState:
     """What an output folder holds, read without changing anything in it."""
     store = OutputStore(out_dir, "", "", out_dir)
+    store._index = RowIndex()  # a temporary file: the folder itself is left as it is
     return ResumeState(store._read_manifest(repair=False))
 
 
