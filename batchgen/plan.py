@@ -26,20 +26,20 @@ def validate(
     except Exception as error:  # a ConfigError reads better beside the sheet's problems
         problems.append(Problem(file="job", message=str(error)))
     done = failed = new = 0
-    done_keys = state.done if state else frozenset()
-    failed_keys = state.failed if state else frozenset()
+    past_rows = state.rows if state and state.rows else None  # a lookup per row, not a set
     for row in read_rows(job.sheet, job.sheet_name):
         try:
             task = builder.build(row)
         except InputError as error:
             problems.extend(error.problems)
             continue
-        if task.key in done_keys:
-            done += 1
-        elif task.key in failed_keys:
-            failed += 1
-        else:
+        past = past_rows.get(task.key) if past_rows is not None else None
+        if past is None:
             new += 1
+        elif past.status == "ok":
+            done += 1
+        else:
+            failed += 1
     if problems:
         raise InputError(problems)
     total = done + failed + new

@@ -156,7 +156,8 @@ def _set_up(
     if endpoints:
         copied["endpoints"] = [{"url": resolve_endpoint(spec, 1).url} for spec in specs]
     store.write_json(JOB_FILE, copied)
-    to_send = tuple(p.task for p in planned if p.task is not None and p.task.key not in state.done)
+    done = state.done  # once, not per row
+    to_send = tuple(p.task for p in planned if p.task is not None and p.task.key not in done)
     return _Setup(job, planned, specs, store, to_send)
 
 

@@ -16,7 +16,7 @@ import sqlite3
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +97,7 @@ class RowIndex:
         return (str(key) for key in self._keys("past"))
 
     def past_count(self) -> int:
-        with self._lock:
-            if self._db is None:
-                return len(self._memory["past"])
-            return int(self._sql("SELECT count(*) FROM past", ()).fetchone()[0])
+        return self._count("past")
 
     # ---- manifest offsets of records written by this run ------------------------------------
 
@@ -142,6 +139,12 @@ class RowIndex:
             found = self._get("row_keys", row)
         return None if found is None else str(found[0])
 
+    def rows_keyed(self) -> Iterator[int]:
+        return (int(row) for row in self._keys("row_keys"))
+
+    def row_key_count(self) -> int:
+        return self._count("row_keys")
+
     # ---- plumbing (callers hold the lock) ---------------------------------------------------
 
     def _get(self, table: str, key: Any) -> tuple[Any, ...] | None:
@@ -172,6 +175,12 @@ class RowIndex:
                 self._db.execute("COMMIT")
                 self._db.execute("BEGIN")
                 self._writes = 0
+
+    def _count(self, table: str) -> int:
+        with self._lock:
+            if self._db is None:
+                return len(self._memory[table])
+            return int(self._sql(f"SELECT count(*) FROM {table}", ()).fetchone()[0])
 
     def _keys(self, table: str) -> Iterator[Any]:
         with self._lock:
@@ -222,6 +231,35 @@ class RowIndex:
         memory, self._memory = self._memory, {name: {} for name in _TABLES}
         for name, rows in memory.items():
             self._put(name, [(key, *values) for key, values in rows.items()])
+
+
+class RowKeys(Mapping[int, str]):
+    """Sheet row number -> row key, for the results sheet; on disk once there are many."""
+
+    def __init__(self) -> None:
+        self._index = RowIndex()
+
+    def __setitem__(self, row: int, key: str) -> None:
+        self._index.put_row_key(row, key)
+
+    def get(self, row: int, default: Any = None) -> Any:
+        found = self._index.row_key(row)
+        return default if found is None else found
+
+    def __getitem__(self, row: int) -> str:
+        found = self._index.row_key(row)
+        if found is None:
+            raise KeyError(row)
+        return found
+
+    def __iter__(self) -> Iterator[int]:
+        return self._index.rows_keyed()
+
+    def __len__(self) -> int:
+        return self._index.row_key_count()
+
+    def close(self) -> None:
+        self._index.close()
 
 
 def digest_int(hex_digest: str) -> int:

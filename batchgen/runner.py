@@ -31,6 +31,7 @@ from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder, manifest_body
 from batchgen.plan import check_endpoints, validate
 from batchgen.records import EndpointView, Generation, Reporter, Result, RunPlan, RunSummary, Task
+from batchgen.rowindex import RowKeys
 from batchgen.run_files import close_run_log, move_aside, open_run_log, public_job
 from batchgen.scheduler import Lease, Scheduler
 from batchgen.sheet import read_headers, read_rows
@@ -96,7 +97,7 @@ class _Run:
         self.stopped_reason: str | None = None
         self.sending: set[asyncio.Task[None]] = set()  # rows on an endpoint right now
         self.rows: set[asyncio.Task[None]] = set()
-        self.row_keys: dict[int, str] = {}
+        self.row_keys = RowKeys()  # row -> key for results.csv; on disk once there are many
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store")
         self.group = GroupWriter(self.store, self.writer)
 
@@ -351,10 +352,13 @@ class _Run:
         headers = read_headers(self.job.sheet, self.job.sheet_name)
         rows = read_rows(self.job.sheet, self.job.sheet_name)
         xlsx = self.job.sheet.suffix.lower() == ".xlsx"
-        return (
-            self.store.manifest_path,
-            *self.store.write_results(rows, headers, self.row_keys, xlsx),
-        )
+        try:
+            return (
+                self.store.manifest_path,
+                *self.store.write_results(rows, headers, self.row_keys, xlsx),
+            )
+        finally:
+            self.row_keys.close()
 
 
 def _settle(scheduler: Scheduler, task: Task) -> Callable[[asyncio.Task[None]], None]:

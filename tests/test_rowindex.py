@@ -8,7 +8,7 @@ import pytest
 
 from batchgen import rowindex
 from batchgen.records import Generation, Result, Task
-from batchgen.rowindex import RowIndex, digest_int
+from batchgen.rowindex import RowIndex, RowKeys, digest_int
 from batchgen.store import OutputStore, peek_state
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -48,6 +48,16 @@ def test_many_keys_page_through_and_the_temp_file_goes(
     assert path is not None and path.exists()
     del index
     assert not path.exists(), "collected: the temporary file is removed"
+
+
+def test_row_keys_map_rows_past_the_spill(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rowindex, "SPILL", 5)
+    keys = RowKeys()
+    for row in range(2, 20):
+        keys[row] = f"k{row}-0"
+    assert keys._index.on_disk and len(keys) == 18 and list(keys)[:2] == [2, 3]
+    assert keys[7] == "k7-0" and keys.get(1) is None and 1 not in keys
+    keys.close()
 
 
 def test_a_stale_index_file_is_never_read(tmp_path: Path) -> None:
