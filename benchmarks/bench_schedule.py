@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import random
-import socket
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from benchhelp import free_port
 
 from batchgen.client import EndpointClient, resolve_endpoint
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
@@ -63,7 +63,7 @@ class Sim:
             "switch_s": args.switch_s,
             "speed": speed,
         }
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: asyncio.subprocess.Process | None = None
 
@@ -97,13 +97,6 @@ class Sim:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager
@@ -153,6 +146,22 @@ def manifest_figures(out: Path) -> tuple[float, int]:
     return last - first, len(ok)
 
 
+def tasks_of(job: JobSpec) -> list[Task]:
+    """Every row's request, built the way the runner builds them."""
+    builder = PayloadBuilder(job, read_headers(job.sheet, None))
+    return [builder.build(row) for row in read_rows(job.sheet, None)]
+
+
+def clients_for(
+    sims: Sequence[Sim], session: aiohttp.ClientSession, job: JobSpec
+) -> list[EndpointClient]:
+    """A bare client per simulator, for the comparisons that bypass the runner."""
+    return [
+        EndpointClient(resolve_endpoint(EndpointSpec(url=sim.url), 2), session, job.timeout)
+        for sim in sims
+    ]
+
+
 async def run_batchgen(args: argparse.Namespace, sheet: Path, out: Path) -> Figures:
     async with simulators(args) as sims:
         await run_batch(job_for(sheet, out, [sim.url for sim in sims]), RunOptions())
@@ -163,13 +172,9 @@ async def run_batchgen(args: argparse.Namespace, sheet: Path, out: Path) -> Figu
 async def run_naive(args: argparse.Namespace, sheet: Path) -> Figures:
     """Rows in sheet order, dealt round robin; each endpoint keeps two requests in flight."""
     job = job_for(sheet, Path(tempfile.mkdtemp()), ["http://127.0.0.1:1"])
-    builder = PayloadBuilder(job, read_headers(sheet, None))
-    tasks = [builder.build(row) for row in read_rows(sheet, None)]
+    tasks = tasks_of(job)
     async with simulators(args) as sims, aiohttp.ClientSession() as session:
-        clients = [
-            EndpointClient(resolve_endpoint(EndpointSpec(url=sim.url), 2), session, job.timeout)
-            for sim in sims
-        ]
+        clients = clients_for(sims, session, job)
         for client in clients:
             await client.probe()
         done = 0
@@ -230,13 +235,9 @@ async def calibrate(args: argparse.Namespace, rows: int = 40) -> list[float]:
         writer.writerow(["prompt", "steps", "seed"])
         writer.writerows([f"c{i}", STEPS, i] for i in range(rows))
     job = job_for(sheet, sheet.parent / "out", ["http://127.0.0.1:1"])
-    builder = PayloadBuilder(job, read_headers(sheet, None))
-    tasks = [builder.build(row) for row in read_rows(sheet, None)]
+    tasks = tasks_of(job)
     async with simulators(args) as sims, aiohttp.ClientSession() as session:
-        clients = [
-            EndpointClient(resolve_endpoint(EndpointSpec(url=sim.url), 2), session, job.timeout)
-            for sim in sims
-        ]
+        clients = clients_for(sims, session, job)
 
         async def rate(client: EndpointClient) -> float:
             await client.probe()

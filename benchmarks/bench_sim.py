@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 
 import aiohttp
+from benchhelp import free_port
 
 from batchgen.sim.images import FastPngEncoder, PillowPngEncoder, image_digest
 
@@ -34,13 +34,6 @@ def encoder_rate(kind: str, seconds: float) -> float:
         encoder.encode(image_digest("p", "n", count, "c", 512, 512), 512, 512, INFOTEXT)
         count += 1
     return count / (time.perf_counter() - began)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def cpu_seconds(pid: int) -> float | None:

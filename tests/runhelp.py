@@ -1,4 +1,4 @@
-"""Helpers for the end-to-end run tests: sheets on disk, jobs, manifests, TLS simulators."""
+"""Shared test helpers: sheets and images on disk, jobs, manifests, simulators (TLS too)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,36 @@ from typing import Any
 
 from aiohttp import web
 from openpyxl import Workbook
+from PIL import Image
 
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec, TimeoutSpec
-from batchgen.sim import SimConfig
+from batchgen.sim import SimConfig, SimServer
 from batchgen.sim.app import SimApp
 from batchgen.sim.stats import SimStats
 
 
 async def no_sleep(_: float) -> None:
     """Tenacity's sleep, made instant."""
+
+
+def write_png(path: Path, color: str = "red") -> Path:
+    """A small PNG file, its folder made if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), color).save(path)
+    return path
+
+
+@asynccontextmanager
+async def simulators(*configs: SimConfig) -> AsyncIterator[list[SimServer]]:
+    """In-process simulators, one per config, all stopped at the end."""
+    servers = [SimServer(config) for config in configs]
+    try:
+        for server in servers:
+            await server.start()
+        yield servers
+    finally:
+        for server in servers:
+            await server.stop()
 
 
 def write_sheet(path: Path, rows: Sequence[dict[str, Any]]) -> Path:

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from PIL import Image
+from click.testing import CliRunner, Result
+from runhelp import write_png
 
 from batchgen.check import RowSet, check_job, collect_uses, lora_names
 from batchgen.cli import cli
@@ -33,21 +33,32 @@ def write_sheet(tmp_path: Path, rows: Sequence[dict[str, Any]], name: str = "row
     return path
 
 
-def write_png(path: Path) -> Path:
-    Image.new("RGB", (8, 8), "white").save(path)
-    return path
-
-
 def job_for(sheet: Path, *urls: str) -> JobSpec:
     return load_job(sheet, endpoints=list(urls))
 
 
-async def problems_of(job: JobSpec) -> list[Problem]:
+async def problems_of(job: JobSpec, *sims: SimServer) -> list[Problem]:
+    """`batchgen check`'s problems; the simulators named must have generated nothing."""
     try:
         await check_only(job)
     except InputError as error:
-        return list(error.problems)
-    return []
+        problems = list(error.problems)
+    else:
+        problems = []
+    assert generated(*sims) == 0
+    return problems
+
+
+def by_head(problems: Sequence[Problem]) -> dict[str, Problem]:
+    """Each problem by its message up to the endpoint ("... on URL: rows")."""
+    return {problem.message.split(" on ")[0]: problem for problem in problems}
+
+
+def cli_check(sheet: Path, endpoint: str) -> Result:
+    """`batchgen check SHEET --endpoint ENDPOINT`."""
+    return CliRunner().invoke(
+        cli, ["check", str(sheet), "--endpoint", endpoint], catch_exceptions=False
+    )
 
 
 def generated(*sims: SimServer) -> int:
@@ -123,8 +134,7 @@ async def test_unknown_checkpoint_is_grouped_by_rows_with_a_suggestion(tmp_path:
         rows[index]["model"] = "dreamshaper_7"
     sheet = write_sheet(tmp_path, rows)
     async with SimServer(SimConfig(models=MODELS)) as sim:
-        problems = await problems_of(job_for(sheet, sim.url))
-        assert generated(sim) == 0
+        problems = await problems_of(job_for(sheet, sim.url), sim)
     assert len(problems) == 1
     problem = problems[0]
     assert problem.row == 4 and problem.file == str(sheet)
@@ -169,9 +179,8 @@ async def test_samplers_schedulers_and_their_aliases(tmp_path: Path) -> None:
     ]
     sheet = write_sheet(tmp_path, rows)
     async with SimServer(SimConfig()) as sim:
-        problems = await problems_of(job_for(sheet, sim.url))
-        assert generated(sim) == 0
-    by_text = {p.message.split(" on ")[0]: p for p in problems}
+        problems = await problems_of(job_for(sheet, sim.url), sim)
+    by_text = by_head(problems)
     assert set(by_text) == {
         "sampler alias 'k_euler_a' not accepted",
         "sampler 'Eulr' unknown",
@@ -199,8 +208,7 @@ async def test_vae_lora_and_hires_upscaler(tmp_path: Path) -> None:
     ]
     sheet = write_sheet(tmp_path, rows)
     async with SimServer(SimConfig()) as sim:
-        problems = await problems_of(job_for(sheet, sim.url))
-        assert generated(sim) == 0
+        problems = await problems_of(job_for(sheet, sim.url), sim)
     assert texts(problems) == [
         f"{sheet}, row 3: LoRA 'add_detial' unknown on {sim.url}: row 3 (did you mean "
         "'add_detail'? A1111 makes the image without a LoRA it cannot find)",
@@ -225,8 +233,7 @@ async def test_hires_and_refiner_names(tmp_path: Path) -> None:
     ]
     sheet = write_sheet(tmp_path, rows)
     async with SimServer(SimConfig(models=MODELS)) as sim:
-        problems = await problems_of(job_for(sheet, sim.url))
-        assert generated(sim) == 0
+        problems = await problems_of(job_for(sheet, sim.url), sim)
     assert sorted(p.message.split(f" on {sim.url}")[0] for p in problems) == [
         "checkpoint 'dreamshaper_9' unknown",
         "checkpoint 'sd_xl_refiner_1.0' unknown",
@@ -238,7 +245,7 @@ async def test_hires_and_refiner_names(tmp_path: Path) -> None:
 
 
 async def test_controlnet_models_modules_and_unit_count(tmp_path: Path) -> None:
-    write_png(tmp_path / "edge.png")
+    write_png(tmp_path / "edge.png", "white")
     unit = {"controlnet.0.image": "edge.png", "controlnet.0.module": "canny"}
     rows = [
         {"prompt": "p", **unit, "controlnet.0.model": "control_v11p_sd15_canny"},
@@ -260,9 +267,8 @@ async def test_controlnet_models_modules_and_unit_count(tmp_path: Path) -> None:
             options = {"control_net_unit_count": 2}
             async with http.post(sim.url + "/sdapi/v1/options", json=options) as response:
                 assert response.status == 200
-        problems = await problems_of(job_for(sheet, sim.url))
-        assert generated(sim) == 0
-    by_text = {p.message.split(" on ")[0]: p for p in problems}
+        problems = await problems_of(job_for(sheet, sim.url), sim)
+    by_text = by_head(problems)
     assert set(by_text) == {
         "ControlNet model 'control_v11p_sd15_cany' unknown",
         "ControlNet model 'depth' is not a full name",
@@ -287,8 +293,7 @@ async def test_two_endpoints_with_different_model_sets(tmp_path: Path) -> None:
         SimServer(SimConfig(models=MODELS)) as gpu1,
         SimServer(SimConfig(models=("v1-5-pruned-emaonly.safetensors",))) as gpu2,
     ):
-        problems = await problems_of(job_for(sheet, gpu1.url, gpu2.url))
-        assert generated(gpu1, gpu2) == 0
+        problems = await problems_of(job_for(sheet, gpu1.url, gpu2.url), gpu1, gpu2)
     messages = sorted(p.message for p in problems)
     assert messages == [
         f"checkpoint 'dreamshaper_8' unknown on {gpu2.url}: row 3",
@@ -306,8 +311,7 @@ async def test_forge_vaes_and_default_unit_count(tmp_path: Path) -> None:
     sheet = write_sheet(tmp_path, rows)
     config = SimConfig(flavor="forge", vaes=("flux-ae.safetensors", "clip_l.safetensors"))
     async with SimServer(config) as sim:
-        problems = await problems_of(job_for(sheet, sim.url))
-        assert generated(sim) == 0
+        problems = await problems_of(job_for(sheet, sim.url), sim)
         assert "/controlnet/settings" not in sim.stats.requests
     messages = sorted(p.message for p in problems)
     assert messages == [
@@ -362,9 +366,7 @@ def test_cli_check_exits_2_and_lists_grouped_problems(tmp_path: Path) -> None:
     rows = [{"prompt": "p", "model": "dreamshaper_7", "sampler": "k_euler_a"} for _ in range(3)]
     sheet = write_sheet(tmp_path, rows)
     endpoint = "sim://?models=dreamshaper_8.safetensors"
-    result = CliRunner().invoke(
-        cli, ["check", str(sheet), "--endpoint", endpoint], catch_exceptions=False
-    )
+    result = cli_check(sheet, endpoint)
     assert result.exit_code == 2, result.output
     assert "checkpoint 'dreamshaper_7' unknown on sim://" in result.output
     assert ": rows 2-4 (did you mean 'dreamshaper_8'?" in result.output
@@ -375,9 +377,7 @@ def test_cli_check_lists_sheet_and_endpoint_problems_together(tmp_path: Path) ->
     rows = [{"prompt": "p", "steps": "many"}, {"prompt": "p", "model": "dreamshaper_7"}]
     sheet = write_sheet(tmp_path, rows)
     endpoint = "sim://?models=dreamshaper_8.safetensors"
-    result = CliRunner().invoke(
-        cli, ["check", str(sheet), "--endpoint", endpoint], catch_exceptions=False
-    )
+    result = cli_check(sheet, endpoint)
     assert result.exit_code == 2, result.output
     assert "2 problems found; nothing was sent" in result.output
     assert f"{sheet}, row 2, column 'steps'" in result.output
@@ -399,9 +399,7 @@ def test_cli_check_passes(tmp_path: Path) -> None:
         tmp_path, [{"prompt": "a <lora:add_detail:1> cat", "model": "dreamshaper_8"}]
     )
     endpoint = "sim://?models=dreamshaper_8.safetensors"
-    result = CliRunner().invoke(
-        cli, ["check", str(sheet), "--endpoint", endpoint], catch_exceptions=False
-    )
+    result = cli_check(sheet, endpoint)
     assert result.exit_code == 0, result.output
     assert result.output.rstrip().endswith("all checks passed")
 
@@ -419,8 +417,7 @@ def copy_sample(tmp_path: Path) -> Path:
 async def test_sample_job_reports_what_the_server_lacks(tmp_path: Path) -> None:
     job_file = copy_sample(tmp_path)
     async with SimServer(SimConfig()) as sim:  # the default inventory has none of its models
-        problems = await problems_of(load_job(job_file, endpoints=[sim.url]))
-        assert generated(sim) == 0
+        problems = await problems_of(load_job(job_file, endpoints=[sim.url]), sim)
     heads = sorted(p.message.split(" on ")[0] for p in problems)
     assert heads == [
         "ControlNet model 'control_v11f1p_sd15_depth [cfd03158]' unknown",

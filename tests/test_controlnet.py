@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
+from runhelp import write_png
 
 from batchgen import controlnet as cn
 from batchgen.errors import InputError, Problem
@@ -18,12 +18,6 @@ from batchgen.sheet import read_headers, read_rows
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 SAMPLE = Path("/work/shared/samples/a1111-txt2img-controlnet-request.json")
-
-
-def png(path: Path, color: str = "red") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), color).save(path)
-    return path
 
 
 def build(job: JobSpec) -> list[Task | InputError]:
@@ -119,8 +113,8 @@ def test_unit_issues() -> None:
 
 
 def test_units_from_columns_and_job_defaults(tmp_path: Path) -> None:
-    png(tmp_path / "pose.png")
-    png(tmp_path / "depth.png", "blue")
+    write_png(tmp_path / "pose.png")
+    write_png(tmp_path / "depth.png", "blue")
     (tmp_path / "s.csv").write_text(
         "prompt,controlnet.0.image,controlnet.0.weight,ControlNet.1.Input_Image,cn.1.control_mode\n"
         "a,pose.png,0.8,depth.png,2\n"
@@ -195,7 +189,7 @@ def test_bad_unit_defaults_are_job_problems(tmp_path: Path) -> None:
 
 
 def test_units_in_alwayson_scripts_and_jsonl_lists_are_normalized(tmp_path: Path) -> None:
-    png(tmp_path / "e.png")
+    write_png(tmp_path / "e.png")
     sheet = tmp_path / "s.jsonl"
     rows = [
         {"prompt": "a", "controlnet": [{"input_image": "e.png", "resize_mode": 0}]},
@@ -217,7 +211,7 @@ def test_units_in_alwayson_scripts_and_jsonl_lists_are_normalized(tmp_path: Path
 
 
 def test_img2img_units_may_use_the_init_image(tmp_path: Path) -> None:
-    png(tmp_path / "in.png")
+    write_png(tmp_path / "in.png")
     (tmp_path / "s.csv").write_text("prompt,init_images\na,in.png\n", encoding="utf-8")
     job = JobSpec(name="t", sheet=tmp_path / "s.csv", controlnet=({"module": "canny"},))
     (task,) = build(job)

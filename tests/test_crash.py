@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -150,6 +151,17 @@ def received(sims: list[SimProcess]) -> list[list[int]]:
     return [sim.received_seeds() if sim.alive() else [] for sim in sims]
 
 
+@contextlib.contextmanager
+def no_ok_row_sent_again(out: Path, sims: list[SimProcess]) -> Iterator[None]:
+    """Assert that no row already ok when the block starts is sent again within it."""
+    done_before = ok_request_seeds(out)
+    seen_before = received(sims)
+    yield
+    for before, after in zip(seen_before, received(sims), strict=True):
+        sent_again = done_before & set(after[len(before) :])
+        assert not sent_again, f"rows already ok were sent again: {sorted(sent_again)}"
+
+
 def lines_of(out: Path) -> list[dict[str, Any]]:
     path = out / MANIFEST
     if not path.exists():
@@ -204,17 +216,13 @@ def test_kill_9_at_random_points_then_finish_exactly_once(
     progress: list[int] = []  # rows ok after each kill
     stale_tmp = 0
     for _ in range(14):
-        done_before = ok_request_seeds(out)
-        seen_before = received(sims)
-        proc = start_run(job)
-        _kill_point(rng, out, proc)
-        if proc.poll() is None:
-            proc.kill()
-            kills += 1
-        finish(proc)
-        for before, after in zip(seen_before, received(sims), strict=True):
-            sent_again = done_before & set(after[len(before) :])
-            assert not sent_again, f"rows already ok were sent again: {sorted(sent_again)}"
+        with no_ok_row_sent_again(out, sims):
+            proc = start_run(job)
+            _kill_point(rng, out, proc)
+            if proc.poll() is None:
+                proc.kill()
+                kills += 1
+            finish(proc)
         progress.append(len(ok_request_seeds(out)))
         stale_tmp += len(list(out.rglob("*.tmp")))
     assert kills >= 10
@@ -226,12 +234,9 @@ def test_kill_9_at_random_points_then_finish_exactly_once(
             faults.update(sim.stats()["faults"])
     assert faults["fail"] and faults["drop"] and faults["hang"], faults
     for _ in range(3):  # a row may fail all its attempts; --retry-failed-style reruns finish it
-        done_before = ok_request_seeds(out)
-        seen_before = received(sims)
-        code, err = finish(start_run(job))
-        assert code in (0, 1), err
-        for before, after in zip(seen_before, received(sims), strict=True):
-            assert not done_before & set(after[len(before) :])
+        with no_ok_row_sent_again(out, sims):
+            code, err = finish(start_run(job))
+            assert code in (0, 1), err
         if code == 0:
             break
     assert code == 0, err

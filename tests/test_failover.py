@@ -9,18 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_scheduler import (
-    FAST,
-    assert_each_row_ok_once,
-    make_job,
-    manifest,
-    run,
-    simulators,
-)
+from runhelp import manifest, simulators
+from test_scheduler import FAST, assert_each_row_ok_once, make_job, run
 
-from batchgen.records import EndpointView
+from batchgen.job import JobSpec
+from batchgen.records import EndpointView, RunSummary
 from batchgen.report import LogReporter
 from batchgen.sim import SimConfig, SimServer
+from batchgen.sim.stats import SimStats
 
 SLOWER = dataclasses.replace(FAST, ms_per_step=1.0)  # 20 ms a row
 
@@ -37,25 +33,34 @@ async def restart_when_dead(sim: SimServer, config: SimConfig, after: float) -> 
     return fresh
 
 
+async def run_while_restarting(
+    job: JobSpec, sim: SimServer, config: SimConfig, after: float
+) -> tuple[RunSummary, SimStats]:
+    """Run the job while `sim`, once dead, comes back on its port `after` seconds later;
+    return the summary and the fresh simulator's stats."""
+    comeback = asyncio.create_task(restart_when_dead(sim, config, after=after))
+    try:
+        summary = await run(job)
+    finally:
+        fresh = await comeback
+        await fresh.stop()
+    return summary, fresh.stats
+
+
 async def test_an_endpoint_that_dies_loses_its_rows_to_the_others_and_rejoins(
     tmp_path: Path,
 ) -> None:
     dying = dataclasses.replace(SLOWER, die_after=10)
     async with simulators(SLOWER, dying) as (steady, victim):
         job = make_job(tmp_path, [steady.url, victim.url], ["a"] * 120)
-        comeback = asyncio.create_task(restart_when_dead(victim, SLOWER, after=0.2))
-        try:
-            summary = await run(job)
-        finally:
-            fresh = await comeback
-            await fresh.stop()
+        summary, fresh = await run_while_restarting(job, victim, SLOWER, after=0.2)
     assert summary.ok == 120 and summary.failed == 0
     lines = assert_each_row_ok_once(job, 120)
     assert victim.stats.faults["die"] == 1
     # It answered again and took rows; the manifest agrees with what the simulators saw.
-    assert fresh.stats.generations > 0
+    assert fresh.generations > 0
     by_victim = sum(1 for line in lines if line["endpoint"] == "e1")
-    assert fresh.stats.generations <= by_victim <= fresh.stats.generations + 10
+    assert fresh.generations <= by_victim <= fresh.generations + 10
     assert sum(1 for line in lines if line["endpoint"] == "e0") == steady.stats.generations
 
 
@@ -91,15 +96,10 @@ async def test_when_every_endpoint_is_down_the_run_waits_instead_of_failing_rows
     dying = dataclasses.replace(FAST, die_after=5)
     async with simulators(dying) as (only,):
         job = make_job(tmp_path, [only.url], ["a"] * 30, wait_all_down=20.0)
-        comeback = asyncio.create_task(restart_when_dead(only, FAST, after=1.0))
-        try:
-            summary = await run(job)
-        finally:
-            fresh = await comeback
-            await fresh.stop()
+        summary, fresh = await run_while_restarting(job, only, FAST, after=1.0)
     assert summary.ok == 30 and summary.failed == 0
     assert_each_row_ok_once(job, 30)
-    assert fresh.stats.generations >= 25
+    assert fresh.generations >= 25
 
 
 async def test_no_endpoint_answering_at_the_start_is_waited_for(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ async def test_all_down_for_longer_than_wait_all_down_stops_the_run_cleanly(
     assert summary.not_run == 30 - summary.ok
     assert summary.stopped_reason is not None and "no endpoint" in summary.stopped_reason
     assert summary.exit_code == 1
-    assert [line["status"] for line in manifest(job)] == ["ok"] * summary.ok
+    assert [line["status"] for line in manifest(job.out_dir)] == ["ok"] * summary.ok
     assert [view.up for view in summary.endpoints] == [False]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from PIL import Image
+from runhelp import write_png
 
 from batchgen.columns import coerce_auto
 from batchgen.errors import InputError, Problem
@@ -51,12 +52,6 @@ def row_problems(job: JobSpec) -> list[Problem]:
         except InputError as error:
             found.extend(error.problems)
     return found
-
-
-def png(path: Path, color: str = "red") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), color).save(path)
-    return path
 
 
 # ---- mapping --------------------------------------------------------------------------------
@@ -319,7 +314,7 @@ def test_default_problems_name_the_job_file(tmp_path: Path) -> None:
 
 
 def test_route_specific_defaults_are_dropped_for_the_other_route(tmp_path: Path) -> None:
-    png(tmp_path / "in.png")
+    write_png(tmp_path / "in.png")
     sheet = write_csv(tmp_path, "prompt,init_images\nfox,\nowl,in.png\n")
     txt, img = build_all(make_job(sheet, defaults={"enable_hr": False, "mask_blur": 4}))
     assert txt.route == "txt2img"
@@ -490,9 +485,9 @@ def test_builds_are_the_same_for_two_builders_on_the_same_rows(tmp_path: Path) -
 
 
 def test_img2img_rows_with_several_init_images_and_a_mask(tmp_path: Path) -> None:
-    png(tmp_path / "img" / "a.png", "red")
-    png(tmp_path / "img" / "b.png", "blue")
-    png(tmp_path / "img" / "m.png", "white")
+    write_png(tmp_path / "img" / "a.png", "red")
+    write_png(tmp_path / "img" / "b.png", "blue")
+    write_png(tmp_path / "img" / "m.png", "white")
     sheet = write_csv(
         tmp_path,
         "prompt,init_image,mask,denoising_strength,resize_mode\n"
@@ -510,7 +505,7 @@ def test_img2img_rows_with_several_init_images_and_a_mask(tmp_path: Path) -> Non
 
 
 def test_route_field_mismatches_are_problems(tmp_path: Path) -> None:
-    png(tmp_path / "a.png")
+    write_png(tmp_path / "a.png")
     sheet = write_csv(
         tmp_path, "prompt,init_images,enable_hr,mask_blur\nfox,a.png,true,\nowl,,,4\n"
     )
@@ -521,7 +516,7 @@ def test_route_field_mismatches_are_problems(tmp_path: Path) -> None:
 
 
 def test_a_mask_without_init_image(tmp_path: Path) -> None:
-    png(tmp_path / "m.png")
+    write_png(tmp_path / "m.png")
     sheet = write_csv(tmp_path, "prompt,mask\nfox,m.png\n")
     messages = [p.message for p in row_problems(make_job(sheet))]
     assert "a mask needs an init image" in messages
@@ -548,7 +543,7 @@ def test_image_cells_that_are_not_images(tmp_path: Path) -> None:
 
 
 def test_inline_images_and_urls_are_sent_as_given(tmp_path: Path) -> None:
-    data = base64.b64encode(png(tmp_path / "x.png").read_bytes()).decode()
+    data = base64.b64encode(write_png(tmp_path / "x.png").read_bytes()).decode()
     url = "https://example.com/in.png"
     sheet = tmp_path / "s.jsonl"
     sheet.write_text(
@@ -561,10 +556,10 @@ def test_inline_images_and_urls_are_sent_as_given(tmp_path: Path) -> None:
 
 
 def test_image_content_not_path_is_the_identity(tmp_path: Path) -> None:
-    png(tmp_path / "a.png", "red")
+    write_png(tmp_path / "a.png", "red")
     sheet = write_csv(tmp_path, "prompt,init_images\nfox,a.png\n")
     before = build_all(make_job(sheet))[0]
-    png(tmp_path / "a.png", "green")
+    write_png(tmp_path / "a.png", "green")
     after = build_all(make_job(sheet))[0]
     assert before.key != after.key
     (tmp_path / "sub").mkdir()
@@ -577,7 +572,7 @@ def test_image_content_not_path_is_the_identity(tmp_path: Path) -> None:
 
 
 def test_encode_and_manifest_forms(tmp_path: Path) -> None:
-    image = png(tmp_path / "a.png")
+    image = write_png(tmp_path / "a.png")
     ref = ImageRef(image, hashlib.sha256(image.read_bytes()).hexdigest())
     big = base64.b64encode(Image.new("RGB", (64, 64)).tobytes()[:0] + image.read_bytes() * 4)
     inline = "data:image/png;base64," + big.decode()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from runhelp import no_sleep
 
 from batchgen.cli import cli
 from batchgen.errors import ConfigError
@@ -21,10 +22,6 @@ from batchgen.replay import parse_rows, replay
 from batchgen.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 from batchgen.store import read_records
-
-
-async def _no_sleep(_: float) -> None:
-    return None
 
 
 def make_job(folder: Path, url: str, *, seed: str = "base = 5") -> Path:
@@ -51,7 +48,7 @@ def make_job(folder: Path, url: str, *, seed: str = "base = 5") -> Path:
 
 async def run_into(job: Path, out: Path, url: str) -> None:
     spec = load_job(job, endpoints=[url], out=out)
-    summary = await run_batch(spec, RunOptions(sleep=_no_sleep))
+    summary = await run_batch(spec, RunOptions(sleep=no_sleep))
     assert summary.exit_code == 0
 
 
@@ -105,7 +102,7 @@ async def test_replay_says_identical_and_resumes_itself(tmp_path: Path) -> None:
 
 def test_replay_command_with_the_recorded_sim_endpoint(tmp_path: Path) -> None:
     job = make_job(tmp_path, "sim://")
-    summary = asyncio.run(run_batch(load_job(job), RunOptions(sleep=_no_sleep)))
+    summary = asyncio.run(run_batch(load_job(job), RunOptions(sleep=no_sleep)))
     assert summary.exit_code == 0
     runner = CliRunner()
     result = runner.invoke(cli, ["replay", str(tmp_path / "out"), "--out", str(tmp_path / "r")])

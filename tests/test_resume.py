@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from runhelp import no_sleep
 
 from batchgen.job import load_job
 from batchgen.payload import derive_seed
@@ -19,10 +20,6 @@ from batchgen.store import MANIFEST, read_records
 
 CONTRACT = {"row", "status", "images", "seeds", "endpoint", "attempts", "error", "model"}
 CONTRACT |= {"model_hash", "payload", "vae", "version", "started_at", "duration_s", "key"}
-
-
-async def _no_sleep(_: float) -> None:
-    return None
 
 
 def write_sheet(folder: Path, rows: list[dict[str, object]]) -> Path:
@@ -47,7 +44,7 @@ def write_job(folder: Path, url: str, *, attempts: int = 5, seed: str = "") -> P
 
 
 async def run(job: Path, **options: bool) -> RunSummary:
-    return await run_batch(load_job(job), RunOptions(sleep=_no_sleep, **options))
+    return await run_batch(load_job(job), RunOptions(sleep=no_sleep, **options))
 
 
 def sent_prompts(sim: SimServer, since: int = 0) -> list[str]:

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import csv
 import dataclasses
-import json
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from runhelp import manifest, simulators
 
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec, TimeoutSpec
 from batchgen.records import RunSummary
@@ -26,18 +25,6 @@ from batchgen.sim import SimConfig, SimServer
 
 MODELS = ("a.safetensors", "b.safetensors", "c.safetensors")
 FAST = SimConfig(models=MODELS, ms_per_step=0.5, switch_s=0.05)  # 10 ms a row, switch 50 ms
-
-
-@contextlib.asynccontextmanager
-async def simulators(*configs: SimConfig) -> AsyncIterator[list[SimServer]]:
-    servers = [SimServer(config) for config in configs]
-    try:
-        for server in servers:
-            await server.start()
-        yield servers
-    finally:
-        for server in servers:
-            await server.stop()
 
 
 def make_job(
@@ -63,13 +50,8 @@ async def run(job: JobSpec, timeout: float = 30.0) -> RunSummary:
     return await asyncio.wait_for(run_batch(job, RunOptions()), timeout)
 
 
-def manifest(job: JobSpec) -> list[dict[str, Any]]:
-    lines = (job.out_dir / "manifest.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
-
-
 def assert_each_row_ok_once(job: JobSpec, rows: int) -> list[dict[str, Any]]:
-    lines = manifest(job)
+    lines = manifest(job.out_dir)
     ok = collections.Counter(line["row"] for line in lines if line["status"] == "ok")
     assert sorted(ok) == list(range(2, rows + 2)), "every row ok"
     assert set(ok.values()) == {1}, "no row recorded ok twice"
