@@ -21,7 +21,7 @@ from tenacity import (
 )
 
 from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError
-from batchgen.job import EndpointSpec, TimeoutSpec
+from batchgen.job import EndpointSpec, RetrySpec, TimeoutSpec
 from batchgen.payload import adapt_for, encode_body
 from batchgen.records import Generation, Task
 
@@ -66,9 +66,6 @@ class Endpoint:
     @property
     def is_sim(self) -> bool:
         return self.url.startswith("sim://")
-
-    def with_url(self, url: str) -> Endpoint:
-        return Endpoint(self.name, url, self.in_flight, self.headers, self.ssl)
 
     def request_headers(self) -> dict[str, str]:
         return {key: value.reveal() for key, value in self.headers.items()}
@@ -116,6 +113,13 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
         in_flight=spec.in_flight or default_in_flight,
         headers=headers,
         ssl=_tls(spec, clean),
+    )
+
+
+def row_backoff(retry: RetrySpec) -> wait_exponential_jitter:
+    """The wait between a row's attempts: jittered and exponential, from the job's settings."""
+    return wait_exponential_jitter(
+        multiplier=retry.backoff_initial, max=retry.backoff_max, jitter=retry.backoff_initial
     )
 
 

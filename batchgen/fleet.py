@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -60,7 +61,7 @@ async def started_endpoints(endpoints: list[Endpoint]) -> AsyncIterator[list[End
                 stack.push_async_callback(server.stop)
                 shown = url.replace("http", "sim", 1)
                 name = endpoint.name if endpoint.name != endpoint.url else shown
-                live.append(Endpoint(name, url, endpoint.in_flight, endpoint.headers))
+                live.append(dataclasses.replace(endpoint, name=name, url=url))
             else:
                 live.append(endpoint)
         yield live

@@ -20,10 +20,9 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
-from batchgen.client import EndpointClient, resolve_endpoint
+from batchgen.client import EndpointClient, resolve_endpoint, row_backoff
 from batchgen.errors import ConfigError, EndpointError, NoEndpointError, RetryableEndpointError
 from batchgen.job import DEFAULT_FILENAME, EndpointSpec, RetrySpec, TimeoutSpec
 from batchgen.payload import manifest_body
@@ -234,11 +233,7 @@ class _Sender:
             error: str | None = None
             retrying = AsyncRetrying(
                 stop=stop_after_attempt(self._retry.attempts),
-                wait=wait_exponential_jitter(
-                    multiplier=self._retry.backoff_initial,
-                    max=self._retry.backoff_max,
-                    jitter=self._retry.backoff_initial,
-                ),
+                wait=row_backoff(self._retry),
                 retry=retry_if_exception_type(RetryableEndpointError),
                 reraise=True,
             )

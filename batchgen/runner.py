@@ -16,9 +16,9 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
+from batchgen.client import row_backoff
 from batchgen.errors import (
     EndpointError,
     FatalEndpointError,
@@ -230,16 +230,8 @@ class _Run:
             self._stop(str(error))
             return
         except EndpointError as error:
-            result = Result(
-                task,
-                "failed",
-                endpoint,
-                attempts,
-                str(error),
-                None,
-                started,
-                time.monotonic() - clock,
-            )
+            elapsed = time.monotonic() - clock
+            result = Result(task, "failed", endpoint, attempts, str(error), None, started, elapsed)
         if current is not None:  # a stop must not cancel a row being written
             self.sending.add(current)
         try:
@@ -366,11 +358,7 @@ def _settle(scheduler: Scheduler, task: Task) -> Callable[[asyncio.Task[None]], 
 
 
 def _retry_wait(job: JobSpec) -> Callable[[RetryCallState], float]:
-    backoff = wait_exponential_jitter(
-        multiplier=job.retry.backoff_initial,
-        max=job.retry.backoff_max,
-        jitter=job.retry.backoff_initial,
-    )
+    backoff = row_backoff(job.retry)
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome is not None else None
