@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from runhelp import manifest, simulators
-from test_scheduler import FAST, assert_each_row_ok_once, make_job, run
+from schedhelp import FAST, assert_each_row_ok_once, make_job, run
 
 from batchgen.job import JobSpec
 from batchgen.records import EndpointView, RunSummary

@@ -5,57 +5,18 @@ Switch counts are read from the simulators, never from batchgen's own counters.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import csv
 import dataclasses
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from runhelp import manifest, simulators
+from runhelp import simulators
+from schedhelp import FAST, MODELS, assert_each_row_ok_once, make_job, run
 
-from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec, TimeoutSpec
-from batchgen.records import RunSummary
-from batchgen.runner import RunOptions, run_batch
+from batchgen.job import TimeoutSpec
 from batchgen.sim import SimConfig, SimServer
-
-MODELS = ("a.safetensors", "b.safetensors", "c.safetensors")
-FAST = SimConfig(models=MODELS, ms_per_step=0.5, switch_s=0.05)  # 10 ms a row, switch 50 ms
-
-
-def make_job(
-    folder: Path, urls: Sequence[str], models: Sequence[str | None], **extra: Any
-) -> JobSpec:
-    sheet = folder / "sheet.csv"
-    with sheet.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["prompt", "model", "steps", "seed"])
-        for index, model in enumerate(models):
-            writer.writerow([f"row {index}", model or "", 20, index])
-    return JobSpec(
-        name="sched",
-        sheet=sheet,
-        endpoints=tuple(EndpointSpec(url=url, name=f"e{i}") for i, url in enumerate(urls)),
-        output=OutputSpec(dir=folder / "out"),
-        retry=RetrySpec(attempts=8, backoff_initial=0.01, backoff_max=0.05),
-        **{"check": False, **extra},
-    )
-
-
-async def run(job: JobSpec, timeout: float = 30.0) -> RunSummary:
-    return await asyncio.wait_for(run_batch(job, RunOptions()), timeout)
-
-
-def assert_each_row_ok_once(job: JobSpec, rows: int) -> list[dict[str, Any]]:
-    lines = manifest(job.out_dir)
-    ok = collections.Counter(line["row"] for line in lines if line["status"] == "ok")
-    assert sorted(ok) == list(range(2, rows + 2)), "every row ok"
-    assert set(ok.values()) == {1}, "no row recorded ok twice"
-    return lines
 
 
 def switches(sims: Sequence[SimServer]) -> int:
