@@ -22,7 +22,7 @@ from typing import Any
 
 SPILL = 4096  # entries kept in memory before the index moves to disk (like the row window)
 COMMIT_EVERY = 4096  # writes per transaction: a commit costs about as much as a few rows
-CACHE_KIB = 2048  # sqlite's page cache: the whole memory cost of a spilled index
+CACHE_KIB = 512  # sqlite's page cache per index: its whole memory cost once on disk
 _PAGE = 1000  # keys read at a time when iterating
 
 # table -> (its columns, the key first; sqlite options)
