@@ -25,9 +25,10 @@ from tenacity import (
 from batchgen.client import EndpointClient, resolve_endpoint, row_backoff
 from batchgen.errors import ConfigError, EndpointError, NoEndpointError, RetryableEndpointError
 from batchgen.job import DEFAULT_FILENAME, EndpointSpec, RetrySpec, TimeoutSpec
+from batchgen.manifest import MANIFEST, ManifestRecord, latest_records
 from batchgen.payload import manifest_body
 from batchgen.records import Generation, ImageRef, Result, Route, Task
-from batchgen.store import MANIFEST, OutputStore, read_records
+from batchgen.store import OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class ReplaySummary:
 class _Planned:
     """A recorded row ready to send again, or the reason it cannot be."""
 
-    record: Mapping[str, Any]
+    record: ManifestRecord
     task: Task | None
     problem: str | None
 
@@ -131,8 +132,8 @@ def _set_up(
     if not (source / MANIFEST).exists():
         raise ConfigError(f"{source}: no {MANIFEST} here; is it a batchgen output folder?")
     job = _read_job(source)
-    records = [r for r in read_records(source).values() if rows is None or r["row"] in rows]
-    ok = [record for record in records if record["status"] == "ok"]
+    records = [r for r in latest_records(source).values() if rows is None or r.row in rows]
+    ok = [record for record in records if record.ok]
     if len(ok) < len(records):
         log.info(
             "%d selected row(s) failed in %s; nothing to compare them with",
@@ -161,17 +162,16 @@ def _set_up(
 
 
 def _judge(setup: _Setup, source: Path, out_dir: Path, errors: Mapping[str, str]) -> ReplaySummary:
-    done_now = read_records(out_dir)
+    done_now = latest_records(out_dir)
     outcome = []
     for plan in setup.planned:
-        key = str(plan.record["key"])
-        row = int(plan.record["row"])
+        key, row = plan.record.key, plan.record.row
         if plan.problem is not None:
             outcome.append(ReplayRow(row, key, "not replayable", plan.problem))
             continue
         new = done_now.get(key)
-        if new is None or new["status"] != "ok":
-            error = errors.get(key) or (new or {}).get("error") or "not sent"
+        if new is None or not new.ok:
+            error = errors.get(key) or (new.error if new else None) or "not sent"
             outcome.append(ReplayRow(row, key, "failed", str(error)))
             continue
         outcome.append(_compare(row, key, plan.record, source, new, out_dir))
@@ -297,7 +297,7 @@ def _endpoint_specs(job: Mapping[str, Any], urls: Sequence[str]) -> list[Endpoin
     return specs
 
 
-def _plan(record: Mapping[str, Any], base: Path) -> _Planned:
+def _plan(record: ManifestRecord, base: Path) -> _Planned:
     """The recorded request as a Task, image files checked against their recorded sha256."""
     problems: list[str] = []
 
@@ -313,22 +313,21 @@ def _plan(record: Mapping[str, Any], base: Path) -> _Planned:
             return [restore(v) for v in value]
         return value
 
-    body: dict[str, Any] = restore(dict(record["payload"]))
-    seeds = record.get("seeds") or []
-    if body.get("seed", -1) == -1 and seeds:
-        body["seed"] = int(seeds[0])  # random mode: send the seed the server drew
+    body: dict[str, Any] = restore(dict(record.payload))
+    if body.get("seed", -1) == -1 and record.seeds:
+        body["seed"] = record.seeds[0]  # random mode: send the seed the server drew
     if problems:
         return _Planned(record, None, "; ".join(problems))
     settings = body.get("override_settings")
     checkpoint = settings.get("sd_model_checkpoint") if isinstance(settings, dict) else None
-    route: Route = "img2img" if record.get("route") == "img2img" else "txt2img"
+    route: Route = "img2img" if record.route == "img2img" else "txt2img"
     task = Task(
-        row=int(record["row"]),
-        key=str(record["key"]),
+        row=record.row,
+        key=record.key,
         route=route,
         body=body,
         checkpoint=checkpoint if isinstance(checkpoint, str) else None,
-        metadata=dict(record.get("metadata") or {}),
+        metadata=dict(record.metadata),
     )
     return _Planned(record, task, None)
 
@@ -351,24 +350,23 @@ def _image_ref(value: Mapping[str, Any], base: Path, problems: list[str]) -> Ima
 def _compare(
     row: int,
     key: str,
-    old: Mapping[str, Any],
+    old: ManifestRecord,
     old_dir: Path,
-    new: Mapping[str, Any],
+    new: ManifestRecord,
     new_dir: Path,
 ) -> ReplayRow:
     """Bytes first (against the sha256 recorded at the time, else the file); then pixels."""
-    old_paths: list[str] = list(old.get("images") or [])
-    new_paths: list[str] = list(new.get("images") or [])
+    old_paths, new_paths = old.images, new.images
     if len(old_paths) != len(new_paths):
         detail = f"{len(old_paths)} image(s) then, {len(new_paths)} now"
         return ReplayRow(row, key, "different", detail)
-    if list(old.get("seeds") or []) != list(new.get("seeds") or []):
-        detail = f"seeds {old.get('seeds')} then, {new.get('seeds')} now"
+    if old.seeds != new.seeds:
+        detail = f"seeds {list(old.seeds)} then, {list(new.seeds)} now"
         return ReplayRow(row, key, "different", detail)
     notes = []
-    if old.get("model_hash") != new.get("model_hash"):
-        notes.append(f"model {old.get('model')} then, {new.get('model')} now")
-    recorded: list[str] = list(old.get("image_sha256") or [])
+    if old.model_hash != new.model_hash:
+        notes.append(f"model {old.model} then, {new.model} now")
+    recorded = old.image_sha256
     how = "same bytes"
     for index, (before, after) in enumerate(zip(old_paths, new_paths, strict=True)):
         new_data = (new_dir / after).read_bytes()

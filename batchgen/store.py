@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchgen.errors import ConfigError
+from batchgen.manifest import MANIFEST, ManifestRecord, scan
 from batchgen.records import Result, SheetRow
 from batchgen.rowindex import RowIndex
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.jsonl"
 INDEX = ".batchgen/index.sqlite"  # per-key lookups on disk; refilled from the manifest at open
 LOCK = ".batchgen.lock"  # held (flock) while a run writes here; the OS drops it if the run dies
 IMAGES_DIR = "images"
@@ -154,13 +154,13 @@ class OutputStore:
         target = self.out_dir / name
         _write_atomic(target, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
-    def record(self, result: Result, manifest_payload: Mapping[str, Any]) -> dict[str, Any]:
+    def record(self, result: Result, manifest_payload: Mapping[str, Any]) -> ManifestRecord:
         """Write a row's images, then its manifest line; return the line."""
         return self.record_many([(result, manifest_payload)])[0]
 
     def record_many(
         self, finished: Sequence[tuple[Result, Mapping[str, Any]]]
-    ) -> list[dict[str, Any]]:
+    ) -> list[ManifestRecord]:
         """Rows' images, then their manifest lines: one folder and manifest fsync per batch."""
         if self._manifest is None:
             raise RuntimeError("open the store first")
@@ -181,9 +181,7 @@ class OutputStore:
         for folder in folders:
             _fsync_dir(folder)
         offset = self._manifest.tell()
-        chunks = [
-            (json.dumps(line, ensure_ascii=False, default=str) + "\n").encode() for line in lines
-        ]
+        chunks = [line.to_line() for line in lines]
         try:
             self._manifest.write(b"".join(chunks))
             self._manifest.flush()
@@ -193,7 +191,7 @@ class OutputStore:
             raise
         offsets = []
         for line, chunk in zip(lines, chunks, strict=True):
-            offsets.append((line["key"], offset))
+            offsets.append((line.key, offset))
             offset += len(chunk)
         self._opened().put_offsets(offsets)
         return lines
@@ -245,43 +243,42 @@ class OutputStore:
         manifest_payload: Mapping[str, Any],
         images: list[str],
         extras: list[str],
-    ) -> dict[str, Any]:
+    ) -> ManifestRecord:
         task = result.task
         generation = result.generation
-        return {
-            "row": task.row,
-            "key": task.key,
-            "status": result.status,
-            "images": images,
-            "image_sha256": [hashlib.sha256(data).hexdigest() for data in generation.images]
+        return ManifestRecord(
+            row=task.row,
+            key=task.key,
+            status=result.status,
+            images=tuple(images),
+            image_sha256=tuple(hashlib.sha256(data).hexdigest() for data in generation.images)
             if generation
-            else [],
-            "extras": extras,
-            "seeds": list(generation.seeds) if generation else [],
-            "endpoint": result.endpoint,
-            "attempts": result.attempts,
-            "error": result.error,
-            "route": task.route,
-            "model": generation.model if generation else None,
-            "model_hash": generation.model_hash if generation else None,
-            "vae": generation.vae if generation else None,
-            "version": generation.version if generation else None,
-            "started_at": round(result.started_at, 3),
-            "duration_s": round(result.duration_s, 3),
-            "finished_at": round(time.time(), 3),
-            "metadata": dict(task.metadata),
-            "payload": dict(manifest_payload),
-        }
+            else (),
+            extras=tuple(extras),
+            seeds=generation.seeds if generation else (),
+            endpoint=result.endpoint,
+            attempts=result.attempts,
+            error=result.error,
+            route=task.route,
+            model=generation.model if generation else None,
+            model_hash=generation.model_hash if generation else None,
+            vae=generation.vae if generation else None,
+            version=generation.version if generation else None,
+            started_at=round(result.started_at, 3),
+            duration_s=round(result.duration_s, 3),
+            finished_at=round(time.time(), 3),
+            metadata=dict(task.metadata),
+            payload=dict(manifest_payload),
+        )
 
-    def record_at(self, key: str) -> dict[str, Any] | None:
-        """The latest manifest line of a key, read back from disk."""
+    def record_at(self, key: str) -> ManifestRecord | None:
+        """The latest manifest record of a key, read back from disk."""
         offset = self._opened().offset(key)
         if offset is None:
             return None
         with self.manifest_path.open("rb") as handle:
             handle.seek(offset)
-            parsed: dict[str, Any] = json.loads(handle.readline())
-            return parsed
+            return ManifestRecord.from_line(handle.readline())
 
     def write_results(
         self, rows: Iterable[SheetRow], headers: list[str], row_keys: Mapping[int, str], xlsx: bool
@@ -313,10 +310,10 @@ class OutputStore:
         else:
             outcome = {
                 "row": row,
-                "status": record["status"],
-                "images": ";".join(record["images"]),
-                "seeds": ";".join(str(seed) for seed in record["seeds"]),
-                "error": record["error"] or "",
+                "status": record.status,
+                "images": ";".join(record.images),
+                "seeds": ";".join(str(seed) for seed in record.seeds),
+                "error": record.error or "",
             }
         return [outcome.get(column, "") for column in RESULT_COLUMNS if column not in headers]
 
@@ -366,39 +363,27 @@ class OutputStore:
         past: list[tuple[str, str, int]] = []
         taken: list[str] = []
         good_end = 0
-        with self.manifest_path.open("rb") as handle:
-            while True:
-                offset = handle.tell()
-                line = handle.readline()
-                if not line:
-                    break
-                try:
-                    record = json.loads(line)
-                    key, status = record["key"], record["status"]
-                except (ValueError, KeyError, TypeError):
-                    if not line.endswith(b"\n"):
-                        break  # a torn last line: the run died while writing it
-                    log.warning("%s: skipping an unreadable line at byte %d", MANIFEST, offset)
-                    good_end = handle.tell()
-                    continue
-                if not line.endswith(b"\n"):
-                    break
-                good_end = handle.tell()
-                files = [*record.get("images", []), *record.get("extras", [])]
-                present = [path for path in files if (self.out_dir / path).is_file()]
-                if status == "ok" and len(present) < len(files):
-                    log.warning(
-                        "row %s: recorded as done, but %d image file(s) are gone; sending it again",
-                        record.get("row"),
-                        len(files) - len(present),
-                    )
-                    status = MISSING
-                past.append((key, status, offset))  # in file order: the latest one wins
-                taken.extend(present)
-                if len(past) >= _INDEX_BATCH:
-                    index.put_past(past)
-                    index.take_all(taken)
-                    past, taken = [], []
+        for offset, line, record in scan(self.manifest_path):
+            good_end = offset + len(line)
+            if record is None:
+                log.warning("%s: skipping an unreadable line at byte %d", MANIFEST, offset)
+                continue
+            status = record.status
+            files = [*record.images, *record.extras]
+            present = [path for path in files if (self.out_dir / path).is_file()]
+            if status == "ok" and len(present) < len(files):
+                log.warning(
+                    "row %s: recorded as done, but %d image file(s) are gone; sending it again",
+                    record.row,
+                    len(files) - len(present),
+                )
+                status = MISSING
+            past.append((record.key, status, offset))  # in file order: the latest one wins
+            taken.extend(present)
+            if len(past) >= _INDEX_BATCH:
+                index.put_past(past)
+                index.take_all(taken)
+                past, taken = [], []
         index.put_past(past)
         index.take_all(taken)
         if repair and good_end < self.manifest_path.stat().st_size:
@@ -406,26 +391,6 @@ class OutputStore:
             with self.manifest_path.open("r+b") as handle:
                 handle.truncate(good_end)
         return rows
-
-
-def read_records(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """The latest complete manifest record of each row key, in manifest order; changes nothing."""
-    records: dict[str, dict[str, Any]] = {}
-    path = out_dir / MANIFEST
-    if not path.exists():
-        return records
-    with path.open("rb") as handle:
-        for line in handle:
-            if not line.endswith(b"\n"):
-                break  # torn by a crash
-            try:
-                record = json.loads(line)
-                key = record["key"]
-            except (ValueError, KeyError, TypeError):
-                continue
-            records.pop(key, None)  # keep the latest last
-            records[key] = record
-    return records
 
 
 def folder_in_use(out_dir: Path) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batchgen.store import MANIFEST, read_records
+from batchgen.manifest import MANIFEST, latest_records
 
 _URL = re.compile(r"serving at (http://\S+)")
 
@@ -140,11 +140,7 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> tuple[int, st
 
 def ok_request_seeds(out: Path) -> set[int]:
     """The request seed of every row whose latest record is ok."""
-    return {
-        int(record["payload"]["seed"])
-        for record in read_records(out).values()
-        if record["status"] == "ok"
-    }
+    return {int(record.payload["seed"]) for record in latest_records(out).values() if record.ok}
 
 
 def received(sims: list[SimProcess]) -> list[list[int]]:
@@ -175,14 +171,14 @@ def assert_exactly_once(out: Path, rows: int) -> None:
     ok_lines = collections.Counter(r["key"] for r in records if r["status"] == "ok")
     assert len(ok_lines) == rows
     assert set(ok_lines.values()) == {1}, "a row was recorded ok twice"
-    latest = read_records(out)
-    assert all(record["status"] == "ok" for record in latest.values())
+    latest = latest_records(out)
+    assert all(record.ok for record in latest.values())
     referenced: set[str] = set()
     for record in latest.values():
-        expected = int(record["payload"]["seed"])
-        assert record["seeds"] == [expected + i for i in range(len(record["images"]))]
+        expected = int(record.payload["seed"])
+        assert record.seeds == tuple(expected + i for i in range(len(record.images)))
         for path, seed, digest in zip(
-            record["images"], record["seeds"], record["image_sha256"], strict=True
+            record.images, record.seeds, record.image_sha256, strict=True
         ):
             data = (out / path).read_bytes()
             assert hashlib.sha256(data).hexdigest() == digest
@@ -401,4 +397,4 @@ async def test_after_ctrl_c_no_late_row_is_copied_to_an_idle_endpoint(tmp_path: 
         summary = await run
         sent = len(fast.stats.history) + len(slow.stats.history)
     assert summary.interrupted and summary.exit_code == 130
-    assert sent == len(read_records(tmp_path / "out")) < 12
+    assert sent == len(latest_records(tmp_path / "out")) < 12

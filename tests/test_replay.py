@@ -18,10 +18,10 @@ from runhelp import no_sleep
 from batchgen.cli import cli
 from batchgen.errors import ConfigError
 from batchgen.job import load_job
+from batchgen.manifest import latest_records
 from batchgen.replay import parse_rows, replay
 from batchgen.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
-from batchgen.store import read_records
 
 
 def make_job(folder: Path, url: str, *, seed: str = "base = 5") -> Path:
@@ -59,8 +59,8 @@ def canonical(bodies: list[dict[str, Any]]) -> list[str]:
 
 def image_digests(out: Path) -> dict[str, list[str]]:
     return {
-        key: [hashlib.sha256((out / path).read_bytes()).hexdigest() for path in record["images"]]
-        for key, record in read_records(out).items()
+        key: [hashlib.sha256((out / path).read_bytes()).hexdigest() for path in record.images]
+        for key, record in latest_records(out).items()
     }
 
 
@@ -75,8 +75,8 @@ async def test_a_rerun_in_a_new_folder_sends_byte_identical_requests(tmp_path: P
     assert len({body["seed"] for body in sent[0]}) == 5, "twins get seeds of their own"
     one, two = image_digests(tmp_path / "one"), image_digests(tmp_path / "two")
     assert one == two and len(one) == 5
-    records = read_records(tmp_path / "one")
-    assert [r["payload"].get("init_images") for r in records.values()][-1] == [
+    records = latest_records(tmp_path / "one")
+    assert [r.payload.get("init_images") for r in records.values()][-1] == [
         {"path": "in.png", "sha256": hashlib.sha256((tmp_path / "in.png").read_bytes()).hexdigest()}
     ]
 

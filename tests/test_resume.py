@@ -12,11 +12,11 @@ import pytest
 from runhelp import no_sleep
 
 from batchgen.job import load_job
+from batchgen.manifest import MANIFEST, latest_records
 from batchgen.payload import derive_seed
 from batchgen.records import RunSummary
 from batchgen.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
-from batchgen.store import MANIFEST, read_records
 
 CONTRACT = {"row", "status", "images", "seeds", "endpoint", "attempts", "error", "model"}
 CONTRACT |= {"model_hash", "payload", "vae", "version", "started_at", "duration_s", "key"}
@@ -75,14 +75,14 @@ async def test_edited_inserted_and_reordered_rows(sim: SimServer, tmp_path: Path
     write_sheet(tmp_path, rows_of("a", "b", "c", "d"))
     job = write_job(tmp_path, sim.url)
     await run(job)
-    seeds = {r["payload"]["prompt"]: r["seeds"] for r in read_records(tmp_path / "out").values()}
+    seeds = {r.payload["prompt"]: r.seeds for r in latest_records(tmp_path / "out").values()}
     write_sheet(tmp_path, rows_of("d", "new", "b", "a, edited", "c"))
     summary = await run(job)
     assert summary.plan.describe() == "5 rows: 3 done, 0 failed to retry, 2 to go"
     assert sorted(sent_prompts(sim, 4)) == ["a, edited", "new"]
-    latest = {r["payload"]["prompt"]: r for r in read_records(tmp_path / "out").values()}
-    assert latest["b"]["seeds"] == seeds["b"], "a moved row keeps its seed and its images"
-    assert latest["new"]["row"] == 3 and latest["a, edited"]["row"] == 5
+    latest = {r.payload["prompt"]: r for r in latest_records(tmp_path / "out").values()}
+    assert latest["b"].seeds == seeds["b"], "a moved row keeps its seed and its images"
+    assert latest["new"].row == 3 and latest["a, edited"].row == 5
     results = (tmp_path / "out" / "results.csv").read_text(encoding="utf-8-sig")
     assert results.count(",ok,") == 5
 
@@ -91,10 +91,10 @@ async def test_identical_rows_stay_distinct(sim: SimServer, tmp_path: Path) -> N
     write_sheet(tmp_path, rows_of("twin", "twin", "twin"))
     job = write_job(tmp_path, sim.url)
     await run(job)
-    records = list(read_records(tmp_path / "out").values())
-    assert len({r["key"] for r in records}) == 3
-    assert len({r["payload"]["seed"] for r in records}) == 3
-    assert len({image for r in records for image in r["images"]}) == 3
+    records = list(latest_records(tmp_path / "out").values())
+    assert len({r.key for r in records}) == 3
+    assert len({r.payload["seed"] for r in records}) == 3
+    assert len({image for r in records for image in r.images}) == 3
     write_sheet(tmp_path, rows_of("twin", "twin"))  # one twin gone: the others are done
     summary = await run(job)
     assert summary.plan.describe() == "2 rows: 2 done, 0 failed to retry, 0 to go"
@@ -107,9 +107,9 @@ async def test_retry_failed_sends_only_the_failed_rows(sim: SimServer, tmp_path:
     job = write_job(tmp_path, sim.url, attempts=1)
     first = await run(job)
     failed = sorted(
-        r["payload"]["prompt"]
-        for r in read_records(tmp_path / "out").values()
-        if r["status"] == "failed"
+        r.payload["prompt"]
+        for r in latest_records(tmp_path / "out").values()
+        if r.status == "failed"
     )
     assert failed and first.failed == len(failed) and first.exit_code == 1
     await sim.set_config(dataclasses.replace(sim.config, fail_rate=0.0))
@@ -140,7 +140,7 @@ async def test_fresh_moves_the_old_folder_aside(
     aside = folders(tmp_path, "out.")
     assert len(aside) == 1
     assert sorted(p.name for p in (aside[0] / "images").iterdir()) == old_images
-    assert len(read_records(aside[0])) == 2
+    assert len(latest_records(aside[0])) == 2
     assert f"moved the earlier output folder to {aside[0]}" in caplog.text
     await run(job, fresh=True)  # twice in the same second: a second copy, not nested
     assert len(folders(tmp_path, "out.")) == 2
@@ -158,7 +158,7 @@ async def test_fresh_with_an_invalid_sheet_leaves_the_folder(
     with pytest.raises(InputError):
         await run(job, fresh=True)
     assert [p.name for p in folders(tmp_path, "out")] == ["out"]
-    assert len(read_records(tmp_path / "out")) == 1
+    assert len(latest_records(tmp_path / "out")) == 1
 
 
 async def test_seeds_derived_from_the_base_and_the_row(sim: SimServer, tmp_path: Path) -> None:
@@ -173,15 +173,15 @@ async def test_seeds_derived_from_the_base_and_the_row(sim: SimServer, tmp_path:
     )
     job = write_job(tmp_path, sim.url, seed="base = 99")
     await run(job)
-    records = {r["payload"]["prompt"]: r for r in read_records(tmp_path / "out").values()}
+    records = {r.payload["prompt"]: r for r in latest_records(tmp_path / "out").values()}
     for prompt in ("blank", "minus one", "batch"):
         record = records[prompt]
-        assert record["payload"]["seed"] == derive_seed(99, record["key"])
-    assert records["fixed"]["payload"]["seed"] == 1234
-    base = records["batch"]["payload"]["seed"]
-    assert records["batch"]["seeds"] == [base, base + 1], "the real seeds, from info.all_seeds"
+        assert record.payload["seed"] == derive_seed(99, record.key)
+    assert records["fixed"].payload["seed"] == 1234
+    base = records["batch"].payload["seed"]
+    assert records["batch"].seeds == (base, base + 1), "the real seeds, from info.all_seeds"
     sent = {body["prompt"]: body["seed"] for body in sim.stats.history}
-    assert sent == {p: r["payload"]["seed"] for p, r in records.items()}
+    assert sent == {p: r.payload["seed"] for p, r in records.items()}
 
 
 async def test_random_mode_sends_minus_one_and_records_the_real_seed(
@@ -191,9 +191,9 @@ async def test_random_mode_sends_minus_one_and_records_the_real_seed(
     job = write_job(tmp_path, sim.url, seed='mode = "random"')
     await run(job)
     assert [body["seed"] for body in sim.stats.history] == [-1, -1]
-    for record in read_records(tmp_path / "out").values():
-        assert record["payload"]["seed"] == -1
-        assert record["seeds"] and record["seeds"][0] >= 0
+    for record in latest_records(tmp_path / "out").values():
+        assert record.payload["seed"] == -1
+        assert record.seeds and record.seeds[0] >= 0
 
 
 async def test_manifest_fields_and_no_credentials_anywhere(tmp_path: Path) -> None:
@@ -257,10 +257,10 @@ async def test_a_crashed_folder_resumes_torn_line_tmp_and_orphan(
     summary = await run(job)
     assert summary.plan.describe() == "3 rows: 2 done, 0 failed to retry, 1 to go"
     assert sent_prompts(sim, 3) == [last["payload"]["prompt"]]
-    records = read_records(out)
-    assert len(records) == 3 and all(r["status"] == "ok" for r in records.values())
-    assert records[last["key"]]["images"] == last["images"], "the orphan's name is reused"
+    records = latest_records(out)
+    assert len(records) == 3 and all(r.ok for r in records.values())
+    assert records[last["key"]].images == tuple(last["images"]), "the orphan's name is reused"
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(
-        Path(image).name for r in records.values() for image in r["images"]
+        Path(image).name for r in records.values() for image in r.images
     )
     assert all(line.endswith(b"\n") for line in manifest.read_bytes().splitlines(keepends=True))

@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 
 from batchgen.errors import ConfigError
+from batchgen.manifest import MANIFEST, latest_records
 from batchgen.records import Generation, Result, Task
-from batchgen.store import (
-    MANIFEST,
-    MISSING,
-    OutputStore,
-    folder_in_use,
-    peek_state,
-    read_records,
-)
+from batchgen.store import MISSING, OutputStore, folder_in_use, peek_state
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 10
 
@@ -46,11 +40,11 @@ def test_record_writes_the_images_then_a_complete_line(tmp_path: Path) -> None:
     assert s.open().rows == {}
     line = s.record(ok(2), {"prompt": "p2"})
     s.close()
-    assert line["images"] == ["images/000002-00-12.png"]
-    assert (tmp_path / line["images"][0]).read_bytes() == PNG
-    assert line["image_sha256"] == [hashlib.sha256(PNG).hexdigest()]
+    assert line.images == ("images/000002-00-12.png",)
+    assert (tmp_path / line.images[0]).read_bytes() == PNG
+    assert line.image_sha256 == (hashlib.sha256(PNG).hexdigest(),)
     raw = (tmp_path / MANIFEST).read_bytes()
-    assert raw.endswith(b"\n") and json.loads(raw) == line
+    assert raw.endswith(b"\n") and json.loads(raw) == line.to_json()
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -64,7 +58,7 @@ def test_latest_record_per_key_decides(tmp_path: Path) -> None:
     state = store(tmp_path).open()
     assert state.done == {"k2-0"}
     assert state.failed == {"k3-0"}
-    assert [r["status"] for r in read_records(tmp_path).values()] == ["failed", "ok"]
+    assert [r.status for r in latest_records(tmp_path).values()] == ["failed", "ok"]
 
 
 def test_a_torn_last_line_is_dropped_and_its_row_sent_again(tmp_path: Path) -> None:
@@ -127,7 +121,7 @@ def test_an_orphan_image_is_replaced_not_suffixed_or_counted(tmp_path: Path) -> 
     assert state.rows == {}, "a file without a record is not a result"
     line = s.record(ok(2), {})
     s.close()
-    assert line["images"] == ["images/000002-00-12.png"]
+    assert line.images == ("images/000002-00-12.png",)
     assert orphan.read_bytes() == PNG
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["000002-00-12.png"]
 
@@ -138,8 +132,8 @@ def test_a_name_a_record_owns_is_never_overwritten(tmp_path: Path) -> None:
     first = s.record(ok(2, PNG, key="a-0"), {})
     second = s.record(ok(2, PNG + b"x", key="b-0"), {})  # an edited row 2, same seed
     s.close()
-    assert first["images"] != second["images"]
-    assert (tmp_path / first["images"][0]).read_bytes() == PNG
+    assert first.images != second.images
+    assert (tmp_path / first.images[0]).read_bytes() == PNG
 
 
 def test_an_ok_row_whose_image_is_gone_is_sent_again(tmp_path: Path) -> None:
@@ -148,7 +142,7 @@ def test_an_ok_row_whose_image_is_gone_is_sent_again(tmp_path: Path) -> None:
     line = s.record(ok(2), {})
     s.record(ok(3), {})
     s.close()
-    (tmp_path / line["images"][0]).unlink()
+    (tmp_path / line.images[0]).unlink()
     state = store(tmp_path).open()
     assert state.rows["k2-0"].status == MISSING
     assert state.done == {"k3-0"} and state.failed == {"k2-0"}
@@ -156,7 +150,7 @@ def test_an_ok_row_whose_image_is_gone_is_sent_again(tmp_path: Path) -> None:
     s.open()
     again = s.record(ok(2), {})
     s.close()
-    assert again["images"] == line["images"], "the freed name is used again"
+    assert again.images == line.images, "the freed name is used again"
     assert store(tmp_path).open().done == {"k2-0", "k3-0"}
 
 
