@@ -119,6 +119,11 @@ def load_job(
             f"{source}: not a job file or a sheet; "
             f"give a .toml job or one of {', '.join(SHEET_SUFFIXES)}"
         )
+    if "shard" in raw:  # which shard is the task's to say, not the job's
+        raise ConfigError(
+            f"{source}: 'shard' is not a job key; give --shard I/N (or let Slurm or Kubernetes "
+            "say it) and put only the count in the job file: shards = N"
+        )
     if endpoints:
         raw["endpoints"] = [{"url": url} for url in endpoints]
     if set_fields:

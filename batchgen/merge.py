@@ -73,9 +73,12 @@ class MergeSummary:
 
 def merge_shards(folders: Sequence[Path], out_dir: Path, *, copy: bool = False) -> MergeSummary:
     """Check the shards, then write one run folder; raise before writing if anything is off."""
-    shards = [read_shard(folder) for folder in folders]
+    absent = [folder for folder in folders if not folder.exists()]  # a task that never started
+    shards = [read_shard(folder) for folder in folders if folder.exists()]
+    if not shards:
+        raise ConfigError(f"none of the shard folders exists: {', '.join(map(str, folders))}")
     _check_same_job(shards)
-    _check_complete(shards)
+    _check_complete(shards, absent)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir}: not empty; merge writes a new (or empty) folder only")
     records = sorted(
@@ -163,15 +166,15 @@ def _check_same_job(shards: Sequence[ShardFolder]) -> None:
             owner[key] = shard.path
 
 
-def _check_complete(shards: Sequence[ShardFolder]) -> None:
+def _check_complete(shards: Sequence[ShardFolder], absent: Sequence[Path]) -> None:
     count = shards[0].count
     given = {shard.index: shard for shard in shards}
-    lines: list[str] = []
+    lines = [f"{folder}: no such folder" for folder in absent]
     for index in range(count):
         shard = given.get(index)
         if shard is None:
             lines.append(
-                f"shard {index}/{count}: its folder was not given "
+                f"shard {index}/{count}: no folder of it was given "
                 f"({shards[0].per_shard[index]:,} rows); {_rerun(index, count)}"
             )
             continue

@@ -185,9 +185,13 @@ def test_merge_names_a_missing_shard_and_refuses_duplicates(tmp_path: Path) -> N
     twice = invoke("merge", folders[0], folders[0], folders[1], folders[2], "--out", out)
 
     assert missing.exit_code == 1
-    assert "shard 1/3: its folder was not given" in missing.stderr
+    assert "shard 1/3: no folder of it was given" in missing.stderr
     assert "--shard 1/3" in missing.stderr
     assert twice.exit_code == 2 and "given twice" in twice.stderr
+    Path(folders[2]).rename(tmp_path / "elsewhere")  # as if task 2 never started
+    never_ran = invoke("merge", *folders, "--out", out)
+    assert never_ran.exit_code == 1 and "shard-2-of-3: no such folder" in never_ran.stderr
+    assert "shard 2/3: no folder of it was given" in never_ran.stderr
     assert not (tmp_path / "m").exists()
 
 

@@ -169,3 +169,14 @@ def test_bad_shard_specs_exit_2_and_send_nothing(
 def test_resolve_shard_raises_config_error_for_a_non_number() -> None:
     with pytest.raises(ConfigError, match="SLURM_ARRAY_TASK_ID='x'"):
         resolve_shard(None, None, {"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "2"})
+
+
+def test_a_job_file_names_the_count_but_not_the_shard(tmp_path: Path) -> None:
+    write_sheet(tmp_path / "s.csv", prompts(2))
+    job = tmp_path / "job.toml"
+    job.write_text('sheet = "s.csv"\nshard = {index = 0, count = 2}\n', encoding="utf-8")
+
+    result = invoke("run", str(job), "--endpoint", "sim://")
+
+    assert result.exit_code == 2
+    assert "'shard' is not a job key" in result.stderr and "shards = N" in result.stderr
