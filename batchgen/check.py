@@ -32,6 +32,7 @@ from batchgen.inventory import (
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder
 from batchgen.records import Task
+from batchgen.shards import keeps
 from batchgen.sheet import read_headers, read_rows
 
 __all__ = [
@@ -172,6 +173,8 @@ def collect_uses(job: JobSpec) -> Usage:
         try:
             task = builder.build(row)
         except InputError:
+            continue
+        if not keeps(job.shard, task):
             continue
         count += 1
         for use in uses_of(task):

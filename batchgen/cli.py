@@ -22,6 +22,7 @@ from batchgen.plan import check_only, first_tasks, validate
 from batchgen.records import Reporter
 from batchgen.report import LogReporter, RichReporter, not_file_only
 from batchgen.runner import RunOptions, run_batch
+from batchgen.shards import resolve_shard
 from batchgen.store import peek_state
 
 EXIT_INTERRUPTED = 130
@@ -51,6 +52,19 @@ def _source_options(func: Any) -> Any:
         metavar="URL",
         help="A web UI server (repeatable; replaces the job's): http://host:7860 or sim://.",
     )(func)
+    func = click.option(
+        "--shards",
+        "shard_count",
+        type=int,
+        metavar="N",
+        help="Shard count when the index comes from the scheduler (Kubernetes: completions).",
+    )(func)
+    func = click.option(
+        "--shard",
+        "shard_spec",
+        metavar="I/N",
+        help="Run only shard I of N (default: from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX).",
+    )(func)
     return click.argument("source", type=click.Path(path_type=Path))(func)
 
 
@@ -67,6 +81,8 @@ def run(
     source: Path,
     endpoints: Sequence[str],
     set_fields: Sequence[str],
+    shard_spec: str | None,
+    shard_count: int | None,
     out: Path | None,
     dry_run: bool,
     fresh: bool,
@@ -76,7 +92,7 @@ def run(
     """Send every row of SOURCE (a .toml job or a sheet) and write images and a manifest."""
     if fresh and retry_failed:
         raise click.UsageError("--fresh starts an empty folder, where no row has failed yet")
-    job = _load(source, endpoints, set_fields, out)
+    job = _load(source, endpoints, set_fields, out, shard_spec, shard_count)
     if dry_run:
         _guarded(lambda: _dry_run(job))
         return
@@ -87,9 +103,15 @@ def run(
 
 @cli.command()
 @_source_options
-def check(source: Path, endpoints: Sequence[str], set_fields: Sequence[str]) -> None:
+def check(
+    source: Path,
+    endpoints: Sequence[str],
+    set_fields: Sequence[str],
+    shard_spec: str | None,
+    shard_count: int | None,
+) -> None:
     """Check the sheet and every endpoint that may get a row; send no generation request."""
-    job = _load(source, endpoints, set_fields, None)
+    job = _load(source, endpoints, set_fields, None, shard_spec, shard_count)
     lines = _guarded(lambda: asyncio.run(check_only(job)))
     for line in lines:
         click.echo(line)
@@ -124,6 +146,23 @@ def replay(out_dir: Path, out: Path, rows_text: str | None, endpoints: Sequence[
 
 
 @cli.command()
+@click.argument(
+    "shard_dirs", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False)
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="New folder for the whole run."
+)
+@click.option("--copy", is_flag=True, help="Copy images instead of hard-linking them.")
+def merge(shard_dirs: Sequence[Path], out: Path, copy: bool) -> None:
+    """Combine the shard folders of one job into one run folder, each row exactly once."""
+    from batchgen.merge import merge_shards
+
+    summary = _guarded(lambda: merge_shards(shard_dirs, out, copy=copy))
+    click.echo(summary.describe(), err=True)
+    sys.exit(summary.exit_code)
+
+
+@cli.command()
 @click.option("--port", default=7860, show_default=True, help="Port on 127.0.0.1 (0: any free).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -151,16 +190,25 @@ def main() -> None:
 
 
 def _load(
-    source: Path, endpoints: Sequence[str], set_fields: Sequence[str], out: Path | None
+    source: Path,
+    endpoints: Sequence[str],
+    set_fields: Sequence[str],
+    out: Path | None,
+    shard_spec: str | None = None,
+    shard_count: int | None = None,
 ) -> JobSpec:
-    return _guarded(
-        lambda: load_job(source, endpoints=endpoints, out=out, set_fields=parse_set(set_fields))
-    )
+    def load() -> JobSpec:
+        job = load_job(source, endpoints=endpoints, out=out, set_fields=parse_set(set_fields))
+        shard = resolve_shard(shard_spec, shard_count or job.shards, os.environ)
+        return job.model_copy(update={"shard": shard})
+
+    return _guarded(load)
 
 
 def _dry_run(job: JobSpec) -> None:
     plan = validate(job, peek_state(job.out_dir))
-    click.echo(f"# {plan.describe()}; nothing is sent (--dry-run)", err=True)
+    share = f"shard {job.shard}: " if job.shard else ""
+    click.echo(f"# {share}{plan.describe()}; nothing is sent (--dry-run)", err=True)
     for task in first_tasks(job, 3):
         shown = {
             "row": task.row,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from batchgen.errors import ConfigError
+from batchgen.shards import Shard
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,6 +79,8 @@ class JobSpec(_Frozen):
     seed: SeedSpec = SeedSpec()
     check: bool = True  # check rows against the endpoints before sending
     wait_all_down: float = Field(default=600.0, ge=0)  # seconds to wait when no endpoint answers
+    shards: int | None = Field(default=None, gt=0)  # N for a Kubernetes Indexed Job's pods
+    shard: Shard | None = None  # this run's share: from --shard i/N or the scheduler's environment
 
     @field_validator("name")
     @classmethod
@@ -88,7 +91,8 @@ class JobSpec(_Frozen):
 
     @property
     def out_dir(self) -> Path:
-        return self.output.dir if self.output.dir is not None else Path("outputs") / self.name
+        base = self.output.dir if self.output.dir is not None else Path("outputs") / self.name
+        return base / self.shard.folder if self.shard is not None else base
 
 
 def load_job(
@@ -114,6 +118,11 @@ def load_job(
         raise ConfigError(
             f"{source}: not a job file or a sheet; "
             f"give a .toml job or one of {', '.join(SHEET_SUFFIXES)}"
+        )
+    if "shard" in raw:  # which shard is the task's to say, not the job's
+        raise ConfigError(
+            f"{source}: 'shard' is not a job key; give --shard I/N (or let Slurm or Kubernetes "
+            "say it) and put only the count in the job file: shards = N"
         )
     if endpoints:
         raw["endpoints"] = [{"url": url} for url in endpoints]

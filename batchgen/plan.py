@@ -10,6 +10,7 @@ from batchgen.fleet import open_fleet
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder
 from batchgen.records import RunPlan, Task
+from batchgen.shards import keeps
 from batchgen.sheet import read_headers, read_rows
 from batchgen.store import ResumeState, check_template
 
@@ -33,6 +34,8 @@ def validate(
         except InputError as error:
             problems.extend(error.problems)
             continue
+        if not keeps(job.shard, task):  # every row is built: keys count twins over the sheet
+            continue
         past = past_rows.get(task.key) if past_rows is not None else None
         if past is None:
             new += 1
@@ -49,11 +52,20 @@ def validate(
 
 
 def first_tasks(job: JobSpec, count: int) -> Iterator[Task]:
-    """The first rows' requests, for --dry-run (after validate)."""
-    builder = PayloadBuilder(job, read_headers(job.sheet, job.sheet_name))
-    for index, row in enumerate(read_rows(job.sheet, job.sheet_name)):
-        if index >= count:
+    """The first rows' requests of this run's shard, for --dry-run (after validate)."""
+    shown = 0
+    for task in all_tasks(job):
+        if shown >= count:
             return
+        if keeps(job.shard, task):
+            shown += 1
+            yield task
+
+
+def all_tasks(job: JobSpec) -> Iterator[Task]:
+    """Every row's request, whichever shard it falls in (after validate: every row builds)."""
+    builder = PayloadBuilder(job, read_headers(job.sheet, job.sheet_name))
+    for row in read_rows(job.sheet, job.sheet_name):
         yield builder.build(row)
 
 
@@ -73,7 +85,8 @@ async def check_only(job: JobSpec) -> list[str]:
     """`batchgen check`: the sheet, then every endpoint that may get a row; nothing is generated."""
     sheet_problems: list[Problem] = []
     try:
-        lines = [f"{job.sheet}: {validate(job).total:,} rows, all valid"]
+        share = f" in shard {job.shard}" if job.shard else ""
+        lines = [f"{job.sheet}: {validate(job).total:,} rows{share}, all valid"]
     except InputError as error:  # go on: the endpoints' problems belong in the same list
         sheet_problems, lines = list(error.problems), []
     async with open_fleet(job) as fleet:

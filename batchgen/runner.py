@@ -24,11 +24,12 @@ from batchgen.fleet import endpoint_views, open_fleet, watch
 from batchgen.interrupts import catch_interrupts
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder, manifest_body
-from batchgen.plan import check_endpoints, validate
+from batchgen.plan import all_tasks, check_endpoints, validate
 from batchgen.records import EndpointView, Generation, Reporter, Result, RunPlan, RunSummary, Task
 from batchgen.rowindex import RowKeys
 from batchgen.run_files import close_run_log, move_aside, open_run_log, public_job
 from batchgen.scheduler import Lease, Scheduler
+from batchgen.shards import keeps, write_shard_plan
 from batchgen.sheet import read_headers, read_rows
 from batchgen.store import OutputStore, ResumeState, peek_state
 from batchgen.writer import GroupWriter
@@ -110,6 +111,8 @@ class _Run:
             handler = open_run_log(self.job.out_dir)
             try:
                 self.store.write_json("job.json", public_job(self.job, fleet.endpoints))
+                if self.job.shard is not None:
+                    write_shard_plan(self.job, self.job.shard, all_tasks(self.job))
                 self.reporter.started(plan, self.job.out_dir)
                 with catch_interrupts(self._interrupted):
                     await self._send_all(scheduler, state)
@@ -150,6 +153,8 @@ class _Run:
         try:
             for row in read_rows(self.job.sheet, self.job.sheet_name):
                 task = builder.build(row)
+                if not keeps(self.job.shard, task):
+                    continue
                 self.row_keys[task.row] = task.key
                 if not self._wanted(task, state):
                     continue
