@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -248,7 +249,7 @@ class EndpointClient:
                 raw = await response.read()
                 if response.status != 200:
                     raise _status_error(response.status, raw)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # not the same class before Python 3.11
             limit = timeout.total
             raise RetryableEndpointError(
                 f"no answer within {limit:g} s" if limit else "timed out"
