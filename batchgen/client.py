@@ -21,16 +21,29 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError
+from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError, RowError
 from batchgen.job import EndpointSpec, RetrySpec, TimeoutSpec
 from batchgen.payload import adapt_for, encode_body
 from batchgen.records import Generation, Task
 
 Flavor = Literal["a1111", "forge"]
 
-# Deterministic server-side failures that A1111 reports as 500: sending them again cannot help.
-_FATAL_500_ERRORS = frozenset({"ValidationError", "KeyError", "TypeError", "AssertionError"})
-_FATAL_500_PHRASES = ("could not find", "not found", "not a valid")
+# A 500 that names an exception was raised while the server processed this one request: the
+# server is well, the request fails there (a1111-api.md §8, §15). Running out of memory is the
+# exception: it depends on what else the GPU holds, so it is worth sending again.
+_OUT_OF_MEMORY = ("OutOfMemoryError", "out of memory")
+# 500s without an exception name (Forge drops A1111's error shape) that are still the request's.
+_ROW_500_PHRASES = ("could not find", "not found", "not a valid", "invalid encoded image")
+# Known row errors and what the user can do about them, by exception name or message phrase.
+_ROW_ERROR_HINTS = (
+    (
+        "NansException",
+        "the model produced NaNs for this request; start that server with --no-half-vae "
+        "(or --no-half), or with --disable-nan-check",
+    ),
+    ("UniPC order must be < sampling steps", "UniPC needs at least 3 sampling steps"),
+    ("Invalid encoded image", "the image sent is not a readable PNG/JPEG; check its file"),
+)
 
 
 class _TlsError(FatalEndpointError):
@@ -321,14 +334,18 @@ def _decode_image(item: Any) -> bytes:
 def _status_error(status: int, raw: bytes) -> RetryableEndpointError | FatalEndpointError:
     message, error_name = _server_message(raw)
     text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
-    if status == 500 and (
-        error_name in _FATAL_500_ERRORS
-        or any(phrase in message.lower() for phrase in _FATAL_500_PHRASES)
-    ):
-        return FatalEndpointError(text, status)
+    if status == 500 and _raised_by_the_request(message, error_name):
+        hint = next((hint for mark, hint in _ROW_ERROR_HINTS if mark in message), None)
+        return RowError(text, status, hint=hint)
     if status == 429 or status >= 500:
         return RetryableEndpointError(text, status)
     return FatalEndpointError(text, status)
+
+
+def _raised_by_the_request(message: str, error_name: str | None) -> bool:
+    if any(mark in message for mark in _OUT_OF_MEMORY):
+        return False
+    return error_name is not None or any(p in message.lower() for p in _ROW_500_PHRASES)
 
 
 def _server_message(raw: bytes) -> tuple[str, str | None]:

@@ -68,5 +68,21 @@ class FatalEndpointError(EndpointError):
     """Sending the same request again cannot help (422, 404, 401, a bad response)."""
 
 
+class RowError(FatalEndpointError):
+    """The server raised an error while processing this request (a 500 in its error shape).
+
+    It says nothing about the server's health, and the same request fails the same way on the
+    same server; another server (other hardware or precision) may succeed.
+    """
+
+    def __init__(self, message: str, status: int | None = None, *, hint: str | None = None) -> None:
+        super().__init__(message, status)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} ({self.hint})" if self.hint else text
+
+
 class NoEndpointError(BatchgenError):
     """No endpoint could be reached for longer than the job allows."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from batchgen.client import row_backoff
 from batchgen.errors import (
@@ -19,6 +19,7 @@ from batchgen.errors import (
     FatalEndpointError,
     NoEndpointError,
     RetryableEndpointError,
+    RowError,
 )
 from batchgen.fleet import endpoint_views, open_fleet, watch
 from batchgen.interrupts import catch_interrupts
@@ -34,6 +35,8 @@ from batchgen.store import OutputStore, ResumeState, peek_state
 from batchgen.writer import GroupWriter
 
 log = logging.getLogger(__name__)
+
+ROW_ERROR_ENDPOINTS = 2  # endpoints a request that raises an error on a server is tried on
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +191,18 @@ class _Run:
         clock = time.monotonic()
         attempts = 0
         avoid: set[str] = set()
+        row_failed: dict[str, RowError] = {}  # endpoint -> the error this request raised there
         endpoint = ""
+
+        def worth_another(error: BaseException) -> bool:
+            if isinstance(error, RowError):  # once more, on another endpoint
+                return len(row_failed) < ROW_ERROR_ENDPOINTS and scheduler.others_up(row_failed)
+            return isinstance(error, RetryableEndpointError)
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.job.retry.attempts),
             wait=_retry_wait(self.job),
-            retry=retry_if_exception_type(RetryableEndpointError),
+            retry=retry_if_exception(worth_another),
             reraise=True,
             sleep=self.options.sleep,
         )
@@ -202,8 +212,11 @@ class _Run:
                 with attempt:
                     if self.stopping:
                         raise _Stop
-                    lease = await scheduler.lease(task, avoid)
+                    lease = await scheduler.lease(task, avoid | row_failed.keys())
                     endpoint = lease.slot.name
+                    if endpoint in row_failed:  # no other endpoint took it: not sent again here
+                        scheduler.release(lease, None)
+                        raise row_failed[endpoint]
                     attempts += 1
                     if current is not None:
                         self.sending.add(current)
@@ -214,6 +227,8 @@ class _Run:
                         if isinstance(error, RetryableEndpointError):
                             # Only the last one: avoiding all that failed could leave no taker.
                             avoid = {endpoint}
+                        elif isinstance(error, RowError):
+                            row_failed[endpoint] = error
                         raise
                     generation, endpoint = answer.generation, answer.lease.slot.name
             result = Result(
@@ -281,17 +296,20 @@ class _Run:
         lost.cancel()
         if not sending.done():
             sending.cancel()
-            scheduler.release(lease, None)
+            scheduler.release(lease, None, failed="request")
             raise RetryableEndpointError(f"{slot.name} is out of rotation")
         try:
             generation = sending.result()
         except RetryableEndpointError as error:
-            scheduler.release(lease, None, endpoint_failed=True)
+            scheduler.release(lease, None, failed="endpoint")
             log.info("row %d on %s: %s (will retry)", lease.task.row, slot.name, error)
             raise
-        except FatalEndpointError:
-            scheduler.release(lease, None)
-            slot.failed += 1
+        except FatalEndpointError as error:
+            scheduler.release(lease, None, failed="request")
+            if isinstance(error, RowError):
+                log.info(
+                    "row %d on %s: %s (not sent there again)", lease.task.row, slot.name, error
+                )
             raise
         except BaseException:
             scheduler.release(lease, None)
@@ -357,8 +375,8 @@ def _retry_wait(job: JobSpec) -> Callable[[RetryCallState], float]:
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(error, EndpointError) and error.status is None:
-            return 0.0  # the endpoint failed, not the row: another endpoint takes it at once
+        if isinstance(error, RowError) or (isinstance(error, EndpointError) and not error.status):
+            return 0.0  # the endpoint failed, or the row did there: another one takes it at once
         return backoff(state)
 
     return wait

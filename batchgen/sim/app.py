@@ -39,6 +39,7 @@ RUNTIME_KNOBS = frozenset(
         "die_after",
         "unavailable_s",
         "fault_seed",
+        "nan_marker",
         "ms_per_step",
         "switch_s",
         "speed",

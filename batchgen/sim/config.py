@@ -79,6 +79,9 @@ class SimConfig:
     unavailable_s: float = 0.0
     refuse_s: float = 0.0
     fault_seed: int = 0
+    # A prompt holding this text fails as a real server fails a request whose model makes NaNs:
+    # a 500 NansException, every time, while other requests go on (a1111-api.md §15).
+    nan_marker: str = ""
 
     def __post_init__(self) -> None:
         if not self.models:
