@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import email.utils
 import json
 import os
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -44,6 +46,7 @@ _ROW_ERROR_HINTS = (
     ("UniPC order must be < sampling steps", "UniPC needs at least 3 sampling steps"),
     ("Invalid encoded image", "the image sent is not a readable PNG/JPEG; check its file"),
 )
+RETRY_AFTER_MAX = 60.0  # seconds: a longer Retry-After is waited this long, then asked again
 
 
 class _TlsError(FatalEndpointError):
@@ -261,7 +264,8 @@ class EndpointClient:
             ) as response:
                 raw = await response.read()
                 if response.status != 200:
-                    raise _status_error(response.status, raw)
+                    retry_after = response.headers.get("Retry-After")
+                    raise _status_error(response.status, raw, retry_after)
         except (TimeoutError, asyncio.TimeoutError):  # not the same class before Python 3.11
             limit = timeout.total
             raise RetryableEndpointError(
@@ -331,12 +335,20 @@ def _decode_image(item: Any) -> bytes:
         raise FatalEndpointError("the answer holds an image that is not base64") from None
 
 
-def _status_error(status: int, raw: bytes) -> RetryableEndpointError | FatalEndpointError:
+def _status_error(
+    status: int, raw: bytes, retry_after: str | None = None
+) -> RetryableEndpointError | FatalEndpointError:
     message, error_name = _server_message(raw)
     text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
     if status == 500 and _raised_by_the_request(message, error_name):
         hint = next((hint for mark, hint in _ROW_ERROR_HINTS if mark in message), None)
         return RowError(text, status, hint=hint)
+    if status in (429, 503) and retry_after is not None:
+        wait = _seconds_from(retry_after)
+        if wait is not None:
+            return RetryableEndpointError(
+                f"{text} (asked to wait {wait:g} s)", status, retry_after=wait
+            )
     if status == 429 or status >= 500:
         return RetryableEndpointError(text, status)
     return FatalEndpointError(text, status)
@@ -346,6 +358,22 @@ def _raised_by_the_request(message: str, error_name: str | None) -> bool:
     if any(mark in message for mark in _OUT_OF_MEMORY):
         return False
     return error_name is not None or any(p in message.lower() for p in _ROW_500_PHRASES)
+
+
+def _seconds_from(retry_after: str) -> float | None:
+    """A Retry-After value (seconds or an HTTP date) as seconds from now, capped."""
+    text = retry_after.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
 def _server_message(raw: bytes) -> tuple[str, str | None]:

@@ -61,7 +61,17 @@ class EndpointError(BatchgenError):
 
 
 class RetryableEndpointError(EndpointError):
-    """Worth sending again (timeouts, dropped connections, 429, 5xx)."""
+    """Worth sending again (timeouts, dropped connections, 429, 5xx).
+
+    `retry_after`: the seconds the server asked to wait (a 429 or 503 with Retry-After); such
+    an answer is the server pacing its clients, not a sign of trouble.
+    """
+
+    def __init__(
+        self, message: str, status: int | None = None, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
 
 
 class FatalEndpointError(EndpointError):

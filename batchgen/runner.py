@@ -301,7 +301,9 @@ class _Run:
         try:
             generation = sending.result()
         except RetryableEndpointError as error:
-            scheduler.release(lease, None, failed="endpoint")
+            # A server that asks to be called later (Retry-After) is pacing, not failing.
+            paced = error.retry_after is not None
+            scheduler.release(lease, None, failed="request" if paced else "endpoint")
             log.info("row %d on %s: %s (will retry)", lease.task.row, slot.name, error)
             raise
         except FatalEndpointError as error:
@@ -375,6 +377,8 @@ def _retry_wait(job: JobSpec) -> Callable[[RetryCallState], float]:
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, RetryableEndpointError) and error.retry_after is not None:
+            return error.retry_after  # as the server asked (capped by the client)
         if isinstance(error, RowError) or (isinstance(error, EndpointError) and not error.status):
             return 0.0  # the endpoint failed, or the row did there: another one takes it at once
         return backoff(state)
