@@ -96,3 +96,13 @@ class RowError(FatalEndpointError):
 
 class NoEndpointError(BatchgenError):
     """No endpoint could be reached for longer than the job allows."""
+
+
+class NothingAnswersError(NoEndpointError):
+    """No endpoint has answered since the start: a wrong address or a server not started.
+
+    Waiting would not help (wait_all_down is for servers that answered and went away), and
+    nothing was sent.
+    """
+
+    exit_code = 2

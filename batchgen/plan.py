@@ -88,6 +88,7 @@ async def check_only(job: JobSpec) -> list[str]:
         if not up:
             if sheet_problems:
                 raise InputError(sheet_problems)
+            fleet.require_an_answer("nothing was checked against a server")
             raise NoEndpointError("no endpoint answers; nothing was checked against a server")
         await check_endpoints(job, up, sheet_problems)
     lines.append("all checks passed")

@@ -104,6 +104,7 @@ class _Run:
         plan = validate(self.job, past, retry_failed=self.options.retry_failed)
         started = time.monotonic()
         async with open_fleet(self.job) as fleet:
+            fleet.require_an_answer("nothing was sent")
             scheduler = Scheduler(fleet.slots, wait_all_down=self.job.wait_all_down)
             if self.options.check and self.job.check:
                 await check_endpoints(self.job, fleet.answering())
