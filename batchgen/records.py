@@ -110,6 +110,14 @@ class EndpointView:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedRow:
+    """A row that failed in this run, for the summary."""
+
+    row: int  # spreadsheet row number, header = 1
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunSummary:
     """How a run ended."""
 
@@ -123,6 +131,7 @@ class RunSummary:
     endpoints: tuple[EndpointView, ...]
     outputs: tuple[Path, ...]
     stopped_reason: str | None = None
+    failed_rows: tuple[FailedRow, ...] = ()  # the first ones, in the order they failed
 
     @property
     def not_run(self) -> int:

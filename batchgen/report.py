@@ -170,6 +170,12 @@ def summary_lines(summary: RunSummary) -> list[str]:
     )
     for view in summary.endpoints:
         lines.append(f"  {_endpoint_text(view, summary.elapsed_s)}")
+    if summary.failed_rows:
+        lines.append("failed rows:")
+        lines += [f"  row {failed.row}: {failed.error}" for failed in summary.failed_rows]
+        more = summary.failed - len(summary.failed_rows)
+        if more > 0:
+            lines.append(f"  and {more:,} more (see manifest.jsonl)")
     if summary.failed or summary.not_run:
         lines.append("run the same command again to resume; --retry-failed sends only failed rows")
     lines.append(f"outputs: {', '.join(str(path) for path in summary.outputs)}")
@@ -179,7 +185,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
 def _endpoint_text(view: EndpointView, elapsed_s: float) -> str:
     rate = view.images / elapsed_s if elapsed_s > 0 else 0.0
     return (
-        f"{view.name} ({_state(view)}): {view.done:,} done, {view.failed:,} failed, "
+        f"{view.name} ({_state(view)}): {view.done:,} done, {view.failed:,} failed attempts, "
         f"{view.images:,} images ({rate:.2f}/s), {view.switches} checkpoint switches"
     )
 

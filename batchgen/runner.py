@@ -26,7 +26,16 @@ from batchgen.interrupts import catch_interrupts
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder, manifest_body
 from batchgen.plan import check_endpoints, validate
-from batchgen.records import EndpointView, Generation, Reporter, Result, RunPlan, RunSummary, Task
+from batchgen.records import (
+    EndpointView,
+    FailedRow,
+    Generation,
+    Reporter,
+    Result,
+    RunPlan,
+    RunSummary,
+    Task,
+)
 from batchgen.rowindex import RowKeys
 from batchgen.run_files import close_run_log, move_aside, open_run_log, public_job
 from batchgen.scheduler import Lease, Scheduler
@@ -36,6 +45,7 @@ from batchgen.writer import GroupWriter
 
 log = logging.getLogger(__name__)
 
+FAILED_ROWS_SHOWN = 20  # failed rows the summary lists (a screenful), then "and N more"
 ROW_ERROR_ENDPOINTS = 2  # endpoints a request that raises an error on a server is tried on
 
 
@@ -90,6 +100,7 @@ class _Run:
             job.out_dir, job.name, job.output.filename, payload_base=job.sheet.parent
         )
         self.ok = self.failed = self.images = 0
+        self.failed_rows: list[FailedRow] = []
         self.stopping = False
         self.interrupted = False
         self.stopped_reason: str | None = None
@@ -143,6 +154,7 @@ class _Run:
             endpoints=tuple(endpoint_views(scheduler.slots)),
             outputs=outputs,
             stopped_reason=self.stopped_reason,
+            failed_rows=tuple(self.failed_rows),
         )
         self.reporter.finished(summary)
         return summary
@@ -333,6 +345,8 @@ class _Run:
             self.images += len(result.generation.images) if result.generation else 0
         else:
             self.failed += 1
+            if len(self.failed_rows) < FAILED_ROWS_SHOWN:
+                self.failed_rows.append(FailedRow(result.task.row, result.error or "failed"))
             log.warning(
                 "row %d failed after %d attempt(s): %s",
                 result.task.row,

@@ -280,8 +280,8 @@ class Scheduler:
         began = max(lease.started, slot.last_done)
         slot.last_done = now
         slot.busy_s += now - began
-        if failed == "request":
-            slot.failed += 1
+        if failed is not None:
+            slot.failed += 1  # every failed attempt, whatever becomes of the row
         if generation is not None:
             slot.done += 1
             slot.images += len(generation.images)
