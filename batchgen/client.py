@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import email.utils
 import json
 import os
@@ -46,6 +47,8 @@ _ROW_ERROR_HINTS = (
     ("UniPC order must be < sampling steps", "UniPC needs at least 3 sampling steps"),
     ("Invalid encoded image", "the image sent is not a readable PNG/JPEG; check its file"),
 )
+# Sent by batchgen's simulator on every answer, never by a real web UI (README, "The simulator").
+SIMULATOR_HEADER = "X-Batchgen-Simulator"
 RETRY_AFTER_MAX = 60.0  # seconds: a longer Retry-After is waited this long, then asked again
 
 
@@ -171,6 +174,7 @@ class ServerState:
     flavor: Flavor
     checkpoint: str | None  # opts.sd_model_checkpoint
     vae: str | None
+    simulator: bool = False  # batchgen's simulator: placeholder images, not a model
 
 
 class EndpointClient:
@@ -183,6 +187,7 @@ class EndpointClient:
             raise ValueError("start the simulator and resolve its URL before making a client")
         self.endpoint = endpoint
         self.flavor: Flavor = "a1111"
+        self.simulator = False  # as its last answer said
         self._session = session
         # Images are base64 PNG, which gzip shrinks by a quarter at best, while A1111 compresses
         # each answer at level 9 on its own CPU: on a LAN the bytes are cheaper. A job's own
@@ -232,6 +237,7 @@ class EndpointClient:
             flavor=self.flavor,
             checkpoint=_text_or_none(options.get("sd_model_checkpoint")),
             vae=_text_or_none(options.get("sd_vae")),
+            simulator=self.simulator,
         )
 
     async def generate(self, task: Task) -> Generation:
@@ -240,7 +246,7 @@ class EndpointClient:
         payload = await self._request(
             "POST", f"/sdapi/v1/{task.route}", body, self._generation_timeout
         )
-        return parse_generation(payload)
+        return dataclasses.replace(parse_generation(payload), simulated=self.simulator)
 
     async def _detect_flavor(self) -> Flavor:
         # Forge replaced /sd-vae by /sd-modules; A1111 v1.10 has no /sd-modules (a1111-api.md §11).
@@ -263,6 +269,7 @@ class EndpointClient:
                 ssl=self.endpoint.ssl,
             ) as response:
                 raw = await response.read()
+                self.simulator = SIMULATOR_HEADER in response.headers
                 if response.status != 200:
                     retry_after = response.headers.get("Retry-After")
                     raise _status_error(response.status, raw, retry_after)

@@ -34,19 +34,33 @@ class Fleet:
     def answering(self) -> list[EndpointClient]:
         return [slot.client for slot in self.slots if slot.up]
 
-    def require_an_answer(self, nothing_done: str) -> None:
+    def simulators(self) -> list[str]:
+        """The endpoints that said they are batchgen's simulator (sim://, or `batchgen sim`)."""
+        return [slot.name for slot in self.slots if slot.state and slot.state.simulator]
+
+    def require_an_answer(self, nothing_done: str, *, defaulted: bool = False) -> None:
         """Raise NothingAnswersError if no endpoint gave any HTTP answer to its probe.
 
         One that answered with an error (a 503 while it starts) is waited for instead.
+        `defaulted`: the job named no endpoint, so A1111's default address was tried.
         """
         if len(self.silent) < len(self.slots):
             return
         lines = [f"no endpoint answers; {nothing_done}"]
         lines += [f"  - {name}: {reason}" for name, reason in self.silent.items()]
-        lines.append(
-            "Check the address and port (--endpoint http://host:7860), and that the web UI is "
-            "running with its API on (A1111: start it with --api)."
-        )
+        if defaulted:
+            lines.append(
+                "No endpoint is named in the job or on the command line, so batchgen tried "
+                "A1111's default address."
+            )
+        lines += [
+            "Start A1111 with its API on: ./webui.sh --api (Windows: add --api to "
+            "COMMANDLINE_ARGS in webui-user.bat); Forge serves it as is.",
+            "Name your server with --endpoint http://host:7860 (or [[endpoints]] in the job), "
+            "checking the address and port.",
+            "To rehearse without a server: --endpoint sim:// runs batchgen's built-in simulator "
+            "(placeholder images, not a model).",
+        ]
         raise NothingAnswersError("\n".join(lines))
 
 
@@ -164,4 +178,5 @@ def endpoint_views(slots: list[EndpointSlot]) -> Iterator[EndpointView]:
             loaded=slot.loaded,
             vae=slot.vae,
             down_s=None if slot.down_since is None else now - slot.down_since,
+            simulator=slot.client.simulator,
         )

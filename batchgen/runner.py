@@ -40,7 +40,7 @@ from batchgen.rowindex import RowKeys
 from batchgen.run_files import close_run_log, move_aside, open_run_log, public_job
 from batchgen.scheduler import Lease, Scheduler
 from batchgen.sheet import read_headers, read_rows
-from batchgen.store import OutputStore, ResumeState, peek_state
+from batchgen.store import DONE, SIMULATED, OutputStore, ResumeState, peek_state
 from batchgen.writer import GroupWriter
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class RunOptions:
 class _Quiet:
     def started(self, plan: RunPlan, out_dir: Path) -> None:
         log.info("%s; output in %s", plan.describe(), out_dir)
+        for note in plan.notes():
+            log.warning("%s", note)
 
     def row_finished(self, result: Result) -> None:
         pass
@@ -115,7 +117,8 @@ class _Run:
         plan = validate(self.job, past, retry_failed=self.options.retry_failed)
         started = time.monotonic()
         async with open_fleet(self.job) as fleet:
-            fleet.require_an_answer("nothing was sent")
+            fleet.require_an_answer("nothing was sent", defaulted=self.job.endpoints_defaulted)
+            plan = plan.on(fleet.simulators(), retry_failed=self.options.retry_failed)
             scheduler = Scheduler(fleet.slots, wait_all_down=self.job.wait_all_down)
             if self.options.check and self.job.check:
                 await check_endpoints(self.job, fleet.answering())
@@ -127,7 +130,7 @@ class _Run:
                 self.store.write_json("job.json", public_job(self.job, fleet.endpoints))
                 self.reporter.started(plan, self.job.out_dir)
                 with catch_interrupts(self._interrupted):
-                    await self._send_all(scheduler, state)
+                    await self._send_all(scheduler, state, plan)
             except BaseException:
                 self.writer.shutdown(wait=True)  # a row being written is finished first
                 self.store.close()  # and the folder is free for the next run at once
@@ -159,7 +162,7 @@ class _Run:
         self.reporter.finished(summary)
         return summary
 
-    async def _send_all(self, scheduler: Scheduler, state: ResumeState) -> None:
+    async def _send_all(self, scheduler: Scheduler, state: ResumeState, plan: RunPlan) -> None:
         window = asyncio.Semaphore(self.options.window)
         watcher = asyncio.create_task(watch(scheduler, self.reporter.endpoints))
         builder = PayloadBuilder(self.job, read_headers(self.job.sheet, self.job.sheet_name))
@@ -167,7 +170,7 @@ class _Run:
             for row in read_rows(self.job.sheet, self.job.sheet_name):
                 task = builder.build(row)
                 self.row_keys[task.row] = task.key
-                if not self._wanted(task, state):
+                if not self._wanted(task, state, plan):
                     continue
                 await window.acquire()  # backpressure before a row coroutine exists
                 if self.stopping:
@@ -193,17 +196,18 @@ class _Run:
 
         return done
 
-    def _wanted(self, task: Task, state: ResumeState) -> bool:
+    def _wanted(self, task: Task, state: ResumeState, plan: RunPlan) -> bool:
         past = state.rows.get(task.key)
-        if past is None:
-            return not self.options.retry_failed
-        return past.status != "ok"
+        if past is None or (past.status == SIMULATED and plan.remade):
+            return not self.options.retry_failed  # as if never sent
+        return past.status not in DONE
 
     async def _send_row(self, task: Task, scheduler: Scheduler) -> None:
         started = time.time()
         clock = time.monotonic()
         attempts = 0
         avoid: set[str] = set()
+        simulated = False
         row_failed: dict[str, RowError] = {}  # endpoint -> the error this request raised there
         endpoint = ""
 
@@ -227,6 +231,7 @@ class _Run:
                         raise _Stop
                     lease = await scheduler.lease(task, avoid | row_failed.keys())
                     endpoint = lease.slot.name
+                    simulated = lease.slot.client.simulator
                     if endpoint in row_failed:  # no other endpoint took it: not sent again here
                         scheduler.release(lease, None)
                         raise row_failed[endpoint]
@@ -244,8 +249,17 @@ class _Run:
                             row_failed[endpoint] = error
                         raise
                     generation, endpoint = answer.generation, answer.lease.slot.name
+            elapsed = time.monotonic() - clock
             result = Result(
-                task, "ok", endpoint, attempts, None, generation, started, time.monotonic() - clock
+                task,
+                "ok",
+                endpoint,
+                attempts,
+                None,
+                generation,
+                started,
+                elapsed,
+                generation.simulated,
             )
         except _Stop:
             return
@@ -254,7 +268,9 @@ class _Run:
             return
         except EndpointError as error:
             elapsed = time.monotonic() - clock
-            result = Result(task, "failed", endpoint, attempts, str(error), None, started, elapsed)
+            result = Result(
+                task, "failed", endpoint, attempts, str(error), None, started, elapsed, simulated
+            )
         if current is not None:  # a stop must not cancel a row being written
             self.sending.add(current)
         try:

@@ -47,6 +47,7 @@ RUNTIME_KNOBS = frozenset(
         "speed",
     }
 )
+SIMULATOR_HEADER = "X-Batchgen-Simulator"
 _NO_AUTH = frozenset({"/sdapi/v1/loras", "/sdapi/v1/refresh-loras"})
 _MEMORY = {
     "ram": {"free": 24_000_000_000, "used": 8_000_000_000, "total": 32_000_000_000},
@@ -144,6 +145,9 @@ class SimApp:
             self._tasks.discard(task)
         if not self.forge:
             response.headers["X-Process-Time"] = f"{time.perf_counter() - began:.4f}"
+        # No real web UI sends this: a client can tell a simulator's placeholder images apart.
+        if self.config.marked:
+            response.headers[SIMULATOR_HEADER] = self.config.flavor
         # Starlette's GZipMiddleware(minimum_size=1000), installed by A1111 and Forge.
         accepts_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
         if accepts_gzip and isinstance(response, web.Response):

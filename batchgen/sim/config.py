@@ -70,6 +70,9 @@ class SimConfig:
     version: str = ""
     api_auth: str | None = None
     webui: bool = True
+    # Every answer says it comes from a simulator (SIMULATOR_HEADER); false only to stand in for
+    # a real server in tests: a real web UI never sends it.
+    marked: bool = True
     encoder: Encoder = "fast"
     # Faults, drawn per generation request from random.Random(fault_seed) in arrival order.
     fail_rate: float = 0.0
