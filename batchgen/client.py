@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import dataclasses
+import email.utils
 import json
 import os
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,16 +24,32 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError
+from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError, RowError
 from batchgen.job import EndpointSpec, RetrySpec, TimeoutSpec
 from batchgen.payload import adapt_for, encode_body
 from batchgen.records import Generation, Task
 
 Flavor = Literal["a1111", "forge"]
 
-# Deterministic server-side failures that A1111 reports as 500: sending them again cannot help.
-_FATAL_500_ERRORS = frozenset({"ValidationError", "KeyError", "TypeError", "AssertionError"})
-_FATAL_500_PHRASES = ("could not find", "not found", "not a valid")
+# A 500 that names an exception was raised while the server processed this one request: the
+# server is well, the request fails there (a1111-api.md §8, §15). Running out of memory is the
+# exception: it depends on what else the GPU holds, so it is worth sending again.
+_OUT_OF_MEMORY = ("OutOfMemoryError", "out of memory")
+# 500s without an exception name (Forge drops A1111's error shape) that are still the request's.
+_ROW_500_PHRASES = ("could not find", "not found", "not a valid", "invalid encoded image")
+# Known row errors and what the user can do about them, by exception name or message phrase.
+_ROW_ERROR_HINTS = (
+    (
+        "NansException",
+        "the model produced NaNs for this request; start that server with --no-half-vae "
+        "(or --no-half), or with --disable-nan-check",
+    ),
+    ("UniPC order must be < sampling steps", "UniPC needs at least 3 sampling steps"),
+    ("Invalid encoded image", "the image sent is not a readable PNG/JPEG; check its file"),
+)
+# Sent by batchgen's simulator on every answer, never by a real web UI (README, "The simulator").
+SIMULATOR_HEADER = "X-Batchgen-Simulator"
+RETRY_AFTER_MAX = 60.0  # seconds: a longer Retry-After is waited this long, then asked again
 
 
 class _TlsError(FatalEndpointError):
@@ -154,6 +174,7 @@ class ServerState:
     flavor: Flavor
     checkpoint: str | None  # opts.sd_model_checkpoint
     vae: str | None
+    simulator: bool = False  # batchgen's simulator: placeholder images, not a model
 
 
 class EndpointClient:
@@ -166,6 +187,7 @@ class EndpointClient:
             raise ValueError("start the simulator and resolve its URL before making a client")
         self.endpoint = endpoint
         self.flavor: Flavor = "a1111"
+        self.simulator = False  # as its last answer said
         self._session = session
         # Images are base64 PNG, which gzip shrinks by a quarter at best, while A1111 compresses
         # each answer at level 9 on its own CPU: on a LAN the bytes are cheaper. A job's own
@@ -215,6 +237,7 @@ class EndpointClient:
             flavor=self.flavor,
             checkpoint=_text_or_none(options.get("sd_model_checkpoint")),
             vae=_text_or_none(options.get("sd_vae")),
+            simulator=self.simulator,
         )
 
     async def generate(self, task: Task) -> Generation:
@@ -223,7 +246,7 @@ class EndpointClient:
         payload = await self._request(
             "POST", f"/sdapi/v1/{task.route}", body, self._generation_timeout
         )
-        return parse_generation(payload)
+        return dataclasses.replace(parse_generation(payload), simulated=self.simulator)
 
     async def _detect_flavor(self) -> Flavor:
         # Forge replaced /sd-vae by /sd-modules; A1111 v1.10 has no /sd-modules (a1111-api.md §11).
@@ -246,9 +269,11 @@ class EndpointClient:
                 ssl=self.endpoint.ssl,
             ) as response:
                 raw = await response.read()
+                self.simulator = SIMULATOR_HEADER in response.headers
                 if response.status != 200:
-                    raise _status_error(response.status, raw)
-        except TimeoutError:
+                    retry_after = response.headers.get("Retry-After")
+                    raise _status_error(response.status, raw, retry_after)
+        except (TimeoutError, asyncio.TimeoutError):  # not the same class before Python 3.11
             limit = timeout.total
             raise RetryableEndpointError(
                 f"no answer within {limit:g} s" if limit else "timed out"
@@ -317,17 +342,45 @@ def _decode_image(item: Any) -> bytes:
         raise FatalEndpointError("the answer holds an image that is not base64") from None
 
 
-def _status_error(status: int, raw: bytes) -> RetryableEndpointError | FatalEndpointError:
+def _status_error(
+    status: int, raw: bytes, retry_after: str | None = None
+) -> RetryableEndpointError | FatalEndpointError:
     message, error_name = _server_message(raw)
     text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
-    if status == 500 and (
-        error_name in _FATAL_500_ERRORS
-        or any(phrase in message.lower() for phrase in _FATAL_500_PHRASES)
-    ):
-        return FatalEndpointError(text, status)
+    if status == 500 and _raised_by_the_request(message, error_name):
+        hint = next((hint for mark, hint in _ROW_ERROR_HINTS if mark in message), None)
+        return RowError(text, status, hint=hint)
+    if status in (429, 503) and retry_after is not None:
+        wait = _seconds_from(retry_after)
+        if wait is not None:
+            return RetryableEndpointError(
+                f"{text} (asked to wait {wait:g} s)", status, retry_after=wait
+            )
     if status == 429 or status >= 500:
         return RetryableEndpointError(text, status)
     return FatalEndpointError(text, status)
+
+
+def _raised_by_the_request(message: str, error_name: str | None) -> bool:
+    if any(mark in message for mark in _OUT_OF_MEMORY):
+        return False
+    return error_name is not None or any(p in message.lower() for p in _ROW_500_PHRASES)
+
+
+def _seconds_from(retry_after: str) -> float | None:
+    """A Retry-After value (seconds or an HTTP date) as seconds from now, capped."""
+    text = retry_after.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
 def _server_message(raw: bytes) -> tuple[str, str | None]:

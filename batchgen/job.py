@@ -21,6 +21,7 @@ else:  # pragma: no cover
 
 SHEET_SUFFIXES = (".csv", ".tsv", ".xlsx", ".jsonl")
 DEFAULT_FILENAME = "{row:06d}-{index:02d}-{seed}"
+DEFAULT_URL = "http://127.0.0.1:7860"  # A1111's own default address, when no endpoint is named
 
 
 class _Frozen(BaseModel):
@@ -68,7 +69,10 @@ class JobSpec(_Frozen):
     sheet: Path
     source: Path | None = None  # the job file, for messages; None for a bare sheet
     sheet_name: str | None = None
-    endpoints: tuple[EndpointSpec, ...] = (EndpointSpec(url="sim://"),)
+    # Never the simulator unless named: its placeholder images must not pass for real ones.
+    endpoints: tuple[EndpointSpec, ...] = Field(
+        default_factory=lambda: (EndpointSpec(url=DEFAULT_URL),)
+    )
     in_flight: int = Field(default=2, gt=0)  # per endpoint: one running, one waiting
     defaults: dict[str, Any] = Field(default_factory=dict)
     columns: dict[str, str] = Field(default_factory=dict)  # sheet header -> request field path
@@ -88,6 +92,11 @@ class JobSpec(_Frozen):
         if not re.fullmatch(r"[\w.-]+", value) or value.strip(".") == "":
             raise ValueError("use letters, digits, '.', '-' and '_' only (it names a folder)")
         return value
+
+    @property
+    def endpoints_defaulted(self) -> bool:
+        """No endpoint was named in the job or on the command line."""
+        return "endpoints" not in self.model_fields_set
 
     @property
     def out_dir(self) -> Path:

@@ -27,6 +27,7 @@ class ManifestRecord:
     extras: tuple[str, ...] = ()  # ControlNet detected maps: images past the generated ones
     seeds: tuple[int, ...] = ()  # the real seed of each image, from the server's info
     endpoint: str = ""
+    simulator: bool = False  # made by batchgen's simulator: placeholder images, not a real server's
     attempts: int = 0
     error: str | None = None
     route: str = "txt2img"

@@ -12,7 +12,7 @@ from batchgen.payload import PayloadBuilder
 from batchgen.records import RunPlan, Task
 from batchgen.shards import keeps
 from batchgen.sheet import read_headers, read_rows
-from batchgen.store import ResumeState, check_template
+from batchgen.store import DONE, SIMULATED, ResumeState, check_template
 
 
 def validate(
@@ -26,7 +26,7 @@ def validate(
         check_template(job.output.filename, builder.metadata_columns)
     except Exception as error:  # a ConfigError reads better beside the sheet's problems
         problems.append(Problem(file="job", message=str(error)))
-    done = failed = new = 0
+    done = failed = new = simulated = 0
     past_rows = state.rows if state and state.rows else None  # a lookup per row, not a set
     for row in read_rows(job.sheet, job.sheet_name):
         try:
@@ -39,16 +39,17 @@ def validate(
         past = past_rows.get(task.key) if past_rows is not None else None
         if past is None:
             new += 1
-        elif past.status == "ok":
+        elif past.status in DONE:
             done += 1
+            simulated += past.status == SIMULATED
         else:
             failed += 1
     if problems:
         raise InputError(problems)
     total = done + failed + new
     if retry_failed:
-        return RunPlan(total, done, failed, 0, skipped=new)
-    return RunPlan(total, done, failed, new, skipped=0)
+        return RunPlan(total, done, failed, 0, skipped=new, simulated=simulated)
+    return RunPlan(total, done, failed, new, skipped=0, simulated=simulated)
 
 
 def first_tasks(job: JobSpec, count: int) -> Iterator[Task]:
@@ -101,6 +102,9 @@ async def check_only(job: JobSpec) -> list[str]:
         if not up:
             if sheet_problems:
                 raise InputError(sheet_problems)
+            fleet.require_an_answer(
+                "nothing was checked against a server", defaulted=job.endpoints_defaulted
+            )
             raise NoEndpointError("no endpoint answers; nothing was checked against a server")
         await check_endpoints(job, up, sheet_problems)
     lines.append("all checks passed")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -59,6 +60,7 @@ class Generation:
     vae: str | None
     version: str | None
     info: Mapping[str, Any]
+    simulated: bool = False  # made by batchgen's simulator: placeholders, not a model's images
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class Result:
     generation: Generation | None
     started_at: float  # unix time of the first attempt
     duration_s: float
+    simulated: bool = False  # sent to batchgen's simulator (the last endpoint tried)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +87,50 @@ class RunPlan:
     to_retry: int  # failed last time, sent again
     to_go: int  # never finished
     skipped: int  # not sent this time (--retry-failed leaves new rows for later)
+    simulated: int = 0  # of `done`: made by a simulator
+    simulators: tuple[str, ...] = ()  # this run's endpoints that are simulators
+    remade: int = 0  # rows a simulator made that this run sends to real servers
 
     def describe(self) -> str:
         return (
             f"{self.total:,} rows: {self.done:,} done, {self.to_retry:,} failed to retry, "
             f"{self.to_go:,} to go" + (f", {self.skipped:,} left for later" if self.skipped else "")
         )
+
+    def on(self, simulators: Sequence[str], *, retry_failed: bool) -> RunPlan:
+        """The plan for these endpoints: with none a simulator, rows a simulator made are not
+        done (placeholder images must never pass for a real server's)."""
+        if simulators or not self.simulated:
+            return dataclasses.replace(self, simulators=tuple(simulators))
+        moved = self.simulated
+        return dataclasses.replace(
+            self,
+            done=self.done - moved,
+            to_go=self.to_go + (0 if retry_failed else moved),
+            skipped=self.skipped + (moved if retry_failed else 0),
+            simulated=0,
+            remade=moved,
+        )
+
+    def notes(self) -> list[str]:
+        """What the user must not miss about where this run's images come from."""
+        lines = []
+        if self.simulators:
+            lines.append(simulator_note(self.simulators))
+        if self.remade:
+            lines.append(
+                f"{self.remade:,} rows in this folder were made by a simulator; this run's "
+                "endpoints are real servers, so they are not counted as done"
+            )
+        return lines
+
+
+def simulator_note(names: Sequence[str]) -> str:
+    """The plain warning every run on a simulator shows, in progress, summary and run log."""
+    return (
+        f"SIMULATOR: {', '.join(names)} is batchgen's built-in simulator; its images are "
+        "placeholders, not a model's (for real images: --endpoint http://host:7860)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +148,15 @@ class EndpointView:
     loaded: str | None = None  # the checkpoint in memory, as last seen
     vae: str | None = None
     down_s: float | None = None  # how long it has been out of rotation
+    simulator: bool = False  # batchgen's simulator, not a real web UI
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRow:
+    """A row that failed in this run, for the summary."""
+
+    row: int  # spreadsheet row number, header = 1
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +173,7 @@ class RunSummary:
     endpoints: tuple[EndpointView, ...]
     outputs: tuple[Path, ...]
     stopped_reason: str | None = None
+    failed_rows: tuple[FailedRow, ...] = ()  # the first ones, in the order they failed
 
     @property
     def not_run(self) -> int:

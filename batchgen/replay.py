@@ -254,6 +254,7 @@ class _Sender:
                 generation,
                 started,
                 time.monotonic() - clock,
+                simulated=client.simulator,
             )
             payload = manifest_body(task.body, self._store.payload_base)
             loop = asyncio.get_running_loop()

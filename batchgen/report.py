@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from batchgen.records import EndpointView, Result, RunPlan, RunSummary
+from batchgen.records import EndpointView, Result, RunPlan, RunSummary, simulator_note
 
 log = logging.getLogger(__name__)
 # Lines the terminal already shows in its own way: the run log gets them, the console does not.
@@ -77,6 +77,8 @@ class LogReporter:
     def started(self, plan: RunPlan, out_dir: Path) -> None:
         self._tally.start(plan)
         log.warning("%s; output in %s", plan.describe(), out_dir)
+        for note in plan.notes():
+            log.warning("%s", note)
 
     def row_finished(self, result: Result) -> None:
         self._tally.add(result)
@@ -109,6 +111,9 @@ class RichReporter:
         line = f"{plan.describe()}; output in {out_dir}"
         self._console.print(line, highlight=False)
         log.info("%s", line, extra=FILE_ONLY)
+        for note in plan.notes():
+            self._console.print(Text(note, style="bold yellow"))
+            log.warning("%s", note, extra=FILE_ONLY)
         self._live.start()
         self._refresh()
 
@@ -170,6 +175,15 @@ def summary_lines(summary: RunSummary) -> list[str]:
     )
     for view in summary.endpoints:
         lines.append(f"  {_endpoint_text(view, summary.elapsed_s)}")
+    simulators = [view.name for view in summary.endpoints if view.simulator]
+    if simulators:
+        lines.append(simulator_note(simulators))
+    if summary.failed_rows:
+        lines.append("failed rows:")
+        lines += [f"  row {failed.row}: {failed.error}" for failed in summary.failed_rows]
+        more = summary.failed - len(summary.failed_rows)
+        if more > 0:
+            lines.append(f"  and {more:,} more (see manifest.jsonl)")
     if summary.failed or summary.not_run:
         lines.append("run the same command again to resume; --retry-failed sends only failed rows")
     lines.append(f"outputs: {', '.join(str(path) for path in summary.outputs)}")
@@ -179,7 +193,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
 def _endpoint_text(view: EndpointView, elapsed_s: float) -> str:
     rate = view.images / elapsed_s if elapsed_s > 0 else 0.0
     return (
-        f"{view.name} ({_state(view)}): {view.done:,} done, {view.failed:,} failed, "
+        f"{view.name} ({_state(view)}): {view.done:,} done, {view.failed:,} failed attempts, "
         f"{view.images:,} images ({rate:.2f}/s), {view.switches} checkpoint switches"
     )
 
@@ -192,9 +206,10 @@ def _model(view: EndpointView) -> str:
 
 
 def _state(view: EndpointView) -> str:
+    suffix = ", simulator" if view.simulator else ""
     if view.up:
-        return "up"
-    return "down" if view.down_s is None else f"down {_duration(view.down_s)}"
+        return "up" + suffix
+    return ("down" if view.down_s is None else f"down {_duration(view.down_s)}") + suffix
 
 
 def _all_down(views: list[EndpointView]) -> str:

@@ -38,13 +38,15 @@ _UNSAFE = re.compile(r"[^\w.\-+=@]+")
 
 
 MISSING = "missing"  # a PastRow status: the record says ok, but an image file is gone
+SIMULATED = "simulated"  # a PastRow status: ok, but made by the simulator (placeholder images)
+DONE = frozenset({"ok", SIMULATED})  # a run on real servers sends SIMULATED rows again
 
 
 @dataclass(frozen=True, slots=True)
 class PastRow:
     """The latest manifest record of a row key, as found when the folder was opened."""
 
-    status: str  # "ok", "failed", or MISSING (sent again, like a failed row)
+    status: str  # "ok", "failed", MISSING (sent again, like a failed row), or SIMULATED
     offset: int  # byte offset of the record in the manifest
 
 
@@ -79,11 +81,11 @@ class ResumeState:
 
     @property
     def done(self) -> frozenset[str]:
-        return frozenset(key for key, past in self.rows.items() if past.status == "ok")
+        return frozenset(key for key, past in self.rows.items() if past.status in DONE)
 
     @property
     def failed(self) -> frozenset[str]:
-        return frozenset(key for key, past in self.rows.items() if past.status != "ok")
+        return frozenset(key for key, past in self.rows.items() if past.status not in DONE)
 
 
 def check_template(template: str, metadata_columns: Iterable[str]) -> None:
@@ -257,6 +259,7 @@ class OutputStore:
             extras=tuple(extras),
             seeds=generation.seeds if generation else (),
             endpoint=result.endpoint,
+            simulator=result.simulated,
             attempts=result.attempts,
             error=result.error,
             route=task.route,
@@ -378,6 +381,8 @@ class OutputStore:
                     len(files) - len(present),
                 )
                 status = MISSING
+            elif status == "ok" and record.simulator:
+                status = SIMULATED
             past.append((record.key, status, offset))  # in file order: the latest one wins
             taken.extend(present)
             if len(past) >= _INDEX_BATCH:

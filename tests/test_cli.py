@@ -128,7 +128,7 @@ async def test_credentials_in_an_endpoint_url_never_reach_the_output(tmp_path: P
         )
 
     assert code == 0, output
-    assert "finished in" in output and f"{url} (up): 3 done" in output  # plain log lines
+    assert "finished in" in output and f"{url} (up, simulator): 3 done" in output  # plain log lines
     assert "Hunter2" not in output + all_text(ok)
     assert bad_code == 2 and "401" in bad_output and "Hunter3" not in bad_output
 

@@ -70,29 +70,38 @@ class SimConfig:
     version: str = ""
     api_auth: str | None = None
     webui: bool = True
+    # Every answer says it comes from a simulator (SIMULATOR_HEADER); false only to stand in for
+    # a real server in tests: a real web UI never sends it.
+    marked: bool = True
     encoder: Encoder = "fast"
     # Faults, drawn per generation request from random.Random(fault_seed) in arrival order.
     fail_rate: float = 0.0
     drop_rate: float = 0.0
     hang_rate: float = 0.0
+    busy_rate: float = 0.0  # answered 429 Too Many Requests, as a rate-limiting proxy does
     die_after: int | None = None
     unavailable_s: float = 0.0
     refuse_s: float = 0.0
     fault_seed: int = 0
+    retry_after: int = 0  # seconds a 429 (busy_rate) or 503 (unavailable_s) asks for; 0: no header
+    # A prompt holding this text fails as a real server fails a request whose model makes NaNs:
+    # a 500 NansException, every time, while other requests go on (a1111-api.md §15).
+    nan_marker: str = ""
 
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("models: at least one checkpoint is required")
         if self.speed <= 0:
             raise ValueError("speed must be > 0")
-        for name in ("ms_per_step", "switch_s", "unavailable_s", "refuse_s"):
+        for name in ("ms_per_step", "switch_s", "unavailable_s", "refuse_s", "retry_after"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        for name in ("fail_rate", "drop_rate", "hang_rate"):
+        rates = ("fail_rate", "drop_rate", "hang_rate", "busy_rate")
+        for name in rates:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        if self.fail_rate + self.drop_rate + self.hang_rate > 1.0:
-            raise ValueError("fail_rate + drop_rate + hang_rate must be <= 1")
+        if sum(getattr(self, name) for name in rates) > 1.0:
+            raise ValueError("fail_rate + drop_rate + hang_rate + busy_rate must be <= 1")
         if self.die_after is not None and self.die_after < 0:
             raise ValueError("die_after must be >= 0")
         if self.flavor not in ("a1111", "forge"):
