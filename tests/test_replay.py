@@ -90,7 +90,7 @@ async def test_replay_says_identical_and_resumes_itself(tmp_path: Path) -> None:
         assert [row.verdict for row in summary.rows] == ["identical"] * 5
         assert summary.exit_code == 0
         assert "same bytes" in summary.rows[0].detail
-        assert all(line["simulator"] for line in read_records(tmp_path / "again").values())
+        assert all(line.simulator for line in latest_records(tmp_path / "again").values())
         replayed = server.stats.history[sent:]
         assert canonical(replayed) == canonical(server.stats.history[:sent])
         # The new folder has its own manifest: replaying into it again sends nothing.
