@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -303,10 +304,12 @@ class _Run:
         payload = manifest_body(result.task.body, self.job.sheet.parent)
         # Shielded: once the images are being written, the manifest line follows them.
         try:
-            await asyncio.shield(self.group.write(result, payload))
+            line = await asyncio.shield(self.group.write(result, payload))
         except OSError as error:  # a full disk: the row is not done; stop rather than fail them all
             self._stop(f"cannot write to {self.job.out_dir}: {error}; the row is sent next run")
             return
+        if line.status != result.status:  # the file system refused this row's file names
+            result = dataclasses.replace(result, status="failed", error=line.error, generation=None)
         if result.status == "ok":
             self.ok += 1
             self.images += len(result.generation.images) if result.generation else 0

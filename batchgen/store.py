@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -34,7 +36,16 @@ IMAGE_WRITERS = 8  # threads writing one batch's images
 RESULT_COLUMNS = ("row", "status", "images", "seeds", "error")
 _TEMPLATE_FIELDS = {"row", "index", "seed", "key", "job"}
 _INDEX_BATCH = 4096  # manifest lines read per insert into the index
-_UNSAFE = re.compile(r"[^\w.\-+=@]+")
+_UNSAFE = re.compile(r"[^\w.\-+=@]+")  # also drops Windows' <>:"|?* and control characters
+# File systems count bytes per name (255 on most): room is left for "~123456", ".webp" and ".tmp".
+NAME_BYTES = 255 - len("~123456") - len(".webp") - len(TMP_SUFFIX)
+# Windows refuses these as a name, with any extension: CON, NUL.png, com1.txt.
+_RESERVED = re.compile(r"(?i)(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?")
+# Only these stop a run: every later row would fail the same way. Any other write error is
+# that row's alone (a name the file system refuses, a file where a folder should be).
+DISK_FULL = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if code
+)
 
 
 MISSING = "missing"  # a PastRow status: the record says ok, but an image file is gone
@@ -165,21 +176,22 @@ class OutputStore:
         if self._manifest is None:
             raise RuntimeError("open the store first")
         lines = []
-        files: list[tuple[Path, bytes]] = []
-        for result, manifest_payload in finished:
-            images, extras = self._name_files(result, files)
+        files: list[tuple[int, Path, bytes]] = []  # (line index, target, data)
+        for number, (result, manifest_payload) in enumerate(finished):
+            named: list[tuple[Path, bytes]] = []
+            images, extras = self._name_files(result, named)
             lines.append(self._line(result, manifest_payload, images, extras))
-        folders = {target.parent for target, _ in files}
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-        if len(files) > 1:  # fsyncs in parallel share the file system's journal commits
-            list(self._image_pool().map(_write_atomic_file, files))
-        else:
-            for file in files:
-                _write_atomic_file(file)
-        # The renames must be on disk before the line that says they are done (power cuts).
-        for folder in folders:
-            _fsync_dir(folder)
+            files.extend((number, target, data) for target, data in named)
+        refused = self._write_files(files)
+        for number, message in refused.items():
+            lines[number] = dataclasses.replace(
+                lines[number],
+                status="failed",
+                images=(),
+                image_sha256=(),
+                extras=(),
+                error=message,
+            )
         offset = self._manifest.tell()
         chunks = [line.to_line() for line in lines]
         try:
@@ -195,6 +207,44 @@ class OutputStore:
             offset += len(chunk)
         self._opened().put_offsets(offsets)
         return lines
+
+    def _write_files(self, files: list[tuple[int, Path, bytes]]) -> dict[int, str]:
+        """Write every file; a line whose file the system refuses gets a message, not a stop.
+
+        A full disk or quota raises: no later row could be written either.
+        """
+        refused: dict[int, str] = {}
+        folders: dict[Path, OSError | None] = {}
+        for _, target, _ in files:
+            if target.parent not in folders:
+                folders[target.parent] = _make_folder(target.parent)
+        writable = []
+        for number, target, data in files:
+            error = folders[target.parent]
+            if error is None:
+                writable.append((number, target, data))
+            else:
+                refused.setdefault(number, self._refusal(target, error))
+        if len(writable) > 1:  # fsyncs in parallel share the file system's journal commits
+            outcomes = list(self._image_pool().map(_try_write, writable))
+        else:
+            outcomes = [_try_write(file) for file in writable]
+        for (number, target, _), error in zip(writable, outcomes, strict=True):
+            if error is not None:
+                refused.setdefault(number, self._refusal(target, error))
+        # The renames must be on disk before the line that says they are done (power cuts).
+        for folder, error in folders.items():
+            if error is None:
+                _fsync_dir(folder)
+        return refused
+
+    def _refusal(self, target: Path, error: OSError) -> str:
+        shown = target.relative_to(self.out_dir).as_posix()
+        reason = error.strerror or str(error)
+        return (
+            f"cannot write {shown}: {reason} (errno {error.errno}); the row is not done; "
+            "change output.filename or the cells it uses, then run again"
+        )
 
     def _opened(self) -> RowIndex:
         if self._index is None:
@@ -455,13 +505,21 @@ def _no_separators(value: Any) -> Any:
 
 
 def _safe_relative(rendered: str) -> str:
-    """Each part of the rendered name made harmless: no '..', no separators from cell values."""
+    """Each part of the rendered name made harmless: no '..', no separators from cell values,
+    no name Windows or macOS refuses, and short enough in bytes for any file system."""
     parts = []
     for part in rendered.replace("\\", "/").split("/"):
-        cleaned = _UNSAFE.sub("_", part).strip("._")[:120]
+        cleaned = _fit_bytes(_UNSAFE.sub("_", part).strip("._"), NAME_BYTES).rstrip("._")
+        if _RESERVED.fullmatch(cleaned):
+            cleaned = f"_{cleaned}"
         if cleaned:
             parts.append(cleaned)
     return "/".join(parts) or "image"
+
+
+def _fit_bytes(text: str, limit: int) -> str:
+    """The longest start of `text` whose UTF-8 form fits `limit` bytes (whole characters)."""
+    return text.encode()[:limit].decode("utf-8", errors="ignore")
 
 
 def _extension(data: bytes) -> str:
@@ -474,8 +532,26 @@ def _extension(data: bytes) -> str:
     return ".bin"
 
 
-def _write_atomic_file(file: tuple[Path, bytes]) -> None:
-    _write_atomic(*file)
+def _make_folder(folder: Path) -> OSError | None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if error.errno in DISK_FULL:
+            raise
+        return error
+    return None
+
+
+def _try_write(file: tuple[int, Path, bytes]) -> OSError | None:
+    """Write one file; return the error the system gave unless the disk is full (raised)."""
+    _, target, data = file
+    try:
+        _write_atomic(target, data)
+    except OSError as error:
+        if error.errno in DISK_FULL:
+            raise
+        return error
+    return None
 
 
 def _write_atomic(target: Path, data: bytes) -> None:

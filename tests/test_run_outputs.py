@@ -8,6 +8,7 @@ import pytest
 from runhelp import (
     assert_exactly_once_ok,
     make_job,
+    manifest,
     names_in,
     no_sleep,
     prompts,
@@ -80,3 +81,49 @@ def test_templates_that_reach_into_objects_are_rejected(tmp_path: Path, template
 
     with pytest.raises(InputError, match=r"output\.filename"):
         validate(job)
+
+
+async def test_long_cjk_titles_and_reserved_names_give_names_every_file_system_takes(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    long_title = "長い題名の物語" * 30  # 210 characters, 630 bytes in UTF-8
+    titles = [long_title, long_title + "二", "CON", "nul.txt", "com1", 'a<b>c:"d|e?f*', "end. . "]
+    rows = [{**row, "title": t} for row, t in zip(prompts(len(titles)), titles, strict=True)]
+    sheet = write_sheet(tmp_path / "rows.csv", rows)
+    job = make_job(tmp_path, sheet, [sim.url], output={"filename": "{title}"})
+
+    summary = await run_batch(job, RunOptions(sleep=no_sleep))
+
+    assert summary.exit_code == 0, summary.stopped_reason
+    records = assert_exactly_once_ok(job.out_dir, range(2, 2 + len(titles)))
+    names = [Path(r["images"][0]).name for r in records]
+    assert len(set(names)) == len(names)  # the two long titles cut to the same start stay apart
+    for name in names:
+        assert len((name + ".tmp").encode()) <= 255
+        stem = name.split(".")[0]
+        assert stem.upper() not in {"CON", "NUL", "COM1"}
+        assert not any(char in name for char in '<>:"|?*')
+        assert not name.rsplit(".", 1)[0].endswith((".", " "))
+    assert names[0].startswith("長い題名")
+
+
+async def test_a_write_error_that_is_not_a_full_disk_fails_only_that_row(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    rows = [
+        {**row, "shelf": shelf} for row, shelf in zip(prompts(3), ["a", "taken", "b"], strict=True)
+    ]
+    sheet = write_sheet(tmp_path / "rows.csv", rows)
+    job = make_job(tmp_path, sheet, [sim.url], output={"filename": "{shelf}/{row}"})
+    (job.out_dir / "images").mkdir(parents=True)
+    (job.out_dir / "images" / "taken").write_text("a file where the row wants a folder")
+
+    summary = await run_batch(job, RunOptions(sleep=no_sleep))
+
+    assert summary.stopped_reason is None
+    assert (summary.ok, summary.failed) == (2, 1)
+    by_row = {r["row"]: r for r in manifest(job.out_dir)}
+    assert by_row[3]["status"] == "failed"
+    assert by_row[3]["images"] == []
+    assert "cannot write images/taken/3.png" in by_row[3]["error"]
+    assert by_row[2]["status"] == by_row[4]["status"] == "ok"
