@@ -34,6 +34,8 @@ EXTRAS_DIR = "controlnet"
 TMP_SUFFIX = ".tmp"
 IMAGE_WRITERS = 8  # threads writing one batch's images
 RESULT_COLUMNS = ("row", "status", "images", "seeds", "error")
+FORMULA_STARTS = ("=", "+", "-", "@")  # what Excel reads as the start of a formula
+SIDE_FILES = ("results.csv", "results.xlsx", "job.json")  # written atomically beside the manifest
 _TEMPLATE_FIELDS = {"row", "index", "seed", "key", "job"}
 _INDEX_BATCH = 4096  # manifest lines read per insert into the index
 _UNSAFE = re.compile(r"[^\w.\-+=@]+")  # also drops Windows' <>:"|?* and control characters
@@ -400,7 +402,11 @@ class OutputStore:
         return candidate
 
     def _remove_temporary_files(self) -> None:
-        for path in self.out_dir.rglob(f"*{TMP_SUFFIX}"):
+        """Half-written files of batchgen's own, and nothing else a user keeps under --out."""
+        own_folders = [self.out_dir / IMAGES_DIR, self.out_dir / EXTRAS_DIR]
+        leftovers = [path for folder in own_folders for path in folder.rglob(f"*{TMP_SUFFIX}")]
+        leftovers += [self.out_dir / f"{name}{TMP_SUFFIX}" for name in SIDE_FILES]
+        for path in leftovers:
             if path.is_file():
                 log.info("removing %s, left half-written by an earlier run", path)
                 path.unlink()
@@ -592,7 +598,17 @@ class _XlsxWriter:
         self._sheet.append(columns)
 
     def append(self, values: list[Any]) -> None:
-        self._sheet.append(values)
+        self._sheet.append([self._text_stays_text(value) for value in values])
+
+    def _text_stays_text(self, value: Any) -> Any:
+        """A cell like '=HYPERLINK(...)' is a prompt, not a formula for whoever opens the file."""
+        if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+            return value
+        from openpyxl.cell import WriteOnlyCell
+
+        cell = WriteOnlyCell(self._sheet, value=value)
+        cell.data_type = "s"
+        return cell
 
     def close(self) -> Path:
         tmp = self._path.with_name(self._path.name + TMP_SUFFIX)

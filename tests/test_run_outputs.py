@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
+from openpyxl import load_workbook
 from runhelp import (
     assert_exactly_once_ok,
     make_job,
@@ -127,3 +129,44 @@ async def test_a_write_error_that_is_not_a_full_disk_fails_only_that_row(
     assert by_row[3]["images"] == []
     assert "cannot write images/taken/3.png" in by_row[3]["error"]
     assert by_row[2]["status"] == by_row[4]["status"] == "ok"
+
+
+async def test_cells_that_look_like_formulas_stay_text_in_results(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    hostile = ['=HYPERLINK("http://evil","click")', "+1+2", "-3", "@SUM(A1)"]
+    sheet = write_sheet(tmp_path / "rows.xlsx", prompts(4, note="x"))
+    book = load_workbook(sheet)
+    assert book.active is not None
+    for row, text in enumerate(hostile, start=2):  # text cells, as Excel stores a quoted '=
+        book.active.cell(row=row, column=3).value = text
+        book.active.cell(row=row, column=3).data_type = "s"
+    book.save(sheet)
+    job = make_job(tmp_path, sheet, [sim.url])
+
+    await run_batch(job, RunOptions(sleep=no_sleep))
+
+    book = load_workbook(job.out_dir / "results.xlsx")
+    sheet_out = book.active
+    assert sheet_out is not None
+    column = [cell.value for cell in sheet_out[1]].index("note") + 1
+    cells = [sheet_out.cell(row=row, column=column) for row in range(2, 6)]
+    assert [cell.value for cell in cells] == hostile
+    assert {cell.data_type for cell in cells} == {"s"}, "a cell became a formula"
+    with (job.out_dir / "results.csv").open(encoding="utf-8-sig", newline="") as handle:
+        assert [row["note"] for row in csv.DictReader(handle)] == hostile
+
+
+async def test_only_batchgens_own_tmp_files_are_cleaned(tmp_path: Path, sim: SimServer) -> None:
+    sheet = write_sheet(tmp_path / "rows.csv", prompts(1))
+    job = make_job(tmp_path, sheet, [sim.url])
+    user_files = [job.out_dir / "notes.tmp", job.out_dir / "drafts" / "scene.tmp"]
+    own_leftovers = [job.out_dir / "images" / "000002-00-1.png.tmp", job.out_dir / "job.json.tmp"]
+    for path in [*user_files, *own_leftovers]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+
+    await run_batch(job, RunOptions(sleep=no_sleep))
+
+    assert all(path.read_text() == "half" for path in user_files)
+    assert not any(path.exists() for path in own_leftovers)
