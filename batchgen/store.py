@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchgen.errors import ConfigError
-from batchgen.manifest import MANIFEST, ManifestRecord, scan
-from batchgen.records import Result, SheetRow
+from batchgen.manifest import MANIFEST, ManifestRecord, iso_utc, scan
+from batchgen.records import Generation, Result, SheetRow
 from batchgen.rowindex import RowIndex
 
 log = logging.getLogger(__name__)
@@ -298,6 +298,7 @@ class OutputStore:
     ) -> ManifestRecord:
         task = result.task
         generation = result.generation
+        finished_at = time.time()
         return ManifestRecord(
             row=task.row,
             key=task.key,
@@ -318,9 +319,12 @@ class OutputStore:
             version=generation.version if generation else None,
             started_at=round(result.started_at, 3),
             duration_s=round(result.duration_s, 3),
-            finished_at=round(time.time(), 3),
+            finished_at=round(finished_at, 3),
             metadata=dict(task.metadata),
             payload=dict(manifest_payload),
+            **_as_used(generation),
+            started=iso_utc(result.started_at),
+            finished=iso_utc(finished_at),
         )
 
     def record_at(self, key: str) -> ManifestRecord | None:
@@ -526,6 +530,31 @@ def _safe_relative(rendered: str) -> str:
 def _fit_bytes(text: str, limit: int) -> str:
     """The longest start of `text` whose UTF-8 form fits `limit` bytes (whole characters)."""
     return text.encode()[:limit].decode("utf-8", errors="ignore")
+
+
+def _as_used(generation: Generation | None) -> dict[str, Any]:
+    """Per generated image, what the server's info says it used (a grid's infotext dropped)."""
+    if generation is None:
+        return {}
+    info = generation.info
+    first = info.get("index_of_first_image")
+    first = first if isinstance(first, int) else 0
+    count = len(generation.images)
+
+    def per_image(name: str, start: int = 0) -> list[Any]:
+        values = info.get(name)
+        return values[start : start + count] if isinstance(values, list) else []
+
+    subseeds = []
+    for value in per_image("all_subseeds"):
+        with contextlib.suppress(TypeError, ValueError):
+            subseeds.append(int(value))
+    return {
+        "prompts": tuple(str(v) for v in per_image("all_prompts")),
+        "negative_prompts": tuple(str(v) for v in per_image("all_negative_prompts")),
+        "subseeds": tuple(subseeds),
+        "infotexts": tuple(str(v) for v in per_image("infotexts", first)),
+    }
 
 
 def _extension(data: bytes) -> str:

@@ -61,6 +61,9 @@ class SimConfig:
     upscalers: tuple[str, ...] = DEFAULT_UPSCALERS
     cn_models: tuple[str, ...] = DEFAULT_CN_MODELS
     cn_modules: tuple[str, ...] = DEFAULT_CN_MODULES
+    # Prompt styles as "name=text" (text may hold {prompt}); a request's `styles` apply them on
+    # the server, so `info.all_prompts` differs from the prompt sent, as on a real A1111.
+    styles: tuple[str, ...] = ()
     # Time model: ms per sampling step of one 512x512 image, scaled by steps, pixels,
     # batch_size and n_iter, divided by speed; plus switch_s per checkpoint load.
     ms_per_step: float = 0.2
@@ -99,6 +102,9 @@ class SimConfig:
             raise ValueError(f"flavor must be 'a1111' or 'forge', not {self.flavor!r}")
         if self.encoder not in ("fast", "pillow"):
             raise ValueError(f"encoder must be 'fast' or 'pillow', not {self.encoder!r}")
+        for style in self.styles:
+            if "=" not in style:
+                raise ValueError(f"styles: write each as 'name=text', not {style!r}")
         if self.api_auth is not None and not all(":" in c for c in self.api_auth.split(",")):
             raise ValueError("api_auth must look like 'user:pass[,user2:pass2]'")
 
@@ -107,6 +113,9 @@ class SimConfig:
         if self.version:
             return self.version
         return "f2.0.1v1.10.1-previous-669-gdfdcbab6" if self.flavor == "forge" else "v1.10.1"
+
+    def style_texts(self) -> dict[str, str]:
+        return dict(style.split("=", 1) for style in self.styles)
 
     @classmethod
     def from_query(cls, query: str) -> SimConfig:
