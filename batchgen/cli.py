@@ -28,9 +28,24 @@ EXIT_INTERRUPTED = 130
 T = TypeVar("T")
 
 
+VERBOSE_HELP = "Log each retry and endpoint change."
+
+
+def _verbose_option(func: Any) -> Any:
+    """-v after the subcommand too (`batchgen run SOURCE -v`), as the README shows it."""
+
+    def turn_on(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            _setup_logging(verbose=True)
+
+    return click.option(
+        "-v", "--verbose", is_flag=True, expose_value=False, callback=turn_on, help=VERBOSE_HELP
+    )(func)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="batchgen")
-@click.option("-v", "--verbose", is_flag=True, help="Log each retry and endpoint change.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
 def cli(verbose: bool) -> None:
     """Turn a spreadsheet of prompts into images on Stable Diffusion web UI servers."""
     _setup_logging(verbose)
@@ -51,6 +66,7 @@ def _source_options(func: Any) -> Any:
         metavar="URL",
         help="A web UI server (repeatable; replaces the job's): http://host:7860 or sim://.",
     )(func)
+    func = _verbose_option(func)
     return click.argument("source", type=click.Path(path_type=Path))(func)
 
 
@@ -108,6 +124,7 @@ def check(source: Path, endpoints: Sequence[str], set_fields: Sequence[str]) -> 
     metavar="URL",
     help="Send to this server instead of the recorded ones (repeatable).",
 )
+@_verbose_option
 def replay(out_dir: Path, out: Path, rows_text: str | None, endpoints: Sequence[str]) -> None:
     """Send the requests recorded in OUT_DIR again and say, per row, if the images are identical."""
     from batchgen.replay import parse_rows
@@ -191,7 +208,17 @@ def _reporter() -> Reporter:
     return RichReporter(_console) if _console.is_terminal else LogReporter()
 
 
+_console_handler: logging.Handler | None = None
+
+
 def _setup_logging(verbose: bool) -> None:
+    """One console handler per process; -v (before or after the subcommand) lowers its level."""
+    global _console_handler
+    logger = logging.getLogger("batchgen")
+    if _console_handler is not None and _console_handler in logger.handlers:
+        if verbose:
+            _console_handler.setLevel(logging.INFO)
+        return
     handler: logging.Handler
     if _console.is_terminal:
         handler = RichHandler(console=_console, show_path=False, show_time=False)
@@ -200,6 +227,6 @@ def _setup_logging(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
     handler.addFilter(not_file_only)
-    logger = logging.getLogger("batchgen")
     logger.addHandler(handler)
+    _console_handler = handler
     logger.setLevel(logging.INFO)
