@@ -165,10 +165,10 @@ class Finding:
 
 def collect_uses(job: JobSpec) -> Usage:
     """Read the sheet and note which names each buildable row uses (broken rows: payload's job)."""
-    builder = PayloadBuilder(job, read_headers(job.sheet, job.sheet_name))
+    builder = PayloadBuilder(job, read_headers(job.sheet, **job.sheet_options))
     uses: dict[Use, RowSet] = {}
     count = 0
-    for row in read_rows(job.sheet, job.sheet_name):
+    for row in read_rows(job.sheet, **job.sheet_options):
         try:
             task = builder.build(row)
         except InputError:

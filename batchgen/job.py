@@ -92,6 +92,15 @@ class JobSpec(_Frozen):
         return value
 
     @property
+    def sheet_options(self) -> dict[str, Any]:
+        """How to read the sheet: the sheet_name, delimiter and encoding keyword arguments."""
+        return {
+            "sheet_name": self.sheet_name,
+            "delimiter": self.delimiter,
+            "encoding": self.encoding,
+        }
+
+    @property
     def out_dir(self) -> Path:
         return self.output.dir if self.output.dir is not None else Path("outputs") / self.name
 

@@ -46,6 +46,7 @@ class PayloadBuilder:
         self._twins = RowIndex()  # distinct row contents: moves to disk once there are many
         self._columns: dict[str, _Column] = {}
         self._bad_headers: set[str] = set()
+        self._meant: set[str] = set()  # fields a misspelt header was probably meant to set
         header_problems: list[Problem] = []
         self._plan_columns(headers, header_problems)
         self.header_problems: tuple[Problem, ...] = tuple(header_problems)
@@ -123,6 +124,8 @@ class PayloadBuilder:
         if isinstance(target, Target):
             return _Column(header, target)
         if target.misspelled:
+            if target.suggestion:
+                self._meant.add(target.suggestion)
             hint = target.hint
             if "." not in header:
                 note = f'to keep it as a note, map it in the job: [columns] "{header}" = ""'
@@ -396,6 +399,7 @@ class PayloadBuilder:
         problems: list[Problem],
     ) -> None:
         prompt = body.get("prompt")
+        # A misspelt prompt header is reported once, with a did-you-mean; not again per row.
         if not isinstance(prompt, str) or not prompt.strip():
             problems.append(
                 Problem(

@@ -99,11 +99,12 @@ class _Run:
 
     async def run(self) -> RunSummary:
         past = None if self.options.fresh else peek_state(self.job.out_dir)
+        checking = self.options.check and self.job.check
         plan = validate(self.job, past, retry_failed=self.options.retry_failed)
         started = time.monotonic()
         async with open_fleet(self.job) as fleet:
             scheduler = Scheduler(fleet.slots, wait_all_down=self.job.wait_all_down)
-            if self.options.check and self.job.check:
+            if checking:
                 await check_endpoints(self.job, fleet.answering())
             if self.options.fresh:  # only now: an invalid job leaves the folder as it was
                 move_aside(self.job.out_dir)
@@ -147,9 +148,9 @@ class _Run:
     async def _send_all(self, scheduler: Scheduler, state: ResumeState) -> None:
         window = asyncio.Semaphore(self.options.window)
         watcher = asyncio.create_task(watch(scheduler, self.reporter.endpoints))
-        builder = PayloadBuilder(self.job, read_headers(self.job.sheet, self.job.sheet_name))
+        builder = PayloadBuilder(self.job, read_headers(self.job.sheet, **self.job.sheet_options))
         try:
-            for row in read_rows(self.job.sheet, self.job.sheet_name):
+            for row in read_rows(self.job.sheet, **self.job.sheet_options):
                 task = builder.build(row)
                 self.row_keys[task.row] = task.key
                 if not self._wanted(task, state):
@@ -339,8 +340,8 @@ class _Run:
         self._stop("interrupted: finishing the rows in flight (again to stop now)")
 
     def _write_results(self) -> tuple[Path, ...]:
-        headers = read_headers(self.job.sheet, self.job.sheet_name)
-        rows = read_rows(self.job.sheet, self.job.sheet_name)
+        headers = read_headers(self.job.sheet, **self.job.sheet_options)
+        rows = read_rows(self.job.sheet, **self.job.sheet_options)
         xlsx = self.job.sheet.suffix.lower() == ".xlsx"
         try:
             return (
