@@ -400,7 +400,7 @@ class PayloadBuilder:
     ) -> None:
         prompt = body.get("prompt")
         # A misspelt prompt header is reported once, with a did-you-mean; not again per row.
-        if not isinstance(prompt, str) or not prompt.strip():
+        if (not isinstance(prompt, str) or not prompt.strip()) and "prompt" not in self._meant:
             problems.append(
                 Problem(
                     self._sheet_file,

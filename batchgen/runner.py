@@ -18,6 +18,7 @@ from batchgen.client import row_backoff
 from batchgen.errors import (
     EndpointError,
     FatalEndpointError,
+    InputError,
     NoEndpointError,
     RetryableEndpointError,
 )
@@ -100,12 +101,19 @@ class _Run:
     async def run(self) -> RunSummary:
         past = None if self.options.fresh else peek_state(self.job.out_dir)
         checking = self.options.check and self.job.check
-        plan = validate(self.job, past, retry_failed=self.options.retry_failed)
+        try:
+            plan = validate(self.job, past, retry_failed=self.options.retry_failed)
+        except InputError as error:
+            if not checking:
+                raise
+            sheet_problems = list(error.problems)  # said with the endpoints' in one round
+        else:
+            sheet_problems = []
         started = time.monotonic()
         async with open_fleet(self.job) as fleet:
             scheduler = Scheduler(fleet.slots, wait_all_down=self.job.wait_all_down)
             if checking:
-                await check_endpoints(self.job, fleet.answering())
+                await check_endpoints(self.job, fleet.answering(), sheet_problems)
             if self.options.fresh:  # only now: an invalid job leaves the folder as it was
                 move_aside(self.job.out_dir)
             state = self.store.open()

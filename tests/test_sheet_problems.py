@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from openpyxl import Workbook
-from runhelp import make_job, manifest, no_sleep
+from runhelp import make_job, manifest, no_sleep, prompts, write_sheet
 
 from batchgen.errors import InputError
 from batchgen.job import JobSpec
@@ -75,3 +75,32 @@ def test_a_title_row_above_the_header_is_recognised(tmp_path: Path) -> None:
         f"{sheet}, row 1: row 1 looks like a title; the header seems to be on row 2 "
         "(delete the rows above row 2, so that the header is row 1)"
     ]
+
+
+def test_a_misspelt_prompt_header_is_one_problem_not_one_per_row(tmp_path: Path) -> None:
+    sheet = write_sheet(tmp_path / "rows.csv", [{"Promt": f"p{i}", "steps": 3} for i in range(5)])
+    job = make_job(tmp_path, sheet, ["http://127.0.0.1:9"])
+
+    (problem,) = problems_of(job)
+
+    assert "column 'Promt'" in problem and "did you mean 'prompt'?" in problem
+
+
+async def test_sheet_values_and_names_on_the_servers_are_reported_in_one_round(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    rows = prompts(4)
+    rows[0]["steps"] = "many"  # a value
+    rows[1]["sampler_name"] = "Eulr a"  # a name only the server knows
+    rows[2]["override_settings.sd_model_checkpoint"] = "no-such-model"
+    rows[3]["cfg_scale"] = "high"
+    sheet = write_sheet(tmp_path / "rows.csv", rows)
+    job = make_job(tmp_path, sheet, [sim.url])
+
+    with pytest.raises(InputError) as caught:
+        await run_batch(job, RunOptions(sleep=no_sleep))
+
+    text = str(caught.value)
+    assert "row 2, column 'steps'" in text and "row 5, column 'cfg_scale'" in text
+    assert "Eulr a" in text and "no-such-model" in text
+    assert not (job.out_dir / "manifest.jsonl").exists()
