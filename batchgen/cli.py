@@ -35,8 +35,8 @@ def _verbose_option(func: Any) -> Any:
     """-v after the subcommand too (`batchgen run SOURCE -v`), as the README shows it."""
 
     def turn_on(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-        if value:
-            _setup_logging(verbose=True)
+        if value and _console_handler is not None:  # set up by the group, which runs first
+            _console_handler.setLevel(logging.INFO)
 
     return click.option(
         "-v", "--verbose", is_flag=True, expose_value=False, callback=turn_on, help=VERBOSE_HELP
@@ -212,13 +212,9 @@ _console_handler: logging.Handler | None = None
 
 
 def _setup_logging(verbose: bool) -> None:
-    """One console handler per process; -v (before or after the subcommand) lowers its level."""
+    """The console handler; a -v after the subcommand lowers its level later."""
     global _console_handler
     logger = logging.getLogger("batchgen")
-    if _console_handler is not None and _console_handler in logger.handlers:
-        if verbose:
-            _console_handler.setLevel(logging.INFO)
-        return
     handler: logging.Handler
     if _console.is_terminal:
         handler = RichHandler(console=_console, show_path=False, show_time=False)
