@@ -33,6 +33,7 @@ from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder
 from batchgen.records import Task
 from batchgen.sheet import read_headers, read_rows
+from batchgen.words import counted
 
 __all__ = [
     "Finding",
@@ -481,10 +482,10 @@ async def check_usage(
             if finding is not None:
                 grouped.setdefault((use, finding), []).append(inv.endpoint)
     log.info(
-        "checked %d name(s) used by %d row(s) on %d endpoint(s)",
-        len(usage.uses),
-        usage.rows,
-        len(inventories),
+        "checked %s used by %s on %s",
+        counted(len(usage.uses), "name"),
+        counted(usage.rows, "row"),
+        counted(len(inventories), "endpoint"),
     )
     everyone = len(inventories) if len(inventories) == len(clients) else -1
     problems = [
@@ -522,10 +523,15 @@ def _warn_sheet(job: JobSpec, usage: Usage) -> None:
     chosen = {normalize_name(header) for header, field in job.columns.items() if not field.strip()}
     unsent = [name for name in usage.metadata_columns if normalize_name(name) not in chosen]
     if unsent:
+        names = ", ".join(f"'{name}'" for name in unsent)
+        what = (
+            f"column {names} is not a request field; it is"
+            if len(unsent) == 1
+            else f"columns {names} are not request fields; they are"
+        )
         log.warning(
-            "%s: column(s) %s are not request fields; they are kept in the results, not sent "
-            '(to say so in the job: [columns] "%s" = "")',
+            '%s: %s kept in the results, not sent (to say so in the job: [columns] "%s" = "")',
             job.sheet,
-            ", ".join(f"'{name}'" for name in unsent),
+            what,
             unsent[0],
         )

@@ -33,6 +33,7 @@ from batchgen.run_files import close_run_log, move_aside, open_run_log, public_j
 from batchgen.scheduler import Lease, Scheduler
 from batchgen.sheet import read_headers, read_rows
 from batchgen.store import OutputStore, ResumeState, peek_state
+from batchgen.words import counted
 from batchgen.writer import GroupWriter
 
 log = logging.getLogger(__name__)
@@ -325,9 +326,9 @@ class _Run:
         else:
             self.failed += 1
             log.warning(
-                "row %d failed after %d attempt(s): %s",
+                "row %d failed after %s: %s",
                 result.task.row,
-                result.attempts,
+                counted(result.attempts, "attempt"),
                 result.error,
             )
         self.reporter.row_finished(result)

@@ -24,6 +24,7 @@ from batchgen.errors import ConfigError
 from batchgen.manifest import MANIFEST, ManifestRecord, iso_utc, scan
 from batchgen.records import Generation, Result, SheetRow
 from batchgen.rowindex import RowIndex
+from batchgen.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -433,9 +434,9 @@ class OutputStore:
             present = [path for path in files if (self.out_dir / path).is_file()]
             if status == "ok" and len(present) < len(files):
                 log.warning(
-                    "row %s: recorded as done, but %d image file(s) are gone; sending it again",
+                    "row %s: recorded as done, but %s gone; sending it again",
                     record.row,
-                    len(files) - len(present),
+                    counted(len(files) - len(present), "image file is", "image files are"),
                 )
                 status = MISSING
             past.append((record.key, status, offset))  # in file order: the latest one wins

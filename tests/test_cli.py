@@ -241,3 +241,14 @@ def test_set_sheet_name_picks_the_sheet_of_a_bare_workbook(tmp_path: Path) -> No
     saved = json.loads((out / "job.json").read_text())
     assert saved["sheet_name"] == "night"
     assert saved["defaults"] == {"cfg_scale": 6.5}  # a number, not "6.5"
+
+
+def test_one_of_a_thing_is_said_in_the_singular(tmp_path: Path) -> None:
+    sheet = write_sheet(tmp_path / "rows.csv", prompts(1))
+
+    result = invoke(str(sheet), "--endpoint", "sim://", "--out", str(tmp_path / "o"))
+
+    assert result.exit_code == 0, result.stderr
+    assert "1 row: 0 done" in result.stderr
+    assert "1 image (" in result.stderr and "0 checkpoint switches" in result.stderr
+    assert "1 images" not in result.stderr and "1 rows" not in result.stderr
