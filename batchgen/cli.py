@@ -6,23 +6,24 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.logging import RichHandler
 
 from batchgen.errors import BatchgenError
-from batchgen.job import JobSpec, load_job, parse_set
-from batchgen.payload import manifest_body
-from batchgen.plan import check_only, first_tasks, validate
-from batchgen.records import Reporter
-from batchgen.report import LogReporter, RichReporter, not_file_only
-from batchgen.runner import RunOptions, run_batch
-from batchgen.store import peek_state
+
+if TYPE_CHECKING:
+    from batchgen.job import JobSpec
+    from batchgen.records import Reporter
+
+# The stages (pandas, pydantic, aiohttp) are imported inside the commands, where a Ctrl-C
+# while they load is caught like any other.
 
 EXIT_INTERRUPTED = 130
 T = TypeVar("T")
@@ -92,6 +93,8 @@ def run(
     """Send every row of SOURCE (a .toml job or a sheet) and write images and a manifest."""
     if fresh and retry_failed:
         raise click.UsageError("--fresh starts an empty folder, where no row has failed yet")
+    from batchgen.runner import RunOptions, run_batch
+
     job = _load(source, endpoints, set_fields, out)
     if dry_run:
         _guarded(lambda: _dry_run(job))
@@ -105,6 +108,8 @@ def run(
 @_source_options
 def check(source: Path, endpoints: Sequence[str], set_fields: Sequence[str]) -> None:
     """Check the sheet and every endpoint that may get a row; send no generation request."""
+    from batchgen.plan import check_only
+
     job = _load(source, endpoints, set_fields, None)
     lines = _guarded(lambda: asyncio.run(check_only(job)))
     for line in lines:
@@ -160,22 +165,43 @@ def sim(port: int, host: str, config_file: Path | None) -> None:
 def main() -> None:
     try:
         cli(standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C outside a run, e.g. at start
+        _say_interrupted()
+        _exit_quietly_on_ctrl_c()
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as error:
         error.show()
         sys.exit(2)
+    except SystemExit as ending:
+        if ending.code == EXIT_INTERRUPTED:
+            _exit_quietly_on_ctrl_c()
+        raise
+
+
+def _say_interrupted() -> None:
+    click.echo("interrupted; run the same command again to resume", err=True)
+
+
+def _exit_quietly_on_ctrl_c() -> None:
+    """Another Ctrl-C while Python shuts down (threads joining) ends it without a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _load(
     source: Path, endpoints: Sequence[str], set_fields: Sequence[str], out: Path | None
 ) -> JobSpec:
+    from batchgen.job import load_job, parse_set
+
     return _guarded(
         lambda: load_job(source, endpoints=endpoints, out=out, set_fields=parse_set(set_fields))
     )
 
 
 def _dry_run(job: JobSpec) -> None:
+    from batchgen.payload import manifest_body
+    from batchgen.plan import first_tasks, validate
+    from batchgen.store import peek_state
+
     plan = validate(job, peek_state(job.out_dir))
     click.echo(f"# {plan.describe()}; nothing is sent (--dry-run)", err=True)
     for task in first_tasks(job, 3):
@@ -197,7 +223,7 @@ def _guarded(call: Callable[[], T]) -> T:
         click.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)
     except (KeyboardInterrupt, asyncio.CancelledError):
-        click.echo("interrupted; run the same command again to resume", err=True)
+        _say_interrupted()
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -205,6 +231,8 @@ _console = Console(stderr=True)
 
 
 def _reporter() -> Reporter:
+    from batchgen.report import LogReporter, RichReporter
+
     return RichReporter(_console) if _console.is_terminal else LogReporter()
 
 
@@ -222,6 +250,8 @@ def _setup_logging(verbose: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    from batchgen.report import not_file_only
+
     handler.addFilter(not_file_only)
     logger.addHandler(handler)
     _console_handler = handler
