@@ -145,21 +145,43 @@ def replay(out_dir: Path, out: Path, rows_text: str | None, endpoints: Sequence[
     sys.exit(summary.exit_code)
 
 
-@cli.command()
+def _knob_options(func: Any) -> Any:
+    """One --option per simulator knob (what a sim:// query or a [sim] table can set)."""
+    from batchgen.sim.config import knobs
+
+    for name, default, text in reversed(knobs()):
+        flag = "--" + name.replace("_", "-")
+        func = click.option(flag, name, metavar="VALUE", help=f"{text} [default: {default}]")(func)
+    return func
+
+
+@cli.command(context_settings={"max_content_width": 100})
 @click.option("--port", default=7860, show_default=True, help="Port on 127.0.0.1 (0: any free).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(path_type=Path, exists=True),
-    help="A TOML file of simulator settings.",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A TOML file of simulator settings (the options below override it).",
 )
-def sim(port: int, host: str, config_file: Path | None) -> None:
+@_knob_options
+def sim(port: int, host: str, config_file: Path | None, **knob_values: str | None) -> None:
     """Serve the built-in web UI simulator until interrupted (placeholder images, not a model)."""
     from batchgen.sim import SimConfig, serve
 
-    config = SimConfig.from_file(config_file) if config_file else SimConfig()
-    serve(port, config, host=host)
+    given = {name: value for name, value in knob_values.items() if value is not None}
+    try:
+        config = SimConfig.from_file(config_file) if config_file else SimConfig()
+        config = config.replace(given)
+    except ValueError as error:  # a bad value or key, or TOML that does not parse
+        where = f"{config_file}: " if config_file else ""
+        click.echo(f"error: {where}{error}", err=True)
+        sys.exit(2)
+    try:
+        serve(port, config, host=host)
+    except OSError as error:
+        click.echo(f"error: {error.strerror or error}", err=True)
+        sys.exit(2)
 
 
 def main() -> None:
