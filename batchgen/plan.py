@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from batchgen.client import EndpointClient
 from batchgen.columns import Target, resolve
@@ -22,9 +22,14 @@ from batchgen.store import ResumeState, check_template
 
 
 def validate(
-    job: JobSpec, state: ResumeState | None = None, *, retry_failed: bool = False
+    job: JobSpec,
+    state: ResumeState | None = None,
+    *,
+    retry_failed: bool = False,
+    seen: Callable[[Task], None] | None = None,
 ) -> RunPlan:
-    """Read the whole sheet and build every row once; raise InputError listing every problem."""
+    """Read the whole sheet and build every row once; raise InputError listing every problem.
+    `seen` gets each row's task (e.g. to compare the sheet with an output folder's past)."""
     headers = read_headers(job.sheet, **job.sheet_options)
     builder = PayloadBuilder(job, headers)
     reading = sheet_problems(job.sheet, **job.sheet_options)
@@ -41,6 +46,8 @@ def validate(
         except InputError as error:
             problems.extend(error.problems)
             continue
+        if seen is not None:
+            seen(task)
         past = past_rows.get(task.key) if past_rows is not None else None
         if past is None:
             new += 1

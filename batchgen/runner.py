@@ -14,6 +14,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from batchgen.changes import DIGEST, ChangeTracker
 from batchgen.client import row_backoff
 from batchgen.errors import (
     EndpointError,
@@ -101,9 +102,15 @@ class _Run:
 
     async def run(self) -> RunSummary:
         past = None if self.options.fresh else peek_state(self.job.out_dir)
+        changes = None if self.options.fresh else ChangeTracker(self.job.out_dir)
         checking = self.options.check and self.job.check
         try:
-            plan = validate(self.job, past, retry_failed=self.options.retry_failed)
+            plan = validate(
+                self.job,
+                past,
+                retry_failed=self.options.retry_failed,
+                seen=changes.see if changes else None,
+            )
         except InputError as error:
             if not checking:
                 raise
@@ -120,7 +127,13 @@ class _Run:
             state = self.store.open()
             handler = open_run_log(self.job.out_dir)
             try:
-                self.store.write_json("job.json", public_job(self.job, fleet.endpoints))
+                said = changes.describe(self.job.model_dump(mode="json")) if changes else None
+                if said:  # before job.json is replaced: it is what the folder's last run used
+                    log.warning("%s", said)
+                written = public_job(self.job, fleet.endpoints)
+                if changes is not None:
+                    written[DIGEST] = changes.digest
+                self.store.write_json("job.json", written)
                 self.reporter.started(plan, self.job.out_dir)
                 with catch_interrupts(self._interrupted):
                     await self._send_all(scheduler, state)
