@@ -234,6 +234,8 @@ def test_set_sheet_name_picks_the_sheet_of_a_bare_workbook(tmp_path: Path) -> No
         "sheet_name=night",
         "--set",
         "cfg_scale=6.5",
+        "--set",
+        "clip_skip=2",
     )
 
     assert result.exit_code == 0, result.stderr
@@ -242,7 +244,7 @@ def test_set_sheet_name_picks_the_sheet_of_a_bare_workbook(tmp_path: Path) -> No
     assert "sheet_name" not in record["payload"]
     saved = json.loads((out / "job.json").read_text())
     assert saved["sheet_name"] == "night"
-    assert saved["defaults"] == {"cfg_scale": 6.5}  # a number, not "6.5"
+    assert saved["defaults"] == {"cfg_scale": 6.5, "clip_skip": 2}  # numbers, not "6.5", "2"
 
 
 def test_one_of_a_thing_is_said_in_the_singular(tmp_path: Path) -> None:
