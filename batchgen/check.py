@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from batchgen.errors import InputError, Problem
+from batchgen.errors import Problem
 from batchgen.fields import normalize_name
 from batchgen.inventory import (
     Inventory,
@@ -165,16 +165,14 @@ class Finding:
 
 
 def collect_uses(job: JobSpec) -> Usage:
-    """Read the sheet and note which names each buildable row uses (broken rows: payload's job)."""
+    """Read the sheet and note which names each row uses; a row with other problems (payload's
+    to report) is checked as far as it builds, so that every problem is said in one round."""
     builder = PayloadBuilder(job, read_headers(job.sheet, **job.sheet_options))
     uses: dict[Use, RowSet] = {}
     count = 0
     for row in read_rows(job.sheet, **job.sheet_options):
-        try:
-            task = builder.build(row)
-        except InputError:
-            continue
-        count += 1
+        task, problems = builder.draft(row)
+        count += not problems
         for use in uses_of(task):
             rowset = uses.get(use)
             if rowset is None:
