@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from batchgen.errors import InputError, Problem
+from batchgen.errors import Problem
 from batchgen.fields import normalize_name
 from batchgen.inventory import (
     Inventory,
@@ -34,6 +34,7 @@ from batchgen.payload import PayloadBuilder
 from batchgen.records import Task
 from batchgen.shards import keeps
 from batchgen.sheet import read_headers, read_rows
+from batchgen.words import counted
 
 __all__ = [
     "Finding",
@@ -165,18 +166,16 @@ class Finding:
 
 
 def collect_uses(job: JobSpec) -> Usage:
-    """Read the sheet and note which names each buildable row uses (broken rows: payload's job)."""
-    builder = PayloadBuilder(job, read_headers(job.sheet, job.sheet_name))
+    """Read the sheet and note which names each row uses; a row with other problems (payload's
+    to report) is checked as far as it builds, so that every problem is said in one round."""
+    builder = PayloadBuilder(job, read_headers(job.sheet, **job.sheet_options))
     uses: dict[Use, RowSet] = {}
     count = 0
-    for row in read_rows(job.sheet, job.sheet_name):
-        try:
-            task = builder.build(row)
-        except InputError:
+    for row in read_rows(job.sheet, **job.sheet_options):
+        task, problems = builder.draft(row)
+        if not problems and not keeps(job.shard, task):
             continue
-        if not keeps(job.shard, task):
-            continue
-        count += 1
+        count += not problems
         for use in uses_of(task):
             rowset = uses.get(use)
             if rowset is None:
@@ -484,10 +483,10 @@ async def check_usage(
             if finding is not None:
                 grouped.setdefault((use, finding), []).append(inv.endpoint)
     log.info(
-        "checked %d name(s) used by %d row(s) on %d endpoint(s)",
-        len(usage.uses),
-        usage.rows,
-        len(inventories),
+        "checked %s used by %s on %s",
+        counted(len(usage.uses), "name"),
+        counted(usage.rows, "row"),
+        counted(len(inventories), "endpoint"),
     )
     everyone = len(inventories) if len(inventories) == len(clients) else -1
     problems = [
@@ -525,10 +524,15 @@ def _warn_sheet(job: JobSpec, usage: Usage) -> None:
     chosen = {normalize_name(header) for header, field in job.columns.items() if not field.strip()}
     unsent = [name for name in usage.metadata_columns if normalize_name(name) not in chosen]
     if unsent:
+        names = ", ".join(f"'{name}'" for name in unsent)
+        what = (
+            f"column {names} is not a request field; it is"
+            if len(unsent) == 1
+            else f"columns {names} are not request fields; they are"
+        )
         log.warning(
-            "%s: column(s) %s are not request fields; they are kept in the results, not sent "
-            '(to say so in the job: [columns] "%s" = "")',
+            '%s: %s kept in the results, not sent (to say so in the job: [columns] "%s" = "")',
             job.sheet,
-            ", ".join(f"'{name}'" for name in unsent),
+            what,
             unsent[0],
         )

@@ -6,32 +6,47 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.logging import RichHandler
 
 from batchgen.errors import BatchgenError
-from batchgen.job import JobSpec, load_job, parse_set
-from batchgen.payload import manifest_body
-from batchgen.plan import check_only, first_tasks, validate
-from batchgen.records import Reporter
-from batchgen.report import LogReporter, RichReporter, not_file_only
-from batchgen.runner import RunOptions, run_batch
-from batchgen.shards import resolve_shard
-from batchgen.store import peek_state
+
+if TYPE_CHECKING:
+    from batchgen.job import JobSpec
+    from batchgen.records import Reporter
+
+# The stages (pandas, pydantic, aiohttp) are imported inside the commands, where a Ctrl-C
+# while they load is caught like any other.
 
 EXIT_INTERRUPTED = 130
 T = TypeVar("T")
 
 
+VERBOSE_HELP = "Log each retry and endpoint change."
+
+
+def _verbose_option(func: Any) -> Any:
+    """-v after the subcommand too (`batchgen run SOURCE -v`), as the README shows it."""
+
+    def turn_on(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value and _console_handler is not None:  # set up by the group, which runs first
+            _console_handler.setLevel(logging.INFO)
+
+    return click.option(
+        "-v", "--verbose", is_flag=True, expose_value=False, callback=turn_on, help=VERBOSE_HELP
+    )(func)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="batchgen")
-@click.option("-v", "--verbose", is_flag=True, help="Log each retry and endpoint change.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
 def cli(verbose: bool) -> None:
     """Turn a spreadsheet of prompts into images on Stable Diffusion web UI servers."""
     _setup_logging(verbose)
@@ -65,6 +80,7 @@ def _source_options(func: Any) -> Any:
         metavar="I/N",
         help="Run only shard I of N (default: from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX).",
     )(func)
+    func = _verbose_option(func)
     return click.argument("source", type=click.Path(path_type=Path))(func)
 
 
@@ -92,6 +108,8 @@ def run(
     """Send every row of SOURCE (a .toml job or a sheet) and write images and a manifest."""
     if fresh and retry_failed:
         raise click.UsageError("--fresh starts an empty folder, where no row has failed yet")
+    from batchgen.runner import RunOptions, run_batch
+
     job = _load(source, endpoints, set_fields, out, shard_spec, shard_count)
     if dry_run:
         _guarded(lambda: _dry_run(job))
@@ -111,6 +129,8 @@ def check(
     shard_count: int | None,
 ) -> None:
     """Check the sheet and every endpoint that may get a row; send no generation request."""
+    from batchgen.plan import check_only
+
     job = _load(source, endpoints, set_fields, None, shard_spec, shard_count)
     lines = _guarded(lambda: asyncio.run(check_only(job)))
     for line in lines:
@@ -130,6 +150,7 @@ def check(
     metavar="URL",
     help="Send to this server instead of the recorded ones (repeatable).",
 )
+@_verbose_option
 def replay(out_dir: Path, out: Path, rows_text: str | None, endpoints: Sequence[str]) -> None:
     """Send the requests recorded in OUT_DIR again and say, per row, if the images are identical."""
     from batchgen.replay import parse_rows
@@ -162,31 +183,68 @@ def merge(shard_dirs: Sequence[Path], out: Path, copy: bool) -> None:
     sys.exit(summary.exit_code)
 
 
-@cli.command()
+def _knob_options(func: Any) -> Any:
+    """One --option per simulator knob (what a sim:// query or a [sim] table can set)."""
+    from batchgen.sim.config import knobs
+
+    for name, default, text in reversed(knobs()):
+        flag = "--" + name.replace("_", "-")
+        func = click.option(flag, name, metavar="VALUE", help=f"{text} [default: {default}]")(func)
+    return func
+
+
+@cli.command(context_settings={"max_content_width": 100})
 @click.option("--port", default=7860, show_default=True, help="Port on 127.0.0.1 (0: any free).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(path_type=Path, exists=True),
-    help="A TOML file of simulator settings.",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A TOML file of simulator settings (the options below override it).",
 )
-def sim(port: int, host: str, config_file: Path | None) -> None:
+@_knob_options
+def sim(port: int, host: str, config_file: Path | None, **knob_values: str | None) -> None:
     """Serve the built-in web UI simulator until interrupted (placeholder images, not a model)."""
     from batchgen.sim import SimConfig, serve
 
-    config = SimConfig.from_file(config_file) if config_file else SimConfig()
-    serve(port, config, host=host)
+    given = {name: value for name, value in knob_values.items() if value is not None}
+    try:
+        config = SimConfig.from_file(config_file) if config_file else SimConfig()
+        config = config.replace(given)
+    except ValueError as error:  # a bad value or key, or TOML that does not parse
+        where = f"{config_file}: " if config_file else ""
+        click.echo(f"error: {where}{error}", err=True)
+        sys.exit(2)
+    try:
+        serve(port, config, host=host)
+    except OSError as error:
+        click.echo(f"error: {error.strerror or error}", err=True)
+        sys.exit(2)
 
 
 def main() -> None:
     try:
         cli(standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C outside a run, e.g. at start
+        _say_interrupted()
+        _exit_quietly_on_ctrl_c()
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as error:
         error.show()
         sys.exit(2)
+    except SystemExit as ending:
+        if ending.code == EXIT_INTERRUPTED:
+            _exit_quietly_on_ctrl_c()
+        raise
+
+
+def _say_interrupted() -> None:
+    click.echo("interrupted; run the same command again to resume", err=True)
+
+
+def _exit_quietly_on_ctrl_c() -> None:
+    """Another Ctrl-C while Python shuts down (threads joining) ends it without a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _load(
@@ -197,6 +255,9 @@ def _load(
     shard_spec: str | None = None,
     shard_count: int | None = None,
 ) -> JobSpec:
+    from batchgen.job import load_job, parse_set
+    from batchgen.shards import resolve_shard
+
     def load() -> JobSpec:
         job = load_job(source, endpoints=endpoints, out=out, set_fields=parse_set(set_fields))
         shard = resolve_shard(shard_spec, shard_count or job.shards, os.environ)
@@ -206,6 +267,10 @@ def _load(
 
 
 def _dry_run(job: JobSpec) -> None:
+    from batchgen.payload import manifest_body
+    from batchgen.plan import first_tasks, validate
+    from batchgen.store import peek_state
+
     plan = validate(job, peek_state(job.out_dir))
     share = f"shard {job.shard}: " if job.shard else ""
     click.echo(f"# {share}{plan.describe()}; nothing is sent (--dry-run)", err=True)
@@ -228,7 +293,7 @@ def _guarded(call: Callable[[], T]) -> T:
         click.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)
     except (KeyboardInterrupt, asyncio.CancelledError):
-        click.echo("interrupted; run the same command again to resume", err=True)
+        _say_interrupted()
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -236,10 +301,18 @@ _console = Console(stderr=True)
 
 
 def _reporter() -> Reporter:
+    from batchgen.report import LogReporter, RichReporter
+
     return RichReporter(_console) if _console.is_terminal else LogReporter()
 
 
+_console_handler: logging.Handler | None = None
+
+
 def _setup_logging(verbose: bool) -> None:
+    """The console handler; a -v after the subcommand lowers its level later."""
+    global _console_handler
+    logger = logging.getLogger("batchgen")
     handler: logging.Handler
     if _console.is_terminal:
         handler = RichHandler(console=_console, show_path=False, show_time=False)
@@ -247,7 +320,9 @@ def _setup_logging(verbose: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    from batchgen.report import not_file_only
+
     handler.addFilter(not_file_only)
-    logger = logging.getLogger("batchgen")
     logger.addHandler(handler)
+    _console_handler = handler
     logger.setLevel(logging.INFO)

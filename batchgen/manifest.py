@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,13 @@ class ManifestRecord:
     finished_at: float = 0.0
     metadata: Mapping[str, Any] = field(default_factory=dict)  # the row's note columns
     payload: Mapping[str, Any] = field(default_factory=dict)  # the body as sent, blobs by path+sha
+    # What the server made of the request, per image (styles and wildcards change the prompt).
+    prompts: tuple[str, ...] = ()  # info.all_prompts
+    negative_prompts: tuple[str, ...] = ()  # info.all_negative_prompts
+    subseeds: tuple[int, ...] = ()  # info.all_subseeds
+    infotexts: tuple[str, ...] = ()  # info.infotexts, the grid's left out
+    started: str = ""  # started_at and finished_at in ISO 8601, UTC
+    finished: str = ""
     # Fields this version does not know (a newer writer's): kept so that a rewrite loses nothing.
     unknown: Mapping[str, Any] = field(default_factory=dict)
 
@@ -64,7 +72,10 @@ class ManifestRecord:
         known = {name: data[name] for name in _FIELDS if name in data and name != "unknown"}
         for name in ("images", "image_sha256", "extras"):
             known[name] = tuple(str(item) for item in known.get(name) or ())
-        known["seeds"] = tuple(int(seed) for seed in known.get("seeds") or ())
+        for name in ("prompts", "negative_prompts", "infotexts"):
+            known[name] = tuple(str(item) for item in known.get(name) or ())
+        for name in ("seeds", "subseeds"):
+            known[name] = tuple(int(seed) for seed in known.get(name) or ())
         known["row"] = int(data["row"]) if data.get("row") is not None else 0
         known["key"] = str(data["key"])
         known["status"] = str(data["status"])
@@ -83,6 +94,12 @@ class ManifestRecord:
 
 
 _FIELDS = tuple(ManifestRecord.__dataclass_fields__)
+
+
+def iso_utc(epoch: float) -> str:
+    """An epoch time as ISO 8601 in UTC, to the millisecond: 2026-01-31T23:59:59.123Z."""
+    moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _plain(value: Any) -> Any:

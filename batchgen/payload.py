@@ -46,6 +46,7 @@ class PayloadBuilder:
         self._twins = RowIndex()  # distinct row contents: moves to disk once there are many
         self._columns: dict[str, _Column] = {}
         self._bad_headers: set[str] = set()
+        self._meant: set[str] = set()  # fields a misspelt header was probably meant to set
         header_problems: list[Problem] = []
         self._plan_columns(headers, header_problems)
         self.header_problems: tuple[Problem, ...] = tuple(header_problems)
@@ -123,6 +124,8 @@ class PayloadBuilder:
         if isinstance(target, Target):
             return _Column(header, target)
         if target.misspelled:
+            if target.suggestion:
+                self._meant.add(target.suggestion)
             hint = target.hint
             if "." not in header:
                 note = f'to keep it as a note, map it in the job: [columns] "{header}" = ""'
@@ -292,6 +295,14 @@ class PayloadBuilder:
 
     def build(self, row: SheetRow) -> Task:
         """The Task for one row, or InputError listing every problem of this row."""
+        task, problems = self.draft(row)
+        if problems:
+            raise InputError(problems)
+        return task
+
+    def draft(self, row: SheetRow) -> tuple[Task, list[Problem]]:
+        """The row's Task as far as it builds (cells with problems left out), and its problems:
+        the names it uses can be checked against the servers in the same round."""
         problems: list[Problem] = []
         values = dict(self._defaults)
         units = copy.deepcopy(self._default_units)
@@ -350,12 +361,11 @@ class PayloadBuilder:
             if body.get(name) == -1:
                 del body[name]  # -1 and an empty cell ask for the same thing: a new seed
         key = self._key(body)
-        if problems:
-            raise InputError(problems)
-        self._fix_seeds(body, key)
+        if not problems:
+            self._fix_seeds(body, key)
         settings = body.get("override_settings")
         checkpoint = settings.get("sd_model_checkpoint") if isinstance(settings, dict) else None
-        return Task(
+        task = Task(
             row=row.row,
             key=key,
             route=route,
@@ -363,6 +373,7 @@ class PayloadBuilder:
             checkpoint=checkpoint if isinstance(checkpoint, str) else None,
             metadata=metadata,
         )
+        return task, problems
 
     def _check_route(
         self,
@@ -396,7 +407,8 @@ class PayloadBuilder:
         problems: list[Problem],
     ) -> None:
         prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
+        # A misspelt prompt header is reported once, with a did-you-mean; not again per row.
+        if (not isinstance(prompt, str) or not prompt.strip()) and "prompt" not in self._meant:
             problems.append(
                 Problem(
                     self._sheet_file,

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from batchgen.client import EndpointClient
+from batchgen.columns import Target, resolve
 from batchgen.errors import InputError, NoEndpointError, Problem
 from batchgen.fleet import open_fleet
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder
 from batchgen.records import RunPlan, Task
 from batchgen.shards import keeps
-from batchgen.sheet import read_headers, read_rows
+from batchgen.sheet import (
+    header_row_guess,
+    read_headers,
+    read_rows,
+    separator_problem,
+    sheet_problems,
+)
 from batchgen.store import DONE, SIMULATED, ResumeState, check_template
 
 
 def validate(
-    job: JobSpec, state: ResumeState | None = None, *, retry_failed: bool = False
+    job: JobSpec,
+    state: ResumeState | None = None,
+    *,
+    retry_failed: bool = False,
+    seen: Callable[[Task], None] | None = None,
 ) -> RunPlan:
-    """Read the whole sheet and build every row once; raise InputError listing every problem."""
-    headers = read_headers(job.sheet, job.sheet_name)
+    """Read the whole sheet and build every row once; raise InputError listing every problem.
+    `seen` gets each row's task (e.g. to compare the sheet with an output folder's past)."""
+    headers = read_headers(job.sheet, **job.sheet_options)
     builder = PayloadBuilder(job, headers)
+    reading = sheet_problems(job.sheet, **job.sheet_options)
     problems: list[Problem] = [*builder.header_problems, *builder.default_problems()]
     try:
         check_template(job.output.filename, builder.metadata_columns)
@@ -28,7 +41,7 @@ def validate(
         problems.append(Problem(file="job", message=str(error)))
     done = failed = new = simulated = 0
     past_rows = state.rows if state and state.rows else None  # a lookup per row, not a set
-    for row in read_rows(job.sheet, job.sheet_name):
+    for row in read_rows(job.sheet, **job.sheet_options):
         try:
             task = builder.build(row)
         except InputError as error:
@@ -36,6 +49,8 @@ def validate(
             continue
         if not keeps(job.shard, task):  # every row is built: keys count twins over the sheet
             continue
+        if seen is not None:
+            seen(task)
         past = past_rows.get(task.key) if past_rows is not None else None
         if past is None:
             new += 1
@@ -44,12 +59,30 @@ def validate(
             simulated += past.status == SIMULATED
         else:
             failed += 1
-    if problems:
-        raise InputError(problems)
+    if problems or reading:
+        raise InputError([*reading, *_without_cascades(job, headers, problems)])
     total = done + failed + new
     if retry_failed:
         return RunPlan(total, done, failed, 0, skipped=new, simulated=simulated)
     return RunPlan(total, done, failed, new, skipped=0, simulated=simulated)
+
+
+def _without_cascades(job: JobSpec, headers: list[str], problems: list[Problem]) -> list[Problem]:
+    """When the header itself is not where it should be (the wrong separator, or a title row
+    above it), every row's problem follows from that: say the cause once instead."""
+    cause = separator_problem(job.sheet, **job.sheet_options)
+    if cause is None and not any(isinstance(resolve(h), Target) for h in headers):
+        guess = header_row_guess(job.sheet, **job.sheet_options)
+        if guess is not None:
+            cause = Problem(
+                str(job.sheet),
+                f"row 1 looks like a title; the header seems to be on row {guess}",
+                row=1,
+                hint=f"delete the rows above row {guess}, so that the header is row 1",
+            )
+    if cause is None:
+        return problems
+    return [cause, *(p for p in problems if p.file != str(job.sheet))]
 
 
 def first_tasks(job: JobSpec, count: int) -> Iterator[Task]:
@@ -65,8 +98,8 @@ def first_tasks(job: JobSpec, count: int) -> Iterator[Task]:
 
 def all_tasks(job: JobSpec) -> Iterator[Task]:
     """Every row's request, whichever shard it falls in (after validate: every row builds)."""
-    builder = PayloadBuilder(job, read_headers(job.sheet, job.sheet_name))
-    for row in read_rows(job.sheet, job.sheet_name):
+    builder = PayloadBuilder(job, read_headers(job.sheet, **job.sheet_options))
+    for row in read_rows(job.sheet, **job.sheet_options):
         yield builder.build(row)
 
 

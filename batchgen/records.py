@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from batchgen.words import counted
+
 Route = Literal["txt2img", "img2img"]
 Status = Literal["ok", "failed"]
 
@@ -93,7 +95,7 @@ class RunPlan:
 
     def describe(self) -> str:
         return (
-            f"{self.total:,} rows: {self.done:,} done, {self.to_retry:,} failed to retry, "
+            f"{counted(self.total, 'row')}: {self.done:,} done, {self.to_retry:,} failed to retry, "
             f"{self.to_go:,} to go" + (f", {self.skipped:,} left for later" if self.skipped else "")
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -13,10 +14,12 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from batchgen.changes import DIGEST, ChangeTracker
 from batchgen.client import row_backoff
 from batchgen.errors import (
     EndpointError,
     FatalEndpointError,
+    InputError,
     NoEndpointError,
     RetryableEndpointError,
     RowError,
@@ -42,6 +45,7 @@ from batchgen.scheduler import Lease, Scheduler
 from batchgen.shards import keeps, write_shard_plan
 from batchgen.sheet import read_headers, read_rows
 from batchgen.store import DONE, SIMULATED, OutputStore, ResumeState, peek_state
+from batchgen.words import counted
 from batchgen.writer import GroupWriter
 
 log = logging.getLogger(__name__)
@@ -115,20 +119,40 @@ class _Run:
 
     async def run(self) -> RunSummary:
         past = None if self.options.fresh else peek_state(self.job.out_dir)
-        plan = validate(self.job, past, retry_failed=self.options.retry_failed)
+        changes = None if self.options.fresh else ChangeTracker(self.job.out_dir)
+        checking = self.options.check and self.job.check
+        try:
+            plan = validate(
+                self.job,
+                past,
+                retry_failed=self.options.retry_failed,
+                seen=changes.see if changes else None,
+            )
+        except InputError as error:
+            if not checking:
+                raise
+            sheet_problems = list(error.problems)  # said with the endpoints' in one round
+        else:
+            sheet_problems = []
         started = time.monotonic()
         async with open_fleet(self.job) as fleet:
             fleet.require_an_answer("nothing was sent", defaulted=self.job.endpoints_defaulted)
             plan = plan.on(fleet.simulators(), retry_failed=self.options.retry_failed)
             scheduler = Scheduler(fleet.slots, wait_all_down=self.job.wait_all_down)
-            if self.options.check and self.job.check:
-                await check_endpoints(self.job, fleet.answering())
+            if checking:
+                await check_endpoints(self.job, fleet.answering(), sheet_problems)
             if self.options.fresh:  # only now: an invalid job leaves the folder as it was
                 move_aside(self.job.out_dir)
             state = self.store.open()
             handler = open_run_log(self.job.out_dir)
             try:
-                self.store.write_json("job.json", public_job(self.job, fleet.endpoints))
+                said = changes.describe(self.job.model_dump(mode="json")) if changes else None
+                if said:  # before job.json is replaced: it is what the folder's last run used
+                    log.warning("%s", said)
+                written = public_job(self.job, fleet.endpoints)
+                if changes is not None:
+                    written[DIGEST] = changes.digest
+                self.store.write_json("job.json", written)
                 if self.job.shard is not None:
                     write_shard_plan(self.job, self.job.shard, all_tasks(self.job))
                 self.reporter.started(plan, self.job.out_dir)
@@ -168,9 +192,9 @@ class _Run:
     async def _send_all(self, scheduler: Scheduler, state: ResumeState, plan: RunPlan) -> None:
         window = asyncio.Semaphore(self.options.window)
         watcher = asyncio.create_task(watch(scheduler, self.reporter.endpoints))
-        builder = PayloadBuilder(self.job, read_headers(self.job.sheet, self.job.sheet_name))
+        builder = PayloadBuilder(self.job, read_headers(self.job.sheet, **self.job.sheet_options))
         try:
-            for row in read_rows(self.job.sheet, self.job.sheet_name):
+            for row in read_rows(self.job.sheet, **self.job.sheet_options):
                 task = builder.build(row)
                 if not keeps(self.job.shard, task):
                     continue
@@ -357,10 +381,12 @@ class _Run:
         payload = manifest_body(result.task.body, self.job.sheet.parent)
         # Shielded: once the images are being written, the manifest line follows them.
         try:
-            await asyncio.shield(self.group.write(result, payload))
+            line = await asyncio.shield(self.group.write(result, payload))
         except OSError as error:  # a full disk: the row is not done; stop rather than fail them all
             self._stop(f"cannot write to {self.job.out_dir}: {error}; the row is sent next run")
             return
+        if line.status != result.status:  # the file system refused this row's file names
+            result = dataclasses.replace(result, status="failed", error=line.error, generation=None)
         if result.status == "ok":
             self.ok += 1
             self.images += len(result.generation.images) if result.generation else 0
@@ -369,9 +395,9 @@ class _Run:
             if len(self.failed_rows) < FAILED_ROWS_SHOWN:
                 self.failed_rows.append(FailedRow(result.task.row, result.error or "failed"))
             log.warning(
-                "row %d failed after %d attempt(s): %s",
+                "row %d failed after %s: %s",
                 result.task.row,
-                result.attempts,
+                counted(result.attempts, "attempt"),
                 result.error,
             )
         self.reporter.row_finished(result)
@@ -392,8 +418,8 @@ class _Run:
         self._stop("interrupted: finishing the rows in flight (again to stop now)")
 
     def _write_results(self) -> tuple[Path, ...]:
-        headers = read_headers(self.job.sheet, self.job.sheet_name)
-        rows = read_rows(self.job.sheet, self.job.sheet_name)
+        headers = read_headers(self.job.sheet, **self.job.sheet_options)
+        rows = read_rows(self.job.sheet, **self.job.sheet_options)
         xlsx = self.job.sheet.suffix.lower() == ".xlsx"
         try:
             return (

@@ -214,6 +214,10 @@ class SimApp:
             "/sdapi/v1/schedulers": inv.schedulers,
             "/sdapi/v1/loras": inv.loras,
             "/sdapi/v1/upscalers": inv.upscalers,
+            "/sdapi/v1/prompt-styles": lambda: [
+                {"name": name, "prompt": text, "negative_prompt": ""}
+                for name, text in self.config.style_texts().items()
+            ],
             "/sdapi/v1/latent-upscale-modes": lambda: [{"name": n} for n in LATENT_UPSCALE_MODES],
             "/sdapi/v1/progress": st.progress_json,
             "/sdapi/v1/memory": lambda: _MEMORY,

@@ -61,6 +61,9 @@ class SimConfig:
     upscalers: tuple[str, ...] = DEFAULT_UPSCALERS
     cn_models: tuple[str, ...] = DEFAULT_CN_MODELS
     cn_modules: tuple[str, ...] = DEFAULT_CN_MODULES
+    # Prompt styles as "name=text" (text may hold {prompt}); a request's `styles` apply them on
+    # the server, so `info.all_prompts` differs from the prompt sent, as on a real A1111.
+    styles: tuple[str, ...] = ()
     # Time model: ms per sampling step of one 512x512 image, scaled by steps, pixels,
     # batch_size and n_iter, divided by speed; plus switch_s per checkpoint load.
     ms_per_step: float = 0.2
@@ -108,6 +111,9 @@ class SimConfig:
             raise ValueError(f"flavor must be 'a1111' or 'forge', not {self.flavor!r}")
         if self.encoder not in ("fast", "pillow"):
             raise ValueError(f"encoder must be 'fast' or 'pillow', not {self.encoder!r}")
+        for style in self.styles:
+            if "=" not in style:
+                raise ValueError(f"styles: write each as 'name=text', not {style!r}")
         if self.api_auth is not None and not all(":" in c for c in self.api_auth.split(",")):
             raise ValueError("api_auth must look like 'user:pass[,user2:pass2]'")
 
@@ -116,6 +122,9 @@ class SimConfig:
         if self.version:
             return self.version
         return "f2.0.1v1.10.1-previous-669-gdfdcbab6" if self.flavor == "forge" else "v1.10.1"
+
+    def style_texts(self) -> dict[str, str]:
+        return dict(style.split("=", 1) for style in self.styles)
 
     @classmethod
     def from_query(cls, query: str) -> SimConfig:
@@ -188,11 +197,62 @@ def _convert(raw: Any, hint: Any) -> Any:
     if hint is int:
         if isinstance(raw, bool):
             raise ValueError(f"not an integer: {raw!r}")
-        return int(raw)
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"not a whole number: {raw!r}; e.g. 3") from None
     if hint is float:
         if isinstance(raw, bool):
             raise ValueError(f"not a number: {raw!r}")
-        return float(raw)
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"not a number: {raw!r}; e.g. 0.5") from None
     if hint is str:
         return str(raw)
     raise TypeError(f"unsupported option type {hint!r}")  # pragma: no cover
+
+
+# What each knob does, for `batchgen sim --help` (one option per knob: --fail-rate 0.1).
+KNOB_HELP = {
+    "models": "checkpoint names, comma-separated",
+    "vaes": "VAE names, comma-separated",
+    "loras": "LoRA names, comma-separated",
+    "upscalers": "upscaler names, comma-separated",
+    "cn_models": "ControlNet models, comma-separated",
+    "cn_modules": "ControlNet preprocessors, comma-separated",
+    "styles": "prompt styles as name=text ({prompt} is replaced), comma-separated",
+    "ms_per_step": "milliseconds per sampling step of one 512x512 image",
+    "switch_s": "seconds per checkpoint load",
+    "speed": "divides every generation time",
+    "flavor": "a1111 or forge",
+    "version": "the version the server reports",
+    "api_auth": "user:password[,user2:password2] for --api-auth",
+    "webui": "serve the web UI routes too (true/false)",
+    "encoder": "fast or pillow (PNG encoding)",
+    "fail_rate": "share of generations answered with a 500",
+    "drop_rate": "share of generations whose connection is dropped",
+    "hang_rate": "share of generations that never answer",
+    "die_after": "stop answering after this many generations",
+    "unavailable_s": "answer 503 for this many seconds after start",
+    "refuse_s": "refuse connections for this many seconds after start",
+    "busy_rate": "share of generations answered 429 Too Many Requests",
+    "retry_after": "seconds a 429 or 503 asks the client to wait (Retry-After); 0: no header",
+    "nan_marker": "a prompt holding this text is answered 500 NansException, every time",
+    "marked": "send the X-Batchgen-Simulator header (false: stand in for a real server)",
+    "fault_seed": "seed of the fault draws",
+}
+
+
+def knobs() -> list[tuple[str, str, str]]:
+    """(name, default as text, help) of every knob, in declaration order."""
+    default = SimConfig()
+    shown = []
+    for knob in fields(SimConfig):
+        value = getattr(default, knob.name)
+        if isinstance(value, tuple):  # a long list: its first name says what it looks like
+            text = f"{value[0]}, … ({len(value)})" if len(value) > 1 else ",".join(value)
+        else:
+            text = str(value)
+        shown.append((knob.name, text, KNOB_HELP.get(knob.name, "a simulator option")))
+    return shown
