@@ -136,11 +136,13 @@ class _Run:
             sheet_problems = []
         started = time.monotonic()
         async with open_fleet(self.job) as fleet:
+            if sheet_problems and not fleet.answering():
+                raise InputError(sheet_problems)  # the sheet's own problems stand without a server
             fleet.require_an_answer("nothing was sent", defaulted=self.job.endpoints_defaulted)
+            if checking:  # raises with the sheet's problems, if any, beside the servers'
+                await check_endpoints(self.job, fleet.answering(), sheet_problems)
             plan = plan.on(fleet.simulators(), retry_failed=self.options.retry_failed)
             scheduler = Scheduler(fleet.slots, wait_all_down=self.job.wait_all_down)
-            if checking:
-                await check_endpoints(self.job, fleet.answering(), sheet_problems)
             if self.options.fresh:  # only now: an invalid job leaves the folder as it was
                 move_aside(self.job.out_dir)
             state = self.store.open()

@@ -142,6 +142,6 @@ def test_progress_shows_each_endpoint_and_the_all_down_wait(
         reporter.endpoints([dataclasses.replace(views[0], up=True, down_s=None), views[1]])
     first, second = (record.getMessage() for record in caplog.records)
     assert "waiting: every endpoint is down (for 4s)" in first
-    assert "e0 (down 1m15s): 12 done, 1 failed attempts, 12 images" in first
+    assert "e0 (down 1m15s): 12 done, 1 failed attempt, 12 images" in first
     assert "2 checkpoint switches" in first
     assert "waiting" not in second and "e0 (up)" in second
