@@ -30,6 +30,7 @@ from batchgen.rowindex import RowKeys
 from batchgen.run_files import close_run_log, move_aside, open_run_log, public_job
 from batchgen.scheduler import Lease, Scheduler
 from batchgen.sheet import read_headers, read_rows
+from batchgen.status import published
 from batchgen.store import OutputStore, ResumeState, peek_state
 from batchgen.writer import GroupWriter
 
@@ -82,7 +83,7 @@ class _Run:
     def __init__(self, job: JobSpec, options: RunOptions, reporter: Reporter) -> None:
         self.job = job
         self.options = options
-        self.reporter = reporter
+        self.reporter = published(reporter, job.out_dir)  # + status.json and the HTML report
         self.store = OutputStore(
             job.out_dir, job.name, job.output.filename, payload_base=job.sheet.parent
         )
