@@ -124,7 +124,7 @@ def report_data(
             "images_per_s": rate,
         },
         "endpoints": _endpoints(records, status.get("endpoints") or ()),
-        "models": Counter(record.model or "?" for record in records).most_common(),
+        "models": Counter(row["model"] or "?" for row in rows).most_common(),
         "retry_command": retry_command(out_dir, job),
         "sheet_rows": len({record.row for record in records}),
         "filters": {
@@ -152,7 +152,7 @@ def _row(record: ManifestRecord, thumbs: Mapping[str, str | None]) -> dict[str, 
         "error": record.error,
         "endpoint": record.endpoint,
         "attempts": record.attempts,
-        "model": record.model,
+        "model": record.model or _asked_model(payload),
         "model_hash": record.model_hash,
         "version": record.version,
         "sampler": payload.get("sampler_name"),
@@ -166,6 +166,13 @@ def _row(record: ManifestRecord, thumbs: Mapping[str, str | None]) -> dict[str, 
         "request": dict(payload),
         "record": shown,
     }
+
+
+def _asked_model(payload: Mapping[str, Any]) -> str | None:
+    """The checkpoint a row asked for: what a failed row (no server answer) is filed under."""
+    settings = payload.get("override_settings")
+    asked = settings.get("sd_model_checkpoint") if isinstance(settings, Mapping) else None
+    return str(asked) if asked else None
 
 
 def _infotexts(record: ManifestRecord) -> list[str] | None:
