@@ -126,7 +126,7 @@ def replay(out_dir: Path, out: Path, rows_text: str | None, endpoints: Sequence[
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 def report(run_dir: Path) -> None:
-    """Write RUN_DIR/report/index.html: summary, failed rows, thumbnails, filters (opens from disk)."""
+    """Write RUN_DIR/report/index.html: summary, failed rows, thumbnails, filters (from disk)."""
     from batchgen.gallery import build_report
 
     if not (run_dir / "manifest.jsonl").is_file():
@@ -139,7 +139,7 @@ def report(run_dir: Path) -> None:
 @click.option("--watch", is_flag=True, help="Refresh every 2 s until the run ends (Ctrl-C stops).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
 def status(run_dir: Path, watch: bool, as_json: bool) -> None:
-    """Rows done, failed and to go, images/s, ETA and each endpoint, while a run goes on or after."""
+    """Rows done, failed and to go, images/s, ETA and each endpoint, during a run or after."""
     import time
 
     from batchgen.status import read_status

@@ -61,7 +61,13 @@ class StatusFile:
     def finished(self, summary: RunSummary) -> None:
         self._ok, self._failed, self._images = summary.ok, summary.failed, summary.images
         self._views = list(summary.endpoints)
-        state = "interrupted" if summary.interrupted else "stopped" if summary.stopped_reason else "finished"
+        state = (
+            "interrupted"
+            if summary.interrupted
+            else "stopped"
+            if summary.stopped_reason
+            else "finished"
+        )
         self._publish(state, force=True, reason=summary.stopped_reason)
 
     def _publish(self, state: str, *, force: bool = False, reason: str | None = None) -> None:
@@ -274,4 +280,3 @@ class Fanout:
     def finished(self, summary: RunSummary) -> None:
         for reporter in self._reporters:
             reporter.finished(summary)
-

@@ -21,7 +21,7 @@ INJECTED_SCRIPT = "<img src=y onerror=window.__pwned=2>"
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run on the simulator: an injection prompt, a sweep, two rows the server refuses."""
+    """A run on the simulator: an injection prompt, a sweep, two rows the server refuses."""
     tmp_path = tmp_path_factory.mktemp("report")
     rows = [
         {"prompt": INJECTED, "notes": "xss"},
@@ -32,7 +32,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     sheet = write_sheet(tmp_path / "rows.csv", rows)
     job = make_job(
-        tmp_path, sheet, ["sim://"], attempts=1, check=False, columns={"notes": ""},
+        tmp_path,
+        sheet,
+        ["sim://"],
+        attempts=1,
+        check=False,
+        columns={"notes": ""},
         defaults={"steps": 4},
     )
     summary = asyncio.run(run_batch(job))
