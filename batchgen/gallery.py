@@ -25,7 +25,7 @@ from PIL import Image
 
 from batchgen.manifest import ManifestRecord, latest_records
 from batchgen.records import EndpointView, Result, RunPlan, RunSummary
-from batchgen.status import read_status
+from batchgen.status import read_status, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,10 @@ def build_report(out_dir: Path) -> Path:
     state = status.state if status else "unknown"
     data = report_data(out_dir, records, status.published if status else {}, state, thumbs)
     script = "window.BATCHGEN_REPORT = " + json.dumps(data, ensure_ascii=False, default=str) + ";\n"
-    _write_atomic(report / "data.js", script.encode())
+    write_atomic(report / "data.js", script.encode())
     assets = resources.files("batchgen") / "assets"
     for source, target in _ASSETS.items():
-        _write_atomic(report / target, (assets / source).read_bytes())
+        write_atomic(report / target, (assets / source).read_bytes())
     return report / "index.html"
 
 
@@ -80,7 +80,8 @@ def _thumbnail(out_dir: Path, image: str, thumb: Path) -> bool:
     try:
         with Image.open(source) as picture:
             picture.draft("RGB", (THUMB_SIZE, THUMB_SIZE))  # JPEG sources decode at a smaller scale
-            picture.thumbnail((THUMB_SIZE, THUMB_SIZE))
+            # An integer box reduction first, then bicubic: a fifth of the default's time.
+            picture.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BICUBIC, reducing_gap=1.0)
             small = picture.convert("RGB")
         temporary = thumb.with_name(f".{thumb.name}.{threading.get_ident()}.tmp")
         small.save(temporary, "JPEG", quality=80)
@@ -231,18 +232,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 class ReportRefresher:
     """A Reporter that rewrites the report every `every_s` seconds (in a thread) and at the end."""
 
-    def __init__(self, out_dir: Path, every_s: float = REFRESH_EVERY_S) -> None:
+    def __init__(self, out_dir: Path, every_s: float | None = None) -> None:
         self._out_dir = out_dir
-        self._every = every_s
+        self._every = REFRESH_EVERY_S if every_s is None else every_s
         self._last = time.monotonic()
         self._building: threading.Thread | None = None
 

@@ -25,12 +25,12 @@ from batchgen.interrupts import catch_interrupts
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder, manifest_body
 from batchgen.plan import check_endpoints, validate
+from batchgen.publish import published
 from batchgen.records import EndpointView, Generation, Reporter, Result, RunPlan, RunSummary, Task
 from batchgen.rowindex import RowKeys
 from batchgen.run_files import close_run_log, move_aside, open_run_log, public_job
 from batchgen.scheduler import Lease, Scheduler
 from batchgen.sheet import read_headers, read_rows
-from batchgen.status import published
 from batchgen.store import OutputStore, ResumeState, peek_state
 from batchgen.writer import GroupWriter
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.manifest import MANIFEST, latest_records
-from batchgen.records import EndpointView, Reporter, Result, RunPlan, RunSummary
+from batchgen.records import EndpointView, Result, RunPlan, RunSummary
 from batchgen.report import _duration as duration
 from batchgen.store import folder_in_use
 
@@ -76,7 +77,8 @@ class StatusFile:
             return
         self._last = now
         try:
-            write_json_atomic(self._path, self._snapshot(state, now - self._started, reason))
+            snapshot = self._snapshot(state, now - self._started, reason)
+            write_atomic(self._path, json.dumps(snapshot, ensure_ascii=False, indent=1).encode())
         except OSError as error:  # a status file must never stop the run
             log.warning("cannot write %s: %s", self._path, error)
 
@@ -122,10 +124,10 @@ def _endpoint(view: EndpointView, elapsed: float) -> dict[str, Any]:
     }
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Readers see the old file or the new one, never half of one."""
+def write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never half of one (no fsync: derived files)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    temporary.write_bytes(data)
     os.replace(temporary, path)
 
 
@@ -204,7 +206,7 @@ def read_status(out_dir: Path, stale_after_s: float = STALE_AFTER_S) -> RunStatu
     age = max(time.time() - float(published.get("updated_at") or 0), 0.0)
     note = str(published.get("reason") or "")
     if state == "running":
-        if not folder_in_use(out_dir):
+        if sys.platform != "win32" and not folder_in_use(out_dir):  # no run lock on Windows
             state = "dead"
             note = (
                 f"the run's lock is free: it died or was killed {duration(age)} ago; "
@@ -250,33 +252,3 @@ def _from_manifest(out_dir: Path) -> RunStatus | None:
         eta_s=None,
         age_s=None,
     )
-
-
-def published(reporter: Reporter, out_dir: Path) -> Reporter:
-    """The run's reporter, plus what the run publishes beside its outputs: status and report."""
-    from batchgen.gallery import ReportRefresher
-
-    return Fanout((reporter, StatusFile(out_dir), ReportRefresher(out_dir)))
-
-
-class Fanout:
-    """One Reporter that tells several."""
-
-    def __init__(self, reporters: tuple[Reporter, ...]) -> None:
-        self._reporters = reporters
-
-    def started(self, plan: RunPlan, out_dir: Path) -> None:
-        for reporter in self._reporters:
-            reporter.started(plan, out_dir)
-
-    def row_finished(self, result: Result) -> None:
-        for reporter in self._reporters:
-            reporter.row_finished(result)
-
-    def endpoints(self, views: list[EndpointView]) -> None:
-        for reporter in self._reporters:
-            reporter.endpoints(views)
-
-    def finished(self, summary: RunSummary) -> None:
-        for reporter in self._reporters:
-            reporter.finished(summary)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         columns={"notes": ""},
         defaults={"steps": 4},
     )
-    summary = asyncio.run(run_batch(job))
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own: Playwright's may be running here
+        summary = thread.submit(asyncio.run, run_batch(job)).result()
     assert (summary.ok, summary.failed) == (8, 2)
     return job.out_dir
 

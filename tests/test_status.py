@@ -37,7 +37,7 @@ def test_status_of_a_live_run_then_of_the_same_run_killed(tmp_path: Path) -> Non
     run = subprocess.Popen(
         [
             *(sys.executable, "-m", "batchgen", "run", str(sheet), "--out", str(out)),
-            *("--endpoint", "sim://?ms_per_step=25", "--set", "steps=20"),
+            *("--endpoint", "sim://?ms_per_step=125"),  # 4 steps: 0.5 s a row, 20 s in all
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
