@@ -8,8 +8,8 @@ manifest line per row written through ManifestRecord, 5% of the rows failed. Pri
   2. the first report (thumbnails made) and a second one (thumbnails already there), as ratios
      against the baseline, and how many thumbnails the second one made (it must be 0);
   3. the size of index.html (must stay under 200 KB: the data is in data.js) and of data.js;
-  4. a real headless Chromium opening the page from file://: time until the first 12
-     thumbnails show, and how many row groups the page put in the DOM (a page, not 10,000).
+  4. a real headless Chromium opening the page from file://: time from navigation until every
+     thumbnail of the first screen of the grid (scrolled to at load) shows, and how many row groups the page put in the DOM (a page, not 10,000).
 """
 
 from __future__ import annotations
@@ -29,7 +29,16 @@ from batchgen.sim.images import FastPngEncoder
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from browserhelp import chromium
 
-FIRST_THUMBS = 12
+# The thumbnails in the first screen (lazy loading leaves the rest for scrolling).
+VISIBLE_THUMBS = (
+    "[...document.querySelectorAll('#grid img')]"
+    ".filter(i => i.getBoundingClientRect().top < innerHeight).length"
+)
+VISIBLE_THUMBS_SHOWN = (
+    "(() => { const seen = [...document.querySelectorAll('#grid img')]"
+    ".filter(i => i.getBoundingClientRect().top < innerHeight);"
+    " return seen.length > 0 && seen.every(i => i.complete && i.naturalWidth > 0); })()"
+)
 
 
 def make_run(out: Path, rows: int) -> None:
@@ -89,21 +98,19 @@ def timed(call: object) -> float:
     return time.perf_counter() - started
 
 
-def first_thumbnails(page_path: Path) -> tuple[float, int]:
-    """Seconds from navigation until FIRST_THUMBS thumbnails are decoded; row groups in the DOM."""
+def first_thumbnails(page_path: Path) -> tuple[float, int, int]:
+    """Seconds from navigation until the first screen's thumbnails show; how many; DOM groups."""
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         started = time.perf_counter()
         page.goto(page_path.as_uri())
-        page.wait_for_function(
-            "[...document.querySelectorAll('#grid img')]"
-            f".filter(i => i.complete && i.naturalWidth > 0).length >= {FIRST_THUMBS}",
-            timeout=120_000,
-        )
+        page.locator("#browse").scroll_into_view_if_needed()  # past the summary and failed rows
+        page.wait_for_function(VISIBLE_THUMBS_SHOWN, timeout=120_000)
         seconds = time.perf_counter() - started
+        shown = page.evaluate(VISIBLE_THUMBS)
         groups = page.locator("#grid article").count()
         page.close()
-    return seconds, groups
+    return seconds, shown, groups
 
 
 def main() -> None:
@@ -126,7 +133,7 @@ def main() -> None:
         remade = sum(1 for name, stamp in after.items() if before.get(name) != stamp)
         html = (out / REPORT_DIR / "index.html").stat().st_size
         data = (out / REPORT_DIR / "data.js").stat().st_size
-        shown_s, groups = first_thumbnails(out / REPORT_DIR / "index.html")
+        shown_s, shown, groups = first_thumbnails(out / REPORT_DIR / "index.html")
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -140,7 +147,8 @@ def main() -> None:
     verdict = "under" if html < 200_000 else "OVER"
     print(f"index.html: {html / 1000:.1f} KB ({verdict} 200 KB); data.js: {data / 1e6:.2f} MB")
     print(
-        f"Chromium, file://: first {FIRST_THUMBS} thumbnails shown after {shown_s:.2f} s "
+        f"Chromium, file://: the grid's first screen of {shown} thumbnails shown {shown_s:.2f} s "
+        "after navigation started "
         f"({shown_s / baseline:.1f}x baseline); {groups} row groups in the DOM"
     )
 

@@ -3,6 +3,8 @@
 "use strict";
 (function () {
   const PAGE = 60; // sheet rows rendered per step; more as the reader scrolls
+  const FAILED_FIRST = 20; // failed rows listed at first: the grid stays within reach
+  const FAILED_STEP = 200;
   const data = window.BATCHGEN_REPORT;
   const $ = (id) => document.getElementById(id);
 
@@ -69,18 +71,24 @@
     $("retry").textContent = data.retry_command;
     $("copy").addEventListener("click", () => navigator.clipboard.writeText(data.retry_command));
     const body = $("failed-rows").tBodies[0];
-    const shown = failed.slice(0, 500);
-    for (const r of shown) {
-      const row = body.insertRow();
-      cell(row, r.row, true);
-      cell(row, r.error);
-      cell(row, r.endpoint);
-      cell(row, r.attempts, true);
-    }
-    if (failed.length > shown.length) {
-      $("failed-more").textContent = (failed.length - shown.length).toLocaleString("en") +
-        " more: choose status \"failed\" below to browse them all";
-    }
+    const show = (count) => {
+      body.replaceChildren();
+      for (const r of failed.slice(0, count)) {
+        const row = body.insertRow();
+        cell(row, r.row, true);
+        cell(row, r.error);
+        cell(row, r.endpoint);
+        cell(row, r.attempts, true);
+      }
+      const more = failed.length - Math.min(count, failed.length);
+      $("failed-more").replaceChildren();
+      if (!more) return;
+      const button = el("button", "", "show " + more.toLocaleString("en") + " more");
+      button.type = "button";
+      button.addEventListener("click", () => show(count + FAILED_STEP));
+      $("failed-more").append(button, " or choose status \"failed\" below to see them with their images");
+    };
+    show(FAILED_FIRST);
   }
 
   function options(select, values) {
