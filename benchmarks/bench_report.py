@@ -9,7 +9,8 @@ manifest line per row written through ManifestRecord, 5% of the rows failed. Pri
      against the baseline, and how many thumbnails the second one made (it must be 0);
   3. the size of index.html (must stay under 200 KB: the data is in data.js) and of data.js;
   4. a real headless Chromium opening the page from file://: time from navigation until every
-     thumbnail of the first screen of the grid (scrolled to at load) shows, and how many row groups the page put in the DOM (a page, not 10,000).
+     thumbnail of the grid's first screen (scrolled to at load) shows, and how many row groups
+     the page put in the DOM (a page, not 10,000).
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from browserhelp import chromium
+from click.testing import CliRunner
 from playwright.sync_api import Browser, Page
 from runhelp import make_job, write_sheet
 
+from batchgen.cli import cli
 from batchgen.gallery import build_report
 from batchgen.runner import run_batch
 
@@ -138,3 +140,12 @@ def test_a_second_report_makes_no_thumbnail_again(run_dir: Path) -> None:
     build_report(run_dir)
     assert {path: path.stat().st_mtime_ns for path in thumbs} == before
     assert sorted((run_dir / "report" / "thumbs").iterdir()) == thumbs
+
+
+def test_the_report_command(run_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["report", str(run_dir)])
+    assert result.exit_code == 0
+    assert result.output.strip() == str(run_dir / "report" / "index.html")
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no manifest.jsonl here" in result.output
