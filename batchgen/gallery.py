@@ -143,10 +143,7 @@ def report_data(
 def _row(record: ManifestRecord, thumbs: Mapping[str, str | None]) -> dict[str, Any]:
     payload = record.payload
     seeds = list(record.seeds) + [None] * (len(record.images) - len(record.seeds))
-    shown = record.to_json()
-    for bulky in ("payload", "metadata", "images", "image_sha256"):
-        shown.pop(bulky, None)
-    return {
+    row = {
         "row": record.row,
         "key": record.key,
         "status": record.status,
@@ -165,8 +162,16 @@ def _row(record: ManifestRecord, thumbs: Mapping[str, str | None]) -> dict[str, 
         ],
         "infotexts": _infotexts(record),
         "request": dict(payload),
-        "record": shown,
     }
+    # The rest of the manifest line, for the detail view (what the row already says is not repeated)
+    row["record"] = {
+        name: value for name, value in record.to_json().items() if name not in _NOT_REPEATED
+    }
+    return row
+
+
+_NOT_REPEATED = {"payload", "metadata", "images", "image_sha256", "row", "key", "status", "error"}
+_NOT_REPEATED |= {"endpoint", "attempts", "model", "model_hash", "version"}
 
 
 def _asked_model(payload: Mapping[str, Any]) -> str | None:

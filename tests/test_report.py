@@ -131,6 +131,8 @@ def test_a_click_shows_the_full_image_request_and_infotext(page: Page) -> None:
     assert '"batch_size": 3' in page.locator("#d-request").inner_text()
     assert "Seed: " in page.locator("#d-infotext").inner_text()
     assert "a red fox in the snow" in page.locator("#d-infotext").inner_text()
+    record = page.locator("#d-record").inner_text()
+    assert '"row": 3' in record and '"duration_s"' in record and '"seeds"' in record
 
 
 def test_a_second_report_makes_no_thumbnail_again(run_dir: Path) -> None:

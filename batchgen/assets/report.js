@@ -243,7 +243,11 @@
     }
     $("d-infotext").textContent = image ? infotext(r, index) : r.error;
     $("d-request").textContent = JSON.stringify(r.request, null, 2);
-    $("d-record").textContent = JSON.stringify(r.record, null, 2);
+    const record = {
+      row: r.row, key: r.key, status: r.status, error: r.error, endpoint: r.endpoint,
+      attempts: r.attempts, model: r.model, model_hash: r.model_hash, version: r.version, ...r.record,
+    };
+    $("d-record").textContent = JSON.stringify(record, null, 2);
     $("detail").showModal();
   }
 
