@@ -199,12 +199,17 @@ def _endpoints(
     figures: dict[str, dict[str, Any]] = {}
     for record in records:
         name = record.endpoint or "(none)"
-        view = figures.setdefault(name, {"name": name, "rows": 0, "images": 0, "failed": 0})
+        view = figures.setdefault(
+            name, {"name": name, "rows": 0, "images": 0, "failed": 0, "busy_s": 0.0}
+        )
+        view["busy_s"] += record.duration_s
         view["rows"] += 1
         view["images"] += len(record.images) if record.ok else 0
         view["failed"] += 0 if record.ok else 1
     for name, view in figures.items():
-        view["images_per_s"] = live.get(name, {}).get("images_per_s")
+        busy = view.pop("busy_s")  # no status file (merged shards, an older run): per busy second
+        fallback = view["images"] / busy if busy > 0 else None
+        view["images_per_s"] = live.get(name, {}).get("images_per_s", fallback)
         view["switches"] = live.get(name, {}).get("switches")
     return sorted(figures.values(), key=lambda view: str(view["name"]))
 

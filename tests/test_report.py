@@ -97,6 +97,7 @@ def test_failed_rows_come_first_with_the_servers_error_and_a_retry_command(
     assert failed.count() == 2
     first = failed.nth(0).inner_text()
     assert "10" in first and "Script 'nope' not found" in first
+    assert "1 \u00d7 HTTP 422: Script 'nope' not found" in page.locator("#errors").inner_text()
     assert page.locator("#failed").bounding_box()["y"] < page.locator("#grid").bounding_box()["y"]
     command = page.locator("#retry").inner_text()
     assert command.startswith("batchgen run ") and "--retry-failed" in command

@@ -3,7 +3,7 @@
 "use strict";
 (function () {
   const PAGE = 60; // sheet rows rendered per step; more as the reader scrolls
-  const FAILED_FIRST = 20; // failed rows listed at first: the grid stays within reach
+  const FAILED_FIRST = 10; // failed rows listed at first: the grid stays within reach
   const FAILED_STEP = 200;
   const data = window.BATCHGEN_REPORT;
   const $ = (id) => document.getElementById(id);
@@ -70,6 +70,13 @@
     $("failed").hidden = false;
     $("retry").textContent = data.retry_command;
     $("copy").addEventListener("click", () => navigator.clipboard.writeText(data.retry_command));
+    const errors = new Map(); // the same message on many rows is said once, with its count
+    for (const r of failed) errors.set(r.error, (errors.get(r.error) || 0) + 1);
+    const common = [...errors.entries()].sort((a, b) => b[1] - a[1]);
+    for (const [error, count] of common.slice(0, 10)) {
+      $("errors").append(el("li", "", count.toLocaleString("en") + " \u00d7 " + error));
+    }
+    if (common.length > 10) $("errors").append(el("li", "muted", (common.length - 10) + " other messages"));
     const body = $("failed-rows").tBodies[0];
     const show = (count) => {
       body.replaceChildren();
