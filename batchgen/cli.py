@@ -183,6 +183,43 @@ def merge(shard_dirs: Sequence[Path], out: Path, copy: bool) -> None:
     sys.exit(summary.exit_code)
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+def report(run_dir: Path) -> None:
+    """Write RUN_DIR/report/index.html: summary, failed rows, thumbnails, filters (from disk)."""
+    from batchgen.gallery import build_report
+
+    if not (run_dir / "manifest.jsonl").is_file():
+        raise click.UsageError(f"{run_dir}: no manifest.jsonl here; give a run's output folder")
+    click.echo(build_report(run_dir))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--watch", is_flag=True, help="Refresh every 2 s until the run ends (Ctrl-C stops).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+def status(run_dir: Path, watch: bool, as_json: bool) -> None:
+    """Rows done, failed and to go, images/s, ETA and each endpoint, during a run or after."""
+    import time
+
+    from batchgen.status import read_status
+
+    while True:
+        shown = read_status(run_dir)
+        if shown is None:
+            raise click.UsageError(f"{run_dir}: no status.json or manifest.jsonl; not a run folder")
+        if as_json:
+            click.echo(json.dumps(shown.to_json(), ensure_ascii=False))
+        else:
+            if watch and _console.is_terminal:
+                click.clear()
+            click.echo("\n".join(shown.lines()))
+        if not (watch and shown.live):
+            break
+        time.sleep(2.0)
+    sys.exit(1 if shown.state in ("dead", "stale") else 0)
+
+
 def _knob_options(func: Any) -> Any:
     """One --option per simulator knob (what a sim:// query or a [sim] table can set)."""
     from batchgen.sim.config import knobs

@@ -29,6 +29,7 @@ from batchgen.interrupts import catch_interrupts
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder, manifest_body
 from batchgen.plan import all_tasks, check_endpoints, validate
+from batchgen.publish import published
 from batchgen.records import (
     EndpointView,
     FailedRow,
@@ -102,7 +103,7 @@ class _Run:
     def __init__(self, job: JobSpec, options: RunOptions, reporter: Reporter) -> None:
         self.job = job
         self.options = options
-        self.reporter = reporter
+        self.reporter = published(reporter, job.out_dir)  # + status.json and the HTML report
         self.store = OutputStore(
             job.out_dir, job.name, job.output.filename, payload_base=job.sheet.parent
         )
