@@ -84,7 +84,11 @@ def _thumbnail(out_dir: Path, image: str, thumb: Path) -> bool:
             picture.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BICUBIC, reducing_gap=1.0)
             small = picture.convert("RGB")
         temporary = thumb.with_name(f".{thumb.name}.{threading.get_ident()}.tmp")
-        small.save(temporary, "JPEG", quality=80)
+        try:
+            small.save(temporary, "JPEG", quality=80)
+        except OSError:  # a full disk: leave no half file behind
+            temporary.unlink(missing_ok=True)
+            raise
         os.replace(temporary, thumb)
     except OSError as error:  # PIL's UnidentifiedImageError is an OSError too
         log.warning("report: no thumbnail for %s: %s", image, error)

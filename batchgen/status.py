@@ -127,7 +127,11 @@ def _endpoint(view: EndpointView, elapsed: float) -> dict[str, Any]:
 def write_atomic(path: Path, data: bytes) -> None:
     """Readers see the old file or the new one, never half of one (no fsync: derived files)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
+    try:
+        temporary.write_bytes(data)
+    except OSError:  # a full disk: leave no half file behind
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
 
 
