@@ -12,11 +12,28 @@ Status = Literal["ok", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
+class Expansion:
+    """Which of a row's expansions a SheetRow or Task is: what was written, what it became."""
+
+    index: int  # 0-based, in the order the row expands
+    count: int  # how many the row expands into
+    templates: Mapping[str, Any]  # column -> the cell as written, for each column that expanded
+    values: Mapping[str, Any]  # column -> this expansion's value (the prompt as sent, ...)
+
+
+@dataclass(frozen=True, slots=True)
 class SheetRow:
     """One non-blank row of the sheet as read: header -> raw cell value (blank cells absent)."""
 
     row: int  # the row number the spreadsheet program shows; the header is row 1
     cells: Mapping[str, Any]
+    expansion: Expansion | None = None  # set when a template or sweep cell made this row
+
+    @property
+    def slot(self) -> int:
+        """Where its outcome goes in the results sheet: the row number, or for an expansion a
+        number no plain row has (row << 32 | index)."""
+        return self.row if self.expansion is None else self.row << 32 | self.expansion.index
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +62,7 @@ class Task:
     body: Mapping[str, Any]
     checkpoint: str | None  # the checkpoint the row asks for, if any (scheduling affinity)
     metadata: Mapping[str, Any] = field(default_factory=dict)  # columns that are not sent
+    expansion: Expansion | None = None  # one of a row's expansions (templates, sweeps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +102,40 @@ class RunPlan:
     to_retry: int  # failed last time, sent again
     to_go: int  # never finished
     skipped: int  # not sent this time (--retry-failed leaves new rows for later)
+    sheet_rows: int = 0  # rows of the sheet; fewer than `total` when rows expand
+    images: int = 0  # images the requests ask for (batch_size x n_iter each)
+    expanded: tuple[RowCount, ...] = ()  # the rows that expand, the first EXPANDED_SHOWN of them
+    expanded_rows: int = 0  # how many rows expand in all
 
     def describe(self) -> str:
+        head = f"{self.total:,} rows"
+        if self.expanded_rows:
+            head = (
+                f"{self.total:,} requests ({self.images:,} images) "
+                f"from {self.sheet_rows:,} rows, {self.expanded_rows:,} of them expanding"
+            )
         return (
-            f"{self.total:,} rows: {self.done:,} done, {self.to_retry:,} failed to retry, "
+            f"{head}: {self.done:,} done, {self.to_retry:,} failed to retry, "
             f"{self.to_go:,} to go" + (f", {self.skipped:,} left for later" if self.skipped else "")
         )
+
+    def expansion_lines(self) -> list[str]:
+        """One line per expanding row (the first EXPANDED_SHOWN), for --dry-run and check."""
+        lines = [f"row {c.row}: {c.requests:,} requests" for c in self.expanded]
+        if self.expanded_rows > len(self.expanded):
+            lines.append(f"... and {self.expanded_rows - len(self.expanded):,} more rows expand")
+        return lines
+
+
+EXPANDED_SHOWN = 1000  # rows listed by expansion_lines; the count of the others is kept
+
+
+@dataclass(frozen=True, slots=True)
+class RowCount:
+    """How many requests one sheet row expands into."""
+
+    row: int
+    requests: int
 
 
 @dataclass(frozen=True, slots=True)
