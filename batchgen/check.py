@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from batchgen.errors import InputError, Problem
+from batchgen.expand import Expander
 from batchgen.fields import normalize_name
 from batchgen.inventory import (
     Inventory,
@@ -166,19 +167,25 @@ class Finding:
 def collect_uses(job: JobSpec) -> Usage:
     """Read the sheet and note which names each buildable row uses (broken rows: payload's job)."""
     builder = PayloadBuilder(job, read_headers(job.sheet, **job.sheet_options))
+    expander = Expander(job, builder.target_of)  # a list of names is checked name by name
     uses: dict[Use, RowSet] = {}
     count = 0
-    for row in read_rows(job.sheet, **job.sheet_options):
+    for sheet_row in read_rows(job.sheet, **job.sheet_options):
         try:
-            task = builder.build(row)
+            rows = expander.plan(sheet_row).rows()
         except InputError:
             continue
-        count += 1
-        for use in uses_of(task):
-            rowset = uses.get(use)
-            if rowset is None:
-                rowset = uses[use] = RowSet()
-            rowset.add(task.row)
+        for row in rows:
+            try:
+                task = builder.build(row)
+            except InputError:
+                continue
+            count += 1
+            for use in uses_of(task):
+                rowset = uses.get(use)
+                if rowset is None:
+                    rowset = uses[use] = RowSet()
+                rowset.add(task.row)
     return Usage(uses, count, builder.metadata_columns)
 
 

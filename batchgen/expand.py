@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -106,13 +107,18 @@ class Expander:
         self._sheet_file = str(job.sheet)
         self._target_of = target_of
         self._folder = job.wildcard_folder
-        self._wildcards = WildcardManager(self._folder)
+        self._wildcards = WildcardManager(self._folder if self._folder.is_dir() else None)
         self._wildcards.sort_wildcards = False  # file order: "in order" is what people ask for
         self._combinations = SamplingContext(
             wildcard_manager=self._wildcards,
             default_sampling_method=SamplingMethod.COMBINATORIAL,
         )
         self._wildcard_checked: dict[str, str | None] = {}  # name -> what is wrong, if anything
+        with warnings.catch_warnings():
+            # dynamicprompts 0.31 builds its (cached) parser with pyparsing names pyparsing 3.3
+            # deprecates: ours to silence once, not the user's to read.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            parse("{a|b}")
 
     def plan(self, row: SheetRow) -> RowExpansion:
         """How the row expands, or InputError naming every bad cell (row, column, fix)."""
@@ -263,6 +269,8 @@ class Expander:
         trouble: str | None = None
         if not values:
             trouble = f"no wildcard file __{name}__ (.txt, .yaml or .json) in {self._folder}"
+            if not self._folder.is_dir():
+                trouble += ", which is not a folder"
         elif depth < _NESTING_LIMIT:
             for value in values.string_values:
                 if "__" not in value:

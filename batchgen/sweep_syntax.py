@@ -84,13 +84,15 @@ def _numbers(item: Any, kind: SweepKind) -> list[Any]:
     if kind == "int" and step != step.to_integral_value():
         raise SweepError(f"'{item.strip()}' steps by {step} in a whole-number field")
     if (end - start) * step < 0:
+        shown = item.strip()
+        if step > 0:
+            raise SweepError(
+                f"'{shown}' runs backwards: counting up from {start} never reaches {end}",
+                f"write it as {end}-{start}, or count down with {start}-{end} (-{step})",
+            )
         raise SweepError(
-            f"'{item.strip()}' runs backwards: from {start} up to {end} never reaches it"
-            if step > 0
-            else f"'{item.strip()}' runs backwards: stepping down from {start} to {end}",
-            f"write it as {end}-{start}, or count down with a negative step like {start}-{end} (-1)"
-            if step > 0
-            else f"write it as {end}-{start} (+{-step})",
+            f"'{shown}' runs backwards: counting down from {start} never reaches {end}",
+            f"count up with {start}-{end} (+{-step}), or write it as {end}-{start} ({step})",
         )
     count = int((end - start) / step) + 1
     return [_typed(start + step * i, kind) for i in range(count)]

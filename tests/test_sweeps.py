@@ -1,0 +1,308 @@
+"""One row, many requests: templates, wildcards and X/Y/Z sweeps, sent to a simulator over HTTP."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runhelp import make_job, manifest, no_sleep, write_sheet
+
+from batchgen.errors import InputError
+from batchgen.job import ExpandSpec
+from batchgen.payload import PayloadBuilder
+from batchgen.plan import validate
+from batchgen.runner import RunOptions, run_batch
+from batchgen.sheet import read_headers, read_rows
+from batchgen.sim import SimServer
+
+
+def sent(sim: SimServer) -> list[dict[str, Any]]:
+    return [dict(body) for body in sim.stats.history]
+
+
+def results(out: Path) -> list[dict[str, str]]:
+    with (out / "results.csv").open(encoding="utf-8-sig", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+async def test_a_row_expands_into_the_product_of_its_lists_ranges_and_variants(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    rows = [
+        {
+            "prompt": "a {red|green} car",
+            "steps": "4, 6",
+            "cfg_scale": "5.5-6.5 (+0.5)",
+            "width": "512-640 [2]",
+            "sampler": "Euler a, DPM++ 2M",
+            "note": "n",
+        },
+        {"prompt": "a plain row", "steps": 4},
+    ]
+    job = make_job(tmp_path, write_sheet(tmp_path / "s.csv", rows), [sim.url])
+
+    summary = await run_batch(job, RunOptions(sleep=no_sleep))
+
+    assert summary.exit_code == 0, summary.stopped_reason
+    bodies = sent(sim)
+    combos = {
+        (b["prompt"], b["steps"], b["cfg_scale"], b["width"], b["sampler_name"])
+        for b in bodies
+        if b["prompt"] != "a plain row"
+    }
+    assert combos == {
+        (p, s, c, w, n)
+        for p in ("a red car", "a green car")
+        for s in (4, 6)
+        for c in (5.5, 6.0, 6.5)
+        for w in (512, 640)
+        for n in ("Euler a", "DPM++ 2M")
+    }
+    assert len(bodies) == 2 * 2 * 3 * 2 * 2 + 1
+    assert len({b["seed"] for b in bodies}) == len(bodies)  # a derived seed per expansion
+    records = manifest(job.out_dir)
+    swept = [r for r in records if r["row"] == 2]
+    assert sorted(r["expansion"] for r in swept) == list(range(48))
+    assert {r["expansions"] for r in swept} == {48}
+    first = min(swept, key=lambda r: r["expansion"])
+    assert first["templates"] == {
+        "prompt": "a {red|green} car",
+        "steps": "4, 6",
+        "cfg_scale": "5.5-6.5 (+0.5)",
+        "width": "512-640 [2]",
+        "sampler": "Euler a, DPM++ 2M",
+    }
+    assert first["resolved"] == {
+        "prompt": "a red car",
+        "steps": 4,
+        "cfg_scale": 5.5,
+        "width": 512,
+        "sampler": "Euler a",
+    }
+    assert first["metadata"] == {"note": "n"}
+    plain = next(r for r in records if r["row"] == 3)
+    assert "expansion" not in plain and "templates" not in plain  # a plain line as before
+    lines = results(job.out_dir)
+    assert len(lines) == 49
+    assert [line["expansion"] for line in lines if line["row"] == "2"] == [
+        str(i) for i in range(48)
+    ]
+    assert lines[0]["prompt"] == "a red car" and lines[0]["status"] == "ok"
+    assert lines[-1]["expansion"] == "" and lines[-1]["prompt"] == "a plain row"
+
+
+async def test_variants_weights_choices_nesting_and_wildcard_files_in_template_order(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    wildcards = tmp_path / "wildcards"
+    wildcards.mkdir()
+    (wildcards / "weather.txt").write_text("sunny\nrainy\n# a comment\n", encoding="utf-8")
+    (wildcards / "time.yaml").write_text("time:\n  - dawn\n  - dusk\n", encoding="utf-8")
+    (wildcards / "mood.json").write_text(json.dumps({"mood": ["calm", "__weather__"]}))
+    rows = [
+        {"prompt": "{2$$a|b|c}"},
+        {"prompt": "{0.2::x|3::y} {house|tree {1|2}}"},
+        {"prompt": "__weather__ at __time__", "negative_prompt": "{blur|noise}"},
+        {"prompt": "__mood__"},
+    ]
+    job = make_job(tmp_path, write_sheet(tmp_path / "s.csv", rows), [sim.url])
+
+    await run_batch(job, RunOptions(sleep=no_sleep))
+
+    by_row: dict[int, list[tuple[str, str]]] = {}
+    for record in sorted(manifest(job.out_dir), key=lambda r: (r["row"], r["expansion"])):
+        by_row.setdefault(record["row"], []).append(
+            (record["payload"]["prompt"], record["payload"].get("negative_prompt", ""))
+        )
+    assert [p for p, _ in by_row[2]] == ["a,b", "a,c", "b,a", "b,c", "c,a", "c,b"]
+    assert [p for p, _ in by_row[3]] == [
+        "x house",
+        "x tree 1",
+        "x tree 2",
+        "y house",
+        "y tree 1",
+        "y tree 2",
+    ]
+    assert by_row[4] == [  # wildcard lines in file order, the prompt before the negative
+        ("sunny at dawn", "blur"),
+        ("sunny at dawn", "noise"),
+        ("sunny at dusk", "blur"),
+        ("sunny at dusk", "noise"),
+        ("rainy at dawn", "blur"),
+        ("rainy at dawn", "noise"),
+        ("rainy at dusk", "blur"),
+        ("rainy at dusk", "noise"),
+    ]
+    assert [p for p, _ in by_row[5]] == ["calm", "sunny", "rainy"]  # a wildcard in a wildcard
+
+
+async def test_random_mode_draws_count_per_row_and_a_rerun_draws_the_same(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    rows = [
+        {"prompt": "a {cat|dog|fox|owl|elk} in {rain|snow|fog}", "steps": "4, 5"},
+        {"prompt": "{red|blue|green} kite", "expand.count": 3},
+        {"prompt": "{a|b} all of them", "expand.mode": "combinatorial"},
+    ]
+    sheet = write_sheet(tmp_path / "s.csv", rows)
+    first = make_job(tmp_path / "1", sheet, [sim.url], expand=ExpandSpec(mode="random", count=6))
+    again = make_job(tmp_path / "2", sheet, [sim.url], expand=ExpandSpec(mode="random", count=6))
+
+    await run_batch(first, RunOptions(sleep=no_sleep))
+    await run_batch(again, RunOptions(sleep=no_sleep))
+
+    def drawn(out: Path) -> list[tuple[int, int, str, int]]:
+        return sorted(
+            (r["row"], r["expansion"], r["payload"]["prompt"], r["seeds"][0]) for r in manifest(out)
+        )
+
+    one = drawn(first.out_dir)
+    assert one == drawn(again.out_dir)  # same prompts, same seeds, in another folder
+    assert len([r for r in one if r[0] == 2]) == 6 * 2  # draws x the steps list
+    assert len({p for row, _, p, _ in one if row == 2}) > 1
+    assert len([r for r in one if r[0] == 3]) == 3  # expand.count overrides the job's 6
+    assert sorted(p for row, _, p, _ in one if row == 4) == ["a all of them", "b all of them"]
+    assert len({seed for *_, seed in one}) == len(one)
+
+
+async def test_a_plain_row_keeps_its_key_and_request_beside_sweeps(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    plain = {"prompt": "a lighthouse", "steps": 4, "cfg_scale": 7}
+    alone = write_sheet(tmp_path / "alone.csv", [plain])
+    builder_job = make_job(tmp_path, alone, [sim.url])
+    builder = PayloadBuilder(builder_job, read_headers(alone))
+    before = builder.build(next(read_rows(alone)))
+    mixed = write_sheet(
+        tmp_path / "mixed.csv", [{"prompt": "a {b|c}", "steps": "4, 5", "cfg_scale": 7}, plain]
+    )
+    job = make_job(tmp_path, mixed, [sim.url])
+
+    await run_batch(job, RunOptions(sleep=no_sleep))
+
+    record = next(r for r in manifest(job.out_dir) if r["row"] == 3)
+    assert record["key"] == before.key
+    assert record["payload"] == dict(before.body)
+
+
+async def test_a_seed_cell_gives_the_seeds_and_file_names_can_use_swept_values(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    rows = [{"prompt": "p", "seed": "100-102", "cfg": "5, 7.5", "model": "v1-5-pruned-emaonly"}]
+    job = make_job(
+        tmp_path,
+        write_sheet(tmp_path / "s.csv", rows),
+        [sim.url],
+        output={"filename": "{row}-{expansion}-cfg{cfg_scale}-{seed}-{checkpoint}"},
+    )
+
+    await run_batch(job, RunOptions(sleep=no_sleep))
+
+    records = sorted(manifest(job.out_dir), key=lambda r: r["expansion"])
+    assert [r["seeds"][0] for r in records] == [100, 100, 101, 101, 102, 102]
+    names = [Path(r["images"][0]).name for r in records]
+    assert names[0] == "2-0-cfg5.0-100-v1-5-pruned-emaonly.png"
+    assert names[1] == "2-1-cfg7.5-100-v1-5-pruned-emaonly.png"
+
+
+async def test_a_new_list_value_or_wildcard_line_sends_only_the_new_expansions(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    wildcards = tmp_path / "wildcards"
+    wildcards.mkdir()
+    colors = wildcards / "color.txt"
+    colors.write_text("red\nblue\n", encoding="utf-8")
+    sheet = tmp_path / "s.csv"
+    write_sheet(sheet, [{"prompt": "a __color__ boat", "steps": "4, 5"}, {"prompt": "plain"}])
+    job = make_job(tmp_path, sheet, [sim.url])
+    await run_batch(job, RunOptions(sleep=no_sleep))
+    assert len(sent(sim)) == 5
+    seeds_before = {r["key"]: r["seeds"][0] for r in manifest(job.out_dir)}
+
+    colors.write_text("red\nblue\ngreen\n", encoding="utf-8")
+    write_sheet(sheet, [{"prompt": "a __color__ boat", "steps": "4, 5, 6"}, {"prompt": "plain"}])
+    summary = await run_batch(job, RunOptions(sleep=no_sleep))
+
+    assert summary.plan.done == 5 and summary.plan.to_go == 5
+    new = sorted((b["prompt"], b["steps"]) for b in sent(sim)[5:])
+    assert new == [
+        ("a blue boat", 6),
+        ("a green boat", 4),
+        ("a green boat", 5),
+        ("a green boat", 6),
+        ("a red boat", 6),
+    ]
+    latest = {r["key"]: r["seeds"][0] for r in manifest(job.out_dir)}
+    assert all(latest[key] == seed for key, seed in seeds_before.items())  # old ones untouched
+
+
+async def test_a_checkpoint_sweep_switches_each_endpoint_as_often_as_the_plain_sheet(
+    tmp_path: Path,
+) -> None:
+    models = ("alpha", "beta", "gamma")
+    swept = [{"prompt": f"p{i} {{x|y}}", "model": ", ".join(models)} for i in range(8)]
+    plain = [
+        {"prompt": f"p{i} {v}", "model": m} for i in range(8) for m in models for v in ("x", "y")
+    ]
+    switches = []
+    for name, rows in (("swept", swept), ("plain", plain)):
+        async with (
+            SimServer(_models_config(models)) as one,
+            SimServer(_models_config(models)) as two,
+        ):
+            job = make_job(
+                tmp_path / name, write_sheet(tmp_path / f"{name}.csv", rows), [one.url, two.url]
+            )
+            summary = await run_batch(job, RunOptions(sleep=no_sleep))
+            assert summary.ok == 48
+            switches.append(one.stats.switches + two.stats.switches)
+    assert switches[0] <= switches[1]
+    assert switches[0] <= len(models) + 1  # each checkpoint loaded about once per endpoint
+
+
+def _models_config(models: tuple[str, ...]) -> Any:
+    from batchgen.sim import SimConfig
+
+    return SimConfig(models=models, switch_s=0.05)
+
+
+@pytest.mark.parametrize(
+    ("cell", "column", "message"),
+    [
+        ({"prompt": "a {red|green car"}, "prompt", "'{' without its '}'"),
+        ({"prompt": "a red} car"}, "prompt", "'}' without its '{'"),
+        ({"prompt": "a __nowhere__ car"}, "prompt", "no wildcard file __nowhere__"),
+        ({"prompt": "p", "steps": "30-10"}, "steps", "runs backwards"),
+        ({"prompt": "p", "cfg_scale": "5-9 (+0)"}, "cfg_scale", "zero step"),
+        ({"prompt": "p", "steps": "20, many"}, "steps", "many"),
+        ({"prompt": "p", "seed": "1-1000000"}, "seed", "more than 100,000 images"),
+        ({"prompt": "{a|b|c|d|e|f|g|h|i|j} " * 6}, "prompt", "more than 100,000 images"),
+        ({"prompt": "{a|b}", "expand.mode": "shuffle"}, "expand.mode", "unknown mode"),
+    ],
+)
+async def test_a_bad_template_or_sweep_names_row_and_column_and_nothing_is_sent(
+    tmp_path: Path, sim: SimServer, cell: dict[str, Any], column: str, message: str
+) -> None:
+    rows = [{"prompt": "fine {a|b}"}, cell]
+    job = make_job(tmp_path, write_sheet(tmp_path / "s.csv", rows), [sim.url])
+
+    with pytest.raises(InputError) as caught:
+        await run_batch(job, RunOptions(sleep=no_sleep))
+
+    problems = caught.value.problems
+    assert len(problems) == 1, problems
+    assert (problems[0].row, problems[0].column) == (3, column)
+    assert message in problems[0].message
+    assert problems[0].hint
+    assert sent(sim) == []
+
+
+def test_max_images_counts_batch_size_and_comes_from_the_job(tmp_path: Path) -> None:
+    rows = [{"prompt": "p", "steps": "1-50", "batch_size": 4}]
+    sheet = write_sheet(tmp_path / "s.csv", rows)
+    assert validate(make_job(tmp_path, sheet, ["sim://"])).images == 200
+    with pytest.raises(InputError, match="more than 150 images"):
+        validate(make_job(tmp_path, sheet, ["sim://"], expand=ExpandSpec(max_images=150)))
