@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from runhelp import make_job, manifest, no_sleep, write_sheet
 
+from batchgen.cli import cli
 from batchgen.errors import InputError
-from batchgen.job import ExpandSpec
+from batchgen.job import ExpandSpec, load_job
 from batchgen.payload import PayloadBuilder
 from batchgen.plan import validate
 from batchgen.runner import RunOptions, run_batch
 from batchgen.sheet import read_headers, read_rows
-from batchgen.sim import SimServer
+from batchgen.sim import SimConfig, SimServer
 
 
 def sent(sim: SimServer) -> list[dict[str, Any]]:
@@ -263,9 +269,7 @@ async def test_a_checkpoint_sweep_switches_each_endpoint_as_often_as_the_plain_s
     assert switches[0] <= len(models) + 1  # each checkpoint loaded about once per endpoint
 
 
-def _models_config(models: tuple[str, ...]) -> Any:
-    from batchgen.sim import SimConfig
-
+def _models_config(models: tuple[str, ...]) -> SimConfig:
     return SimConfig(models=models, switch_s=0.05)
 
 
@@ -306,3 +310,109 @@ def test_max_images_counts_batch_size_and_comes_from_the_job(tmp_path: Path) -> 
     assert validate(make_job(tmp_path, sheet, ["sim://"])).images == 200
     with pytest.raises(InputError, match="more than 150 images"):
         validate(make_job(tmp_path, sheet, ["sim://"], expand=ExpandSpec(max_images=150)))
+
+
+async def test_a_sweep_killed_half_way_resumes_exactly_where_it_stopped(tmp_path: Path) -> None:
+    wildcards = tmp_path / "wildcards"
+    wildcards.mkdir()
+    (wildcards / "boat.txt").write_text("canoe\nferry\nyacht\nraft\n", encoding="utf-8")
+    write_sheet(
+        tmp_path / "s.csv", [{"prompt": "a __boat__ at sea", "steps": "4-8", "cfg": "6, 7"}]
+    )
+    async with SimServer(SimConfig(ms_per_step=10)) as sim:
+        job_file = tmp_path / "job.toml"
+        job_file.write_text(
+            f'sheet = "s.csv"\nendpoints = ["{sim.url}"]\n[output]\ndir = "out"\n',
+            encoding="utf-8",
+        )
+        out = tmp_path / "out"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "batchgen",
+            "run",
+            str(job_file),
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        for _ in range(600):
+            if len(_lines(out)) >= 10:
+                break
+            await asyncio.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        done_before = {r["payload"]["seed"] for r in _lines(out) if r["status"] == "ok"}
+        sent_before = len(sim.stats.history)
+        assert 10 <= len(done_before) < 40, "the kill should land half-way"
+
+        summary = await run_batch(load_job(job_file), RunOptions(sleep=no_sleep))
+
+        assert summary.exit_code == 0
+        assert summary.plan.done == len(done_before)
+        sent_after = {body["seed"] for body in sim.stats.history[sent_before:]}
+        assert not sent_after & done_before, "an expansion already done was sent again"
+        records = [r for r in _lines(out) if r["status"] == "ok"]
+        assert len(records) == len({r["key"] for r in records}) == 40
+        assert sorted(r["expansion"] for r in records) == list(range(40))
+        assert len(results(out)) == 40
+
+
+def _lines(out: Path) -> list[dict[str, Any]]:
+    path = out / "manifest.jsonl"
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+async def test_retry_failed_sends_only_the_expansions_that_failed(tmp_path: Path) -> None:
+    sheet = write_sheet(tmp_path / "s.csv", [{"prompt": "{a|b|c|d} tower", "steps": "4-8"}])
+    async with SimServer(SimConfig(fail_rate=0.3, fault_seed=5)) as sim:
+        job = make_job(tmp_path, sheet, [sim.url], attempts=1)
+        first = await run_batch(job, RunOptions(sleep=no_sleep))
+        failed = {r["key"] for r in manifest(job.out_dir) if r["status"] == "failed"}
+        assert 0 < first.failed == len(failed) < 20
+        await sim.set_config(SimConfig())
+        sent_before = len(sim.stats.history)
+
+        again = await run_batch(job, RunOptions(retry_failed=True, sleep=no_sleep))
+
+        assert again.exit_code == 0 and again.ok == len(failed)
+        resent = sim.stats.history[sent_before:]
+        assert len(resent) == len(failed)
+        latest = {r["key"]: r for r in manifest(job.out_dir)}
+        assert all(latest[key]["status"] == "ok" for key in failed)
+        assert {(b["prompt"], b["steps"]) for b in resent} == {
+            (latest[k]["payload"]["prompt"], latest[k]["payload"]["steps"]) for k in failed
+        }
+
+
+def test_dry_run_and_check_print_each_rows_expansions_and_the_totals(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "{a|b|c} hill", "steps": "4, 5", "batch_size": 2},
+        {"prompt": "plain"},
+        {"prompt": "p", "sampler": "Euler a, Eulr"},
+    ]
+    sheet = write_sheet(tmp_path / "s.csv", rows)
+    runner = CliRunner()
+
+    dry = runner.invoke(
+        cli, ["run", str(sheet), "--endpoint", "sim://", "--out", str(tmp_path / "o"), "--dry-run"]
+    )
+    checked = runner.invoke(cli, ["check", str(sheet), "--endpoint", "sim://"])
+
+    assert dry.exit_code == 0, dry.output
+    assert "9 requests (15 images) from 3 rows, 2 of them expanding" in dry.stderr
+    assert "# row 2: 6 requests" in dry.stderr and "# row 4: 2 requests" in dry.stderr
+    assert "row 3:" not in dry.stderr
+    assert checked.exit_code == 2
+    assert "Eulr" in checked.stderr and "row 4" in checked.stderr  # a listed name is checked
+    assert not (tmp_path / "o").exists()
+    fine = write_sheet(tmp_path / "fine.csv", rows[:2])
+    passed = runner.invoke(cli, ["check", str(fine), "--endpoint", "sim://"])
+    assert passed.exit_code == 0, passed.output
+    assert "2 rows expand into 7 requests (13 images), all valid" in passed.stdout
+    assert "row 2: 6 requests" in passed.stdout
