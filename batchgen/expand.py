@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -21,7 +22,6 @@ from typing import Any
 
 from dynamicprompts.commands import Command, VariantOption, WildcardCommand
 from dynamicprompts.enums import SamplingMethod
-from dynamicprompts.generators import RandomPromptGenerator
 from dynamicprompts.parser.parse import parse
 from dynamicprompts.sampling_context import SamplingContext
 from dynamicprompts.wildcards import WildcardManager
@@ -58,6 +58,12 @@ COUNT_COLUMN = "expand.count"
 MODES = ("combinatorial", "random")
 _TEMPLATE_MARKS = re.compile(r"[{}]|__")
 _NESTING_LIMIT = 10  # wildcard files naming wildcard files: deeper than this is a loop
+
+
+class _TemplateError(ValueError):
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,16 +155,18 @@ class Expander:
             axis = _Axis((header,), tuple((v,) for v in values))
             # A checkpoint sweep varies slowest: each checkpoint's requests come together.
             (slowest if target.path == CHECKPOINT else sweeps).append(axis)
+        parsed: dict[str, Command] = {}
         for header, template in templates.items():
-            trouble = self._template_trouble(template)
-            if trouble is not None:
-                problems.append(self._problem(row, header, *trouble))
+            try:
+                parsed[header] = self._parsed(template)
+            except _TemplateError as error:
+                problems.append(self._problem(row, header, str(error), error.hint))
         if problems:
             raise InputError(problems)
         budget = self._settings.max_images // max(1, self._images_per_request(row))
         self._check_budget(row, [*slowest, *sweeps], budget)
         budget //= math.prod(len(axis.values) for axis in [*slowest, *sweeps])
-        prompts = self._prompt_axes(row, templates, mode, count, budget)
+        prompts = self._prompt_axes(row, parsed, mode, count, budget)
         return RowExpansion(row, (*slowest, *prompts, *sweeps))
 
     # ---- settings per row ------------------------------------------------------------------
@@ -208,27 +216,27 @@ class Expander:
     # ---- prompts ----------------------------------------------------------------------------
 
     def _prompt_axes(
-        self, row: SheetRow, templates: Mapping[str, str], mode: str, count: int, budget: int
+        self, row: SheetRow, templates: Mapping[str, Command], mode: str, count: int, budget: int
     ) -> tuple[_Axis, ...]:
         if not templates:
             return ()
         if mode == "random":
             self._check_size(row, next(iter(templates)), count, budget)
             draws = [
-                self._draws(row, header, template, count) for header, template in templates.items()
+                self._draws(row, header, command, count) for header, command in templates.items()
             ]
             return (_Axis(tuple(templates), tuple(zip(*draws, strict=True))),)
         axes = []
-        for header, template in templates.items():
+        for header, command in templates.items():
             variants = list(
-                itertools.islice(self._combinations.sample_prompts(template, None), budget + 1)
+                itertools.islice(self._combinations.sample_prompts(command, None), budget + 1)
             )
             self._check_size(row, header, len(variants), budget)
             budget //= max(1, len(variants))
             axes.append(_Axis((header,), tuple((str(v),) for v in variants)))
         return tuple(axes)
 
-    def _draws(self, row: SheetRow, header: str, template: str, count: int) -> list[str]:
+    def _draws(self, row: SheetRow, header: str, command: Command, count: int) -> list[str]:
         """`count` random draws, seeded by the row's identity: a rerun draws the same."""
         identity = json.dumps(
             {"base": self._job.seed.base, "column": header, "cells": row.cells},
@@ -236,30 +244,41 @@ class Expander:
             default=str,
         )
         seed = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big")
-        generator = RandomPromptGenerator(self._wildcards, seed=seed)
-        return [str(p) for p in generator.generate(template, count)]
+        context = SamplingContext(
+            wildcard_manager=self._wildcards,
+            default_sampling_method=SamplingMethod.RANDOM,
+            rand=random.Random(seed),
+        )
+        return [str(p) for p in itertools.islice(context.sample_prompts(command, count), count)]
 
-    def _template_trouble(self, template: str) -> tuple[str, str] | None:
-        """(message, fix) for a template that cannot expand: braces, syntax, wildcard files."""
+    def _parsed(self, template: str) -> Command:
+        """The template read, or _TemplateError: unbalanced braces, bad syntax, wildcard files."""
         depth = 0
         for char in template:
             depth += {"{": 1, "}": -1}.get(char, 0)
             if depth < 0:
-                return "the template has a '}' without its '{'", "add the '{' or remove the '}'"
+                raise _TemplateError(
+                    "the template has a '}' without its '{'", "add the '{' or remove the '}'"
+                )
         if depth > 0:
-            return "the template has a '{' without its '}'", "close each {a|b} with '}'"
+            raise _TemplateError(
+                "the template has a '{' without its '}'", "close each {a|b} with '}'"
+            )
         try:
             command = parse(template)
         except ParseBaseException as error:
-            return f"the template cannot be read: {error}", "write variants as {a|b|c}"
+            raise _TemplateError(
+                f"the template cannot be read: {error}", "write variants as {a|b|c}"
+            ) from None
         for name in _wildcard_names(command):
             trouble = self._wildcard_trouble(name, 0)
             if trouble is not None:
-                return trouble, (
+                raise _TemplateError(
+                    trouble,
                     f"add {name}.txt to {self._folder}, fix the name, "
-                    "or set wildcards in [expand] to the folder that has it"
+                    "or set wildcards in [expand] to the folder that has it",
                 )
-        return None
+        return command
 
     def _wildcard_trouble(self, name: str, depth: int) -> str | None:
         if name in self._wildcard_checked:
