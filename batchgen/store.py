@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchgen.errors import ConfigError
+from batchgen.fields import FIELDS
 from batchgen.manifest import MANIFEST, ManifestRecord, iso_utc, scan
 from batchgen.records import Generation, Result, SheetRow, Task
 from batchgen.rowindex import RowIndex
@@ -542,8 +543,12 @@ class _FormatAnything:
 
 
 def _swept_fields(task: Task) -> dict[str, Any]:
-    """File-name fields for the values a sweep varies; a field the request leaves out is ''."""
-    fields = {name: _no_separators(task.body.get(name, "")) for name in SWEPT_NAME_FIELDS}
+    """File-name fields for the values a sweep varies; one the request leaves out: the server's
+    default, or '' if it has none."""
+    fields: dict[str, Any] = {}
+    for name in SWEPT_NAME_FIELDS:
+        value = task.body.get(name, FIELDS[name].default)
+        fields[name] = "" if value is None else _no_separators(value)
     fields["checkpoint"] = _no_separators(task.checkpoint or "")
     fields["expansion"] = task.expansion.index if task.expansion else 0
     return fields

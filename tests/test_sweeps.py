@@ -416,3 +416,15 @@ def test_dry_run_and_check_print_each_rows_expansions_and_the_totals(tmp_path: P
     assert passed.exit_code == 0, passed.output
     assert "2 rows expand into 7 requests (13 images), all valid" in passed.stdout
     assert "row 2: 6 requests" in passed.stdout
+
+
+async def test_the_sample_sweep_job_runs_on_the_simulator(tmp_path: Path) -> None:
+    job = load_job(Path(__file__).resolve().parent.parent / "jobs/sweep.toml", out=tmp_path / "o")
+
+    summary = await run_batch(job, RunOptions(sleep=no_sleep))
+
+    assert summary.exit_code == 0, summary.stopped_reason
+    assert summary.plan.sheet_rows == 5 and summary.ok == 12 + 20 + 8 + 6 + 1
+    records = manifest(job.out_dir)
+    assert {r["seeds"][0] for r in records if r["row"] == 4} == {1, 2, 3, 4}
+    assert len(results(job.out_dir)) == summary.ok
