@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from batchgen.records import Expansion
+
 MANIFEST = "manifest.jsonl"
 
 
@@ -59,6 +61,13 @@ class ManifestRecord:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    def expansion_of(self) -> Expansion | None:
+        """Which expansion of its row the record is (None: a plain row), as the Task had it."""
+        if self.expansion is None:
+            return None
+        count = self.expansions if self.expansions is not None else self.expansion + 1
+        return Expansion(self.expansion, count, dict(self.templates), dict(self.resolved))
 
     def to_json(self) -> dict[str, Any]:
         """The line's JSON object, keys in the order the manifest has always had them."""

@@ -20,9 +20,12 @@ from batchgen.errors import InputError
 from batchgen.job import ExpandSpec, load_job
 from batchgen.payload import PayloadBuilder
 from batchgen.plan import validate
+from batchgen.replay import replay
 from batchgen.runner import RunOptions, run_batch
 from batchgen.sheet import read_headers, read_rows
 from batchgen.sim import SimConfig, SimServer
+
+JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
 def sent(sim: SimServer) -> list[dict[str, Any]]:
@@ -419,7 +422,7 @@ def test_dry_run_and_check_print_each_rows_expansions_and_the_totals(tmp_path: P
 
 
 async def test_the_sample_sweep_job_runs_on_the_simulator(tmp_path: Path) -> None:
-    job = load_job(Path(__file__).resolve().parent.parent / "jobs/sweep.toml", out=tmp_path / "o")
+    job = load_job(JOBS / "sweep.toml", out=tmp_path / "o")
 
     summary = await run_batch(job, RunOptions(sleep=no_sleep))
 
@@ -428,3 +431,29 @@ async def test_the_sample_sweep_job_runs_on_the_simulator(tmp_path: Path) -> Non
     records = manifest(job.out_dir)
     assert {r["seeds"][0] for r in records if r["row"] == 4} == {1, 2, 3, 4}
     assert len(results(job.out_dir)) == summary.ok
+
+
+async def test_replay_sends_each_expansion_again_and_says_which_it_was(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    rows = [{"prompt": "a {red|blue} kite", "steps": "4, 5"}, {"prompt": "plain"}]
+    job = make_job(tmp_path, write_sheet(tmp_path / "s.csv", rows), [sim.url])
+    await run_batch(job, RunOptions(sleep=no_sleep))
+
+    summary = await replay(job.out_dir, tmp_path / "again", endpoints=[sim.url])
+
+    assert summary.exit_code == 0 and len(summary.rows) == 5
+    assert [row.describe().split(":")[0] for row in summary.rows] == [
+        "row 2, expansion 0",
+        "row 2, expansion 1",
+        "row 2, expansion 2",
+        "row 2, expansion 3",
+        "row 3",
+    ]
+    again = {r["key"]: r for r in manifest(tmp_path / "again")}
+    for record in manifest(job.out_dir):
+        copy = again[record["key"]]
+        assert (copy.get("expansion"), copy.get("resolved")) == (
+            record.get("expansion"),
+            record.get("resolved"),
+        )
