@@ -32,8 +32,9 @@ from batchgen.inventory import (
 )
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder
-from batchgen.records import Task
+from batchgen.records import SheetRow, Task
 from batchgen.sheet import read_headers, read_rows
+from batchgen.words import counted
 
 __all__ = [
     "Finding",
@@ -165,22 +166,20 @@ class Finding:
 
 
 def collect_uses(job: JobSpec) -> Usage:
-    """Read the sheet and note which names each buildable row uses (broken rows: payload's job)."""
+    """Read the sheet and note which names each row uses; a row with other problems (payload's
+    to report) is checked as far as it builds, so that every problem is said in one round."""
     builder = PayloadBuilder(job, read_headers(job.sheet, **job.sheet_options))
     expander = Expander(job, builder.target_of)  # a list of names is checked name by name
     uses: dict[Use, RowSet] = {}
     count = 0
     for sheet_row in read_rows(job.sheet, **job.sheet_options):
         try:
-            rows = expander.plan(sheet_row).rows()
+            rows: Iterable[SheetRow] = expander.plan(sheet_row).rows()
         except InputError:
-            continue
+            rows = (sheet_row,)  # a bad template or range: its other cells are still checked
         for row in rows:
-            try:
-                task = builder.build(row)
-            except InputError:
-                continue
-            count += 1
+            task, problems = builder.draft(row)
+            count += not problems
             for use in uses_of(task):
                 rowset = uses.get(use)
                 if rowset is None:
@@ -488,10 +487,10 @@ async def check_usage(
             if finding is not None:
                 grouped.setdefault((use, finding), []).append(inv.endpoint)
     log.info(
-        "checked %d name(s) used by %d row(s) on %d endpoint(s)",
-        len(usage.uses),
-        usage.rows,
-        len(inventories),
+        "checked %s used by %s on %s",
+        counted(len(usage.uses), "name"),
+        counted(usage.rows, "row"),
+        counted(len(inventories), "endpoint"),
     )
     everyone = len(inventories) if len(inventories) == len(clients) else -1
     problems = [
@@ -529,10 +528,15 @@ def _warn_sheet(job: JobSpec, usage: Usage) -> None:
     chosen = {normalize_name(header) for header, field in job.columns.items() if not field.strip()}
     unsent = [name for name in usage.metadata_columns if normalize_name(name) not in chosen]
     if unsent:
+        names = ", ".join(f"'{name}'" for name in unsent)
+        what = (
+            f"column {names} is not a request field; it is"
+            if len(unsent) == 1
+            else f"columns {names} are not request fields; they are"
+        )
         log.warning(
-            "%s: column(s) %s are not request fields; they are kept in the results, not sent "
-            '(to say so in the job: [columns] "%s" = "")',
+            '%s: %s kept in the results, not sent (to say so in the job: [columns] "%s" = "")',
             job.sheet,
-            ", ".join(f"'{name}'" for name in unsent),
+            what,
             unsent[0],
         )

@@ -6,23 +6,24 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.logging import RichHandler
 
 from batchgen.errors import BatchgenError
-from batchgen.job import JobSpec, load_job, parse_set
-from batchgen.payload import manifest_body
-from batchgen.plan import check_only, first_tasks, validate
-from batchgen.records import Reporter
-from batchgen.report import LogReporter, RichReporter, not_file_only
-from batchgen.runner import RunOptions, run_batch
-from batchgen.store import peek_state
+
+if TYPE_CHECKING:
+    from batchgen.job import JobSpec
+    from batchgen.records import Reporter
+
+# The stages (pandas, pydantic, aiohttp) are imported inside the commands, where a Ctrl-C
+# while they load is caught like any other.
 
 EXIT_INTERRUPTED = 130
 T = TypeVar("T")
@@ -92,6 +93,8 @@ def run(
     """Send every row of SOURCE (a .toml job or a sheet) and write images and a manifest."""
     if fresh and retry_failed:
         raise click.UsageError("--fresh starts an empty folder, where no row has failed yet")
+    from batchgen.runner import RunOptions, run_batch
+
     job = _load(source, endpoints, set_fields, out)
     if dry_run:
         _guarded(lambda: _dry_run(job))
@@ -105,6 +108,8 @@ def run(
 @_source_options
 def check(source: Path, endpoints: Sequence[str], set_fields: Sequence[str]) -> None:
     """Check the sheet and every endpoint that may get a row; send no generation request."""
+    from batchgen.plan import check_only
+
     job = _load(source, endpoints, set_fields, None)
     lines = _guarded(lambda: asyncio.run(check_only(job)))
     for line in lines:
@@ -140,42 +145,85 @@ def replay(out_dir: Path, out: Path, rows_text: str | None, endpoints: Sequence[
     sys.exit(summary.exit_code)
 
 
-@cli.command()
+def _knob_options(func: Any) -> Any:
+    """One --option per simulator knob (what a sim:// query or a [sim] table can set)."""
+    from batchgen.sim.config import knobs
+
+    for name, default, text in reversed(knobs()):
+        flag = "--" + name.replace("_", "-")
+        func = click.option(flag, name, metavar="VALUE", help=f"{text} [default: {default}]")(func)
+    return func
+
+
+@cli.command(context_settings={"max_content_width": 100})
 @click.option("--port", default=7860, show_default=True, help="Port on 127.0.0.1 (0: any free).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(path_type=Path, exists=True),
-    help="A TOML file of simulator settings.",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A TOML file of simulator settings (the options below override it).",
 )
-def sim(port: int, host: str, config_file: Path | None) -> None:
+@_knob_options
+def sim(port: int, host: str, config_file: Path | None, **knob_values: str | None) -> None:
     """Serve the built-in web UI simulator until interrupted (placeholder images, not a model)."""
     from batchgen.sim import SimConfig, serve
 
-    config = SimConfig.from_file(config_file) if config_file else SimConfig()
-    serve(port, config, host=host)
+    given = {name: value for name, value in knob_values.items() if value is not None}
+    try:
+        config = SimConfig.from_file(config_file) if config_file else SimConfig()
+        config = config.replace(given)
+    except ValueError as error:  # a bad value or key, or TOML that does not parse
+        where = f"{config_file}: " if config_file else ""
+        click.echo(f"error: {where}{error}", err=True)
+        sys.exit(2)
+    try:
+        serve(port, config, host=host)
+    except OSError as error:
+        click.echo(f"error: {error.strerror or error}", err=True)
+        sys.exit(2)
 
 
 def main() -> None:
     try:
         cli(standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C outside a run, e.g. at start
+        _say_interrupted()
+        _exit_quietly_on_ctrl_c()
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as error:
         error.show()
         sys.exit(2)
+    except SystemExit as ending:
+        if ending.code == EXIT_INTERRUPTED:
+            _exit_quietly_on_ctrl_c()
+        raise
+
+
+def _say_interrupted() -> None:
+    click.echo("interrupted; run the same command again to resume", err=True)
+
+
+def _exit_quietly_on_ctrl_c() -> None:
+    """Another Ctrl-C while Python shuts down (threads joining) ends it without a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _load(
     source: Path, endpoints: Sequence[str], set_fields: Sequence[str], out: Path | None
 ) -> JobSpec:
+    from batchgen.job import load_job, parse_set
+
     return _guarded(
         lambda: load_job(source, endpoints=endpoints, out=out, set_fields=parse_set(set_fields))
     )
 
 
 def _dry_run(job: JobSpec) -> None:
+    from batchgen.payload import manifest_body
+    from batchgen.plan import first_tasks, validate
+    from batchgen.store import peek_state
+
     plan = validate(job, peek_state(job.out_dir))
     click.echo(f"# {plan.describe()}; nothing is sent (--dry-run)", err=True)
     for line in plan.expansion_lines():
@@ -199,7 +247,7 @@ def _guarded(call: Callable[[], T]) -> T:
         click.echo(f"error: {error}", err=True)
         sys.exit(error.exit_code)
     except (KeyboardInterrupt, asyncio.CancelledError):
-        click.echo("interrupted; run the same command again to resume", err=True)
+        _say_interrupted()
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -207,6 +255,8 @@ _console = Console(stderr=True)
 
 
 def _reporter() -> Reporter:
+    from batchgen.report import LogReporter, RichReporter
+
     return RichReporter(_console) if _console.is_terminal else LogReporter()
 
 
@@ -224,6 +274,8 @@ def _setup_logging(verbose: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    from batchgen.report import not_file_only
+
     handler.addFilter(not_file_only)
     logger.addHandler(handler)
     _console_handler = handler

@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from batchgen.columns import Target, resolve
 from batchgen.errors import ConfigError
-from batchgen.fields import ALIASES, FIELDS, coerce, normalize_name
+from batchgen.fields import coerce
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -196,11 +197,11 @@ def _endpoint_tables(value: Any) -> Any:
 def _typed(name: str, value: str) -> Any:
     """A --set value as the request field's type when it reads as one, so job.json keeps
     20 as a number; anything else stays text and is reported with the sheet's problems."""
-    spec = FIELDS.get(ALIASES.get(normalize_name(name), normalize_name(name)))
-    if spec is None or spec.kind not in ("int", "float", "bool"):
+    target = resolve(name)
+    if not isinstance(target, Target) or target.kind not in ("int", "float", "bool"):
         return value
     try:
-        return coerce(spec.kind, value)
+        return coerce(target.kind, value)
     except ValueError:
         return value
 

@@ -300,6 +300,14 @@ class PayloadBuilder:
 
     def build(self, row: SheetRow) -> Task:
         """The Task for one row, or InputError listing every problem of this row."""
+        task, problems = self.draft(row)
+        if problems:
+            raise InputError(problems)
+        return task
+
+    def draft(self, row: SheetRow) -> tuple[Task, list[Problem]]:
+        """The row's Task as far as it builds (cells with problems left out), and its problems:
+        the names it uses can be checked against the servers in the same round."""
         problems: list[Problem] = []
         values = dict(self._defaults)
         units = copy.deepcopy(self._default_units)
@@ -358,12 +366,11 @@ class PayloadBuilder:
             if body.get(name) == -1:
                 del body[name]  # -1 and an empty cell ask for the same thing: a new seed
         key = self._key(body)
-        if problems:
-            raise InputError(problems)
-        self._fix_seeds(body, key)
+        if not problems:
+            self._fix_seeds(body, key)
         settings = body.get("override_settings")
         checkpoint = settings.get("sd_model_checkpoint") if isinstance(settings, dict) else None
-        return Task(
+        task = Task(
             row=row.row,
             key=key,
             route=route,
@@ -372,6 +379,7 @@ class PayloadBuilder:
             metadata=metadata,
             expansion=row.expansion,
         )
+        return task, problems
 
     def _check_route(
         self,

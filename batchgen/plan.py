@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from batchgen.client import EndpointClient
@@ -25,9 +25,14 @@ from batchgen.store import ResumeState, check_template
 
 
 def validate(
-    job: JobSpec, state: ResumeState | None = None, *, retry_failed: bool = False
+    job: JobSpec,
+    state: ResumeState | None = None,
+    *,
+    retry_failed: bool = False,
+    seen: Callable[[Task], None] | None = None,
 ) -> RunPlan:
-    """Read the whole sheet and build every row once; raise InputError listing every problem."""
+    """Read the whole sheet and build every row once; raise InputError listing every problem.
+    `seen` gets each row's task (e.g. to compare the sheet with an output folder's past)."""
     headers = read_headers(job.sheet, **job.sheet_options)
     builder = PayloadBuilder(job, headers)
     reading = sheet_problems(job.sheet, **job.sheet_options)
@@ -59,6 +64,8 @@ def validate(
                 problems.extend(p for p in error.problems if p not in said)
                 said.update(error.problems)
                 continue
+            if seen is not None:
+                seen(task)
             images += images_of(task.body)
             past = past_rows.get(task.key) if past_rows is not None else None
             if past is None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from batchgen.words import counted
+
 Route = Literal["txt2img", "img2img"]
 Status = Literal["ok", "failed"]
 
@@ -108,11 +110,11 @@ class RunPlan:
     expanded_rows: int = 0  # how many rows expand in all
 
     def describe(self) -> str:
-        head = f"{self.total:,} rows"
+        head = counted(self.total, "row")
         if self.expanded_rows:
             head = (
-                f"{self.total:,} requests ({self.images:,} images) "
-                f"from {self.sheet_rows:,} rows, {self.expanded_rows:,} of them expanding"
+                f"{counted(self.total, 'request')} ({counted(self.images, 'image')}) "
+                f"from {counted(self.sheet_rows, 'row')}, {self.expanded_rows:,} of them expanding"
             )
         return (
             f"{head}: {self.done:,} done, {self.to_retry:,} failed to retry, "
@@ -121,7 +123,7 @@ class RunPlan:
 
     def expansion_lines(self) -> list[str]:
         """One line per expanding row (the first EXPANDED_SHOWN), for --dry-run and check."""
-        lines = [f"row {c.row}: {c.requests:,} requests" for c in self.expanded]
+        lines = [f"row {c.row}: {counted(c.requests, 'request')}" for c in self.expanded]
         if self.expanded_rows > len(self.expanded):
             lines.append(f"... and {self.expanded_rows - len(self.expanded):,} more rows expand")
         return lines

@@ -30,6 +30,7 @@ from batchgen.manifest import MANIFEST, ManifestRecord, latest_records
 from batchgen.payload import manifest_body
 from batchgen.records import Generation, ImageRef, Result, Route, Task
 from batchgen.store import OutputStore
+from batchgen.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ class ReplaySummary:
 
     def describe(self) -> str:
         return (
-            f"{self.identical:,} of {len(self.rows):,} rows identical; new images in {self.out_dir}"
+            f"{self.identical:,} of {counted(len(self.rows), 'row')} identical; "
+            f"new images in {self.out_dir}"
         )
 
 
@@ -141,8 +143,8 @@ def _set_up(
     ok = [record for record in records if record.ok]
     if len(ok) < len(records):
         log.info(
-            "%d selected row(s) failed in %s; nothing to compare them with",
-            len(records) - len(ok),
+            "%s failed in %s; nothing to compare them with",
+            counted(len(records) - len(ok), "selected row"),
             source,
         )
     if not ok:
@@ -368,7 +370,7 @@ def _compare(
     """Bytes first (against the sha256 recorded at the time, else the file); then pixels."""
     old_paths, new_paths = old.images, new.images
     if len(old_paths) != len(new_paths):
-        detail = f"{len(old_paths)} image(s) then, {len(new_paths)} now"
+        detail = f"{counted(len(old_paths), 'image')} then, {len(new_paths)} now"
         return ReplayRow(row, key, "different", detail)
     if old.seeds != new.seeds:
         detail = f"seeds {list(old.seeds)} then, {list(new.seeds)} now"
@@ -392,7 +394,7 @@ def _compare(
             return ReplayRow(row, key, "different", "; ".join([f"image {index} differs", *notes]))
         how = "same pixels, other metadata"
     return ReplayRow(
-        row, key, "identical", "; ".join([f"{len(old_paths)} image(s), {how}", *notes])
+        row, key, "identical", "; ".join([f"{counted(len(old_paths), 'image')}, {how}", *notes])
     )
 
 

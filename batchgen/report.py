@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchgen.records import EndpointView, Result, RunPlan, RunSummary
+from batchgen.words import counted
 
 log = logging.getLogger(__name__)
 # Lines the terminal already shows in its own way: the run log gets them, the console does not.
@@ -61,7 +62,7 @@ class _Tally:
 
     def line(self) -> str:
         return (
-            f"{self.ok + self.failed:,}/{self.to_send:,} rows ({self.failed:,} failed), "
+            f"{self.ok + self.failed:,}/{counted(self.to_send, 'row')} ({self.failed:,} failed), "
             f"{self.rate():.1f} images/s, ETA {self.eta()}"
         )
 
@@ -166,7 +167,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
     lines.append(
         f"{state} in {_duration(summary.elapsed_s)}: {summary.ok:,} ok, {summary.failed:,} failed, "
         f"{summary.not_run:,} not run, {summary.plan.done:,} done earlier; "
-        f"{summary.images:,} images ({rate:.1f}/s)"
+        f"{counted(summary.images, 'image')} ({rate:.1f}/s)"
     )
     for view in summary.endpoints:
         lines.append(f"  {_endpoint_text(view, summary.elapsed_s)}")
@@ -180,7 +181,8 @@ def _endpoint_text(view: EndpointView, elapsed_s: float) -> str:
     rate = view.images / elapsed_s if elapsed_s > 0 else 0.0
     return (
         f"{view.name} ({_state(view)}): {view.done:,} done, {view.failed:,} failed, "
-        f"{view.images:,} images ({rate:.2f}/s), {view.switches} checkpoint switches"
+        f"{counted(view.images, 'image')} ({rate:.2f}/s), "
+        f"{counted(view.switches, 'checkpoint switch', 'checkpoint switches')}"
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from batchgen.changes import DIGEST, ChangeTracker
 from batchgen.client import row_backoff
 from batchgen.errors import (
     EndpointError,
@@ -34,6 +35,7 @@ from batchgen.run_files import close_run_log, move_aside, open_run_log, public_j
 from batchgen.scheduler import Lease, Scheduler
 from batchgen.sheet import read_headers
 from batchgen.store import OutputStore, ResumeState, peek_state
+from batchgen.words import counted
 from batchgen.writer import GroupWriter
 
 log = logging.getLogger(__name__)
@@ -101,9 +103,15 @@ class _Run:
 
     async def run(self) -> RunSummary:
         past = None if self.options.fresh else peek_state(self.job.out_dir)
+        changes = None if self.options.fresh else ChangeTracker(self.job.out_dir)
         checking = self.options.check and self.job.check
         try:
-            plan = validate(self.job, past, retry_failed=self.options.retry_failed)
+            plan = validate(
+                self.job,
+                past,
+                retry_failed=self.options.retry_failed,
+                seen=changes.see if changes else None,
+            )
         except InputError as error:
             if not checking:
                 raise
@@ -120,7 +128,13 @@ class _Run:
             state = self.store.open()
             handler = open_run_log(self.job.out_dir)
             try:
-                self.store.write_json("job.json", public_job(self.job, fleet.endpoints))
+                said = changes.describe(self.job.model_dump(mode="json")) if changes else None
+                if said:  # before job.json is replaced: it is what the folder's last run used
+                    log.warning("%s", said)
+                written = public_job(self.job, fleet.endpoints)
+                if changes is not None:
+                    written[DIGEST] = changes.digest
+                self.store.write_json("job.json", written)
                 self.reporter.started(plan, self.job.out_dir)
                 with catch_interrupts(self._interrupted):
                     await self._send_all(scheduler, state)
@@ -326,9 +340,9 @@ class _Run:
         else:
             self.failed += 1
             log.warning(
-                "row %d failed after %d attempt(s): %s",
+                "row %d failed after %s: %s",
                 result.task.row,
-                result.attempts,
+                counted(result.attempts, "attempt"),
                 result.error,
             )
         self.reporter.row_finished(result)

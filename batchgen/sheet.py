@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,6 +275,8 @@ def _formulas_without_values(path: Path, sheet_name: str | None) -> list[Problem
     """Cells holding a formula but no stored result (a file written by a script, never opened
     in Excel): openpyxl reads them as empty, and the row would run without them."""
     problems: list[Problem] = []
+    if not _has_formulas(path):  # the usual case, seen without parsing the cells twice
+        return problems
     with _Workbook(path, sheet_name) as values, _Workbook(path, sheet_name, formulas=True) as raw:
         headers: list[str] = []
         for number, (cached, written) in enumerate(zip(values, raw, strict=False), start=1):
@@ -292,3 +296,24 @@ def _formulas_without_values(path: Path, sheet_name: str | None) -> list[Problem
                         )
                     )
     return problems
+
+
+_FORMULA_TAG = re.compile(rb"<(?:\w+:)?f[\s>/]")
+
+
+def _has_formulas(path: Path) -> bool:
+    """Whether any worksheet of the workbook holds a formula (<f> element), read as raw XML."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if not (name.startswith("xl/worksheets/") and name.endswith(".xml")):
+                    continue
+                with archive.open(name) as member:
+                    tail = b""
+                    while block := member.read(1 << 20):
+                        if _FORMULA_TAG.search(tail + block):
+                            return True
+                        tail = block[-16:]
+    except (OSError, zipfile.BadZipFile):
+        return True  # let the cell-by-cell reading say what is wrong
+    return False

@@ -14,6 +14,7 @@ import re
 import string
 import sys
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from batchgen.fields import FIELDS
 from batchgen.manifest import MANIFEST, ManifestRecord, iso_utc, scan
 from batchgen.records import Generation, Result, SheetRow, Task
 from batchgen.rowindex import RowIndex
+from batchgen.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +434,7 @@ class OutputStore:
         candidate = f"{folder}/{name}"
         counter = 1
         index = self._opened()
-        while not index.take(candidate):
+        while not index.take(_name_key(candidate)):
             candidate = f"{folder}/{stem}~{counter}{dot}{suffix}"
             counter += 1
         return candidate
@@ -465,13 +467,13 @@ class OutputStore:
             present = [path for path in files if (self.out_dir / path).is_file()]
             if status == "ok" and len(present) < len(files):
                 log.warning(
-                    "row %s: recorded as done, but %d image file(s) are gone; sending it again",
+                    "row %s: recorded as done, but %s gone; sending it again",
                     record.row,
-                    len(files) - len(present),
+                    counted(len(files) - len(present), "image file is", "image files are"),
                 )
                 status = MISSING
             past.append((record.key, status, offset))  # in file order: the latest one wins
-            taken.extend(present)
+            taken.extend(_name_key(path) for path in present)
             if len(past) >= _INDEX_BATCH:
                 index.put_past(past)
                 index.take_all(taken)
@@ -575,12 +577,18 @@ def _safe_relative(rendered: str) -> str:
     no name Windows or macOS refuses, and short enough in bytes for any file system."""
     parts = []
     for part in rendered.replace("\\", "/").split("/"):
+        part = unicodedata.normalize("NFC", part)  # as macOS would store it, and shorter
         cleaned = _fit_bytes(_UNSAFE.sub("_", part).strip("._"), NAME_BYTES).rstrip("._")
         if _RESERVED.fullmatch(cleaned):
             cleaned = f"_{cleaned}"
         if cleaned:
             parts.append(cleaned)
     return "/".join(parts) or "image"
+
+
+def _name_key(relative: str) -> str:
+    """Two names that are one file on macOS or Windows (case, Unicode forms) are one name."""
+    return unicodedata.normalize("NFC", relative).casefold()
 
 
 def _fit_bytes(text: str, limit: int) -> str:

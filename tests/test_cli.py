@@ -6,7 +6,9 @@ import asyncio
 import json
 import logging
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,6 +234,8 @@ def test_set_sheet_name_picks_the_sheet_of_a_bare_workbook(tmp_path: Path) -> No
         "sheet_name=night",
         "--set",
         "cfg_scale=6.5",
+        "--set",
+        "clip_skip=2",
     )
 
     assert result.exit_code == 0, result.stderr
@@ -240,4 +244,38 @@ def test_set_sheet_name_picks_the_sheet_of_a_bare_workbook(tmp_path: Path) -> No
     assert "sheet_name" not in record["payload"]
     saved = json.loads((out / "job.json").read_text())
     assert saved["sheet_name"] == "night"
-    assert saved["defaults"] == {"cfg_scale": 6.5}  # a number, not "6.5"
+    assert saved["defaults"] == {"cfg_scale": 6.5, "clip_skip": 2}  # numbers, not "6.5", "2"
+
+
+def test_one_of_a_thing_is_said_in_the_singular(tmp_path: Path) -> None:
+    sheet = write_sheet(tmp_path / "rows.csv", prompts(1))
+
+    result = invoke(str(sheet), "--endpoint", "sim://", "--out", str(tmp_path / "o"))
+
+    assert result.exit_code == 0, result.stderr
+    assert "1 row: 0 done" in result.stderr
+    assert "1 image (" in result.stderr and "0 checkpoint switches" in result.stderr
+    assert "1 images" not in result.stderr and "1 rows" not in result.stderr
+
+
+@pytest.mark.parametrize("first_at", [0.2, 0.6, 1.0])
+def test_ctrl_c_again_and_again_ends_with_a_line_not_a_traceback(
+    tmp_path: Path, first_at: float
+) -> None:
+    """Ctrl-C while Python loads, while rows run, and while the run shuts down."""
+    sheet = write_sheet(tmp_path / "rows.csv", prompts(30))
+    command = [sys.executable, "-m", "batchgen", "run", str(sheet), "--endpoint"]
+    command += ["sim://?ms_per_step=60", "--out", str(tmp_path / "out")]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    time.sleep(first_at)
+    for _ in range(12):
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.15)
+    _, stderr = process.communicate(timeout=30)
+
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert process.returncode in (130, -signal.SIGINT), stderr
+    if process.returncode == 130:
+        assert stderr.rstrip().endswith("interrupted; run the same command again to resume")

@@ -113,8 +113,8 @@ def test_replay_command_with_the_recorded_sim_endpoint(tmp_path: Path) -> None:
     )
     assert rows.exit_code == 0
     assert rows.stdout.splitlines() == [
-        "row 3: identical (2 image(s), same bytes)",
-        "row 4: identical (1 image(s), same bytes)",
+        "row 3: identical (2 images, same bytes)",
+        "row 4: identical (1 image, same bytes)",
     ]
     saved = json.loads((tmp_path / "r" / "job.json").read_text(encoding="utf-8"))
     assert saved["replay_of"] == str((tmp_path / "out").resolve())

@@ -170,3 +170,17 @@ async def test_only_batchgens_own_tmp_files_are_cleaned(tmp_path: Path, sim: Sim
 
     assert all(path.read_text() == "half" for path in user_files)
     assert not any(path.exists() for path in own_leftovers)
+
+
+async def test_names_that_are_one_file_on_macos_or_windows_are_kept_apart(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    titles = ["Cat", "cat", "caf\u00e9", "cafe\u0301"]  # case; composed and decomposed é
+    rows = [{**row, "title": t} for row, t in zip(prompts(4), titles, strict=True)]
+    sheet = write_sheet(tmp_path / "rows.csv", rows)
+    job = make_job(tmp_path, sheet, [sim.url], output={"filename": "{title}"})
+
+    await run_batch(job, RunOptions(sleep=no_sleep))
+
+    names = [r["images"][0] for r in assert_exactly_once_ok(job.out_dir, range(2, 6))]
+    assert names == ["images/Cat.png", "images/cat~1.png", "images/café.png", "images/café~1.png"]

@@ -94,6 +94,7 @@ async def test_sheet_values_and_names_on_the_servers_are_reported_in_one_round(
     rows[1]["sampler_name"] = "Eulr a"  # a name only the server knows
     rows[2]["override_settings.sd_model_checkpoint"] = "no-such-model"
     rows[3]["cfg_scale"] = "high"
+    rows[3]["override_settings.sd_model_checkpoint"] = "also-missing"  # same row as a bad value
     sheet = write_sheet(tmp_path / "rows.csv", rows)
     job = make_job(tmp_path, sheet, [sim.url])
 
@@ -102,5 +103,5 @@ async def test_sheet_values_and_names_on_the_servers_are_reported_in_one_round(
 
     text = str(caught.value)
     assert "row 2, column 'steps'" in text and "row 5, column 'cfg_scale'" in text
-    assert "Eulr a" in text and "no-such-model" in text
+    assert "Eulr a" in text and "no-such-model" in text and "also-missing" in text
     assert not (job.out_dir / "manifest.jsonl").exists()

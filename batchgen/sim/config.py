@@ -188,11 +188,58 @@ def _convert(raw: Any, hint: Any) -> Any:
     if hint is int:
         if isinstance(raw, bool):
             raise ValueError(f"not an integer: {raw!r}")
-        return int(raw)
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"not a whole number: {raw!r}; e.g. 3") from None
     if hint is float:
         if isinstance(raw, bool):
             raise ValueError(f"not a number: {raw!r}")
-        return float(raw)
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"not a number: {raw!r}; e.g. 0.5") from None
     if hint is str:
         return str(raw)
     raise TypeError(f"unsupported option type {hint!r}")  # pragma: no cover
+
+
+# What each knob does, for `batchgen sim --help` (one option per knob: --fail-rate 0.1).
+KNOB_HELP = {
+    "models": "checkpoint names, comma-separated",
+    "vaes": "VAE names, comma-separated",
+    "loras": "LoRA names, comma-separated",
+    "upscalers": "upscaler names, comma-separated",
+    "cn_models": "ControlNet models, comma-separated",
+    "cn_modules": "ControlNet preprocessors, comma-separated",
+    "styles": "prompt styles as name=text ({prompt} is replaced), comma-separated",
+    "ms_per_step": "milliseconds per sampling step of one 512x512 image",
+    "switch_s": "seconds per checkpoint load",
+    "speed": "divides every generation time",
+    "flavor": "a1111 or forge",
+    "version": "the version the server reports",
+    "api_auth": "user:password[,user2:password2] for --api-auth",
+    "webui": "serve the web UI routes too (true/false)",
+    "encoder": "fast or pillow (PNG encoding)",
+    "fail_rate": "share of generations answered with a 500",
+    "drop_rate": "share of generations whose connection is dropped",
+    "hang_rate": "share of generations that never answer",
+    "die_after": "stop answering after this many generations",
+    "unavailable_s": "answer 503 for this many seconds after start",
+    "refuse_s": "refuse connections for this many seconds after start",
+    "fault_seed": "seed of the fault draws",
+}
+
+
+def knobs() -> list[tuple[str, str, str]]:
+    """(name, default as text, help) of every knob, in declaration order."""
+    default = SimConfig()
+    shown = []
+    for knob in fields(SimConfig):
+        value = getattr(default, knob.name)
+        if isinstance(value, tuple):  # a long list: its first name says what it looks like
+            text = f"{value[0]}, … ({len(value)})" if len(value) > 1 else ",".join(value)
+        else:
+            text = str(value)
+        shown.append((knob.name, text, KNOB_HELP.get(knob.name, "a simulator option")))
+    return shown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -124,7 +125,10 @@ class SimServer:
 
 
 def serve(port: int, config: SimConfig, host: str = "127.0.0.1") -> None:
-    """Run a simulator until SIGINT/SIGTERM; prints the URL line (the CLI's `batchgen sim`)."""
+    """Run a simulator until SIGINT/SIGTERM; prints the URL line (the CLI's `batchgen sim`).
+
+    Raises OSError with a message to show as it is when the address cannot be used.
+    """
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -133,7 +137,10 @@ def serve(port: int, config: SimConfig, host: str = "127.0.0.1") -> None:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         server = SimServer(config)
-        url = await server.start(host, port)
+        try:
+            url = await server.start(host, port)
+        except OSError as error:
+            raise OSError(error.errno, cannot_listen(error, host, port)) from None
         print(
             f"batchgen simulator ({config.flavor}) serving at {url}  (Ctrl-C to stop)", flush=True
         )
@@ -144,3 +151,12 @@ def serve(port: int, config: SimConfig, host: str = "127.0.0.1") -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+
+
+def cannot_listen(error: OSError, host: str, port: int) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use (a web UI or another simulator?); "
+            "give another with --port, or --port 0 for any free port"
+        )
+    return f"cannot listen on {host}:{port}: {error.strerror or error}"
