@@ -457,3 +457,17 @@ async def test_replay_sends_each_expansion_again_and_says_which_it_was(
             record.get("expansion"),
             record.get("resolved"),
         )
+
+
+def test_a_bare_sheet_gets_the_same_defaults_and_set_changes_them(tmp_path: Path) -> None:
+    rows = [{"prompt": "{a|b|c} {d|e}", "steps": [20, 30]}]  # JSONL: a list is a sweep too
+    sheet = write_sheet(tmp_path / "s.jsonl", rows)
+    (tmp_path / "wildcards").mkdir()
+
+    bare = load_job(sheet)
+    drawn = load_job(sheet, set_fields={"expand.mode": "random", "expand.count": "4"})
+
+    assert bare.expand == ExpandSpec() and bare.wildcard_folder == tmp_path / "wildcards"
+    assert validate(bare).total == 6 * 2
+    assert (drawn.expand.mode, drawn.expand.count) == ("random", 4)
+    assert validate(drawn).total == 4 * 2
