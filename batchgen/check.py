@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from batchgen.errors import InputError, Problem
-from batchgen.expand import Expander
+from batchgen.expand import EXPAND_COLUMNS, Expander
 from batchgen.fields import normalize_name
 from batchgen.inventory import (
     Inventory,
@@ -526,6 +526,7 @@ def _problem(
 def _warn_sheet(job: JobSpec, usage: Usage) -> None:
     """Columns that are never sent, unless the job maps them to "" (a note column on purpose)."""
     chosen = {normalize_name(header) for header, field in job.columns.items() if not field.strip()}
+    chosen |= {normalize_name(name) for name in EXPAND_COLUMNS}  # read by the expansion
     unsent = [name for name in usage.metadata_columns if normalize_name(name) not in chosen]
     if unsent:
         names = ", ".join(f"'{name}'" for name in unsent)

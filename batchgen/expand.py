@@ -55,6 +55,7 @@ NAME_SWEEPS: frozenset[FieldPath] = frozenset(
 UNIT_NAME_SWEEPS = frozenset({"model", "module"})
 MODE_COLUMN = "expand.mode"
 COUNT_COLUMN = "expand.count"
+EXPAND_COLUMNS = (MODE_COLUMN, COUNT_COLUMN)  # per-row settings: read here, never sent
 MODES = ("combinatorial", "random")
 _TEMPLATE_MARKS = re.compile(r"[{}]|__")
 _NESTING_LIMIT = 10  # wildcard files naming wildcard files: deeper than this is a loop
@@ -208,9 +209,10 @@ class Expander:
                 self._job.defaults.get(name, 1),
             )
             try:
-                images *= max(1, coerce("int", raw))
+                values = sweep_values(raw, "int") if is_sweep(raw, "int") else [raw]
+                images *= max(1, *(coerce("int", value) for value in values))
             except ValueError:
-                continue  # the payload reports it
+                continue  # the payload or the sweep reports it
         return images
 
     # ---- prompts ----------------------------------------------------------------------------
