@@ -164,6 +164,8 @@ class Expander:
                 problems.append(self._problem(row, header, str(error), error.hint))
         if problems:
             raise InputError(problems)
+        if not (slowest or sweeps or parsed):
+            return RowExpansion(row, ())  # a plain row, as it came
         budget = self._settings.max_images // max(1, self._images_per_request(row))
         self._check_budget(row, [*slowest, *sweeps], budget)
         budget //= math.prod(len(axis.values) for axis in [*slowest, *sweeps])
