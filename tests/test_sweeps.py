@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from runhelp import make_job, manifest, no_sleep, write_sheet
+from runhelp import make_job, manifest, no_sleep, write_png, write_sheet
 
 from batchgen.cli import cli
 from batchgen.errors import InputError
@@ -471,3 +471,30 @@ def test_a_bare_sheet_gets_the_same_defaults_and_set_changes_them(tmp_path: Path
     assert validate(bare).total == 6 * 2
     assert (drawn.expand.mode, drawn.expand.count) == ("random", 4)
     assert validate(drawn).total == 4 * 2
+
+
+async def test_controlnet_and_hires_fields_sweep_like_any_other(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    write_png(tmp_path / "depth.png")
+    row = {
+        "prompt": "a hall",
+        "controlnet.0.image": "depth.png",
+        "controlnet.0.module": "depth_midas, canny",
+        "controlnet.0.model": "control_v11f1p_sd15_depth",
+        "controlnet.0.weight": "0.5-1 [3]",
+        "enable_hr": "true",
+        "hr_scale": "1.5, 2",
+    }
+    job = make_job(tmp_path, write_sheet(tmp_path / "s.csv", [row]), [sim.url])
+
+    summary = await run_batch(job, RunOptions(sleep=no_sleep))
+
+    assert summary.exit_code == 0, summary.stopped_reason
+    units = [(b["alwayson_scripts"]["controlnet"]["args"][0], b["hr_scale"]) for b in sent(sim)]
+    assert sorted((u["module"], u["weight"], scale) for u, scale in units) == sorted(
+        (module, weight, scale)
+        for module in ("depth_midas", "canny")
+        for weight in (0.5, 0.75, 1.0)
+        for scale in (1.5, 2.0)
+    )
