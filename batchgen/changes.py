@@ -16,7 +16,16 @@ JOB_FILE = "job.json"
 DIGEST = "rows_digest"  # in job.json: a hash of the sheet's row keys in order, as last run
 # The job keys that decide what a row's request is; a change makes rows differ from the folder's.
 # (Paths are left out: the same sheet given from another folder is no change.)
-SETTINGS = ("sheet_name", "delimiter", "encoding", "defaults", "columns", "controlnet", "seed")
+SETTINGS = (
+    "sheet_name",
+    "delimiter",
+    "encoding",
+    "defaults",
+    "columns",
+    "controlnet",
+    "seed",
+    "expand",
+)
 
 
 class ChangeTracker:
@@ -47,8 +56,8 @@ class ChangeTracker:
         self._seen_keys.add(task.key)
         if task.key in self._past_keys:
             return  # the same row, maybe moved: its images are reused
-        if task.row in self._past_by_row:
-            self.changed += 1
+        if task.row in self._past_by_row and task.expansion is None:
+            self.changed += 1  # (an expansion not sent before is a new request of its row)
         else:
             self.new += 1
 

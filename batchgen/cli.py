@@ -311,6 +311,8 @@ def _dry_run(job: JobSpec) -> None:
     plan = validate(job, peek_state(job.out_dir))
     share = f"shard {job.shard}: " if job.shard else ""
     click.echo(f"# {share}{plan.describe()}; nothing is sent (--dry-run)", err=True)
+    for line in plan.expansion_lines():
+        click.echo(f"# {line}", err=True)
     for task in first_tasks(job, 3):
         shown = {
             "row": task.row,

@@ -24,6 +24,7 @@ else:  # pragma: no cover
 SHEET_SUFFIXES = (".csv", ".tsv", ".xlsx", ".jsonl")
 # `--set KEY=VALUE` keys that are the job's own, not a request field every row gets.
 SET_JOB_KEYS = frozenset({"sheet_name", "delimiter", "encoding", "in_flight", "wait_all_down"})
+EXPAND = "expand."  # `--set expand.mode=random`: the job's [expand] table, not a request field
 DEFAULT_FILENAME = "{row:06d}-{index:02d}-{seed}"
 DEFAULT_URL = "http://127.0.0.1:7860"  # A1111's own default address, when no endpoint is named
 
@@ -66,6 +67,15 @@ class SeedSpec(_Frozen):
     base: int = 0
 
 
+class ExpandSpec(_Frozen):
+    """How template and sweep cells expand a row (see README, "Sweeps")."""
+
+    mode: Literal["combinatorial", "random"] = "combinatorial"
+    count: int = Field(default=1, gt=0)  # random mode: draws per row
+    wildcards: Path | None = None  # the wildcard folder; default: wildcards/ beside the job
+    max_images: int = Field(default=100_000, gt=0)  # per row: more is taken for a typo
+
+
 class JobSpec(_Frozen):
     """Everything a run needs to know, validated before any I/O."""
 
@@ -87,6 +97,7 @@ class JobSpec(_Frozen):
     timeout: TimeoutSpec = TimeoutSpec()
     output: OutputSpec = OutputSpec()
     seed: SeedSpec = SeedSpec()
+    expand: ExpandSpec = ExpandSpec()
     check: bool = True  # check rows against the endpoints before sending
     wait_all_down: float = Field(default=600.0, ge=0)  # seconds to wait when no endpoint answers
     shards: int | None = Field(default=None, gt=0)  # N for a Kubernetes Indexed Job's pods
@@ -112,6 +123,12 @@ class JobSpec(_Frozen):
             "delimiter": self.delimiter,
             "encoding": self.encoding,
         }
+
+    @property
+    def wildcard_folder(self) -> Path:
+        if self.expand.wildcards is not None:
+            return self.expand.wildcards
+        return (self.source or self.sheet).parent / "wildcards"
 
     @property
     def out_dir(self) -> Path:
@@ -154,8 +171,15 @@ def load_job(
         raw["endpoints"] = _endpoint_tables(raw["endpoints"])
     if set_fields:
         job_keys = {k: v for k, v in set_fields.items() if k in SET_JOB_KEYS}
-        fields = {k: _typed(k, v) for k, v in set_fields.items() if k not in SET_JOB_KEYS}
+        expand = {k[len(EXPAND) :]: v for k, v in set_fields.items() if k.startswith(EXPAND)}
+        fields = {
+            k: _typed(k, v)
+            for k, v in set_fields.items()
+            if k not in SET_JOB_KEYS and not k.startswith(EXPAND)
+        }
         raw.update(job_keys)
+        if expand:
+            raw["expand"] = {**raw.get("expand", {}), **expand}
         if fields:
             raw["defaults"] = {**raw.get("defaults", {}), **fields}
     raw = _resolve_paths(raw, base)
@@ -220,6 +244,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     output = raw.get("output")
     if isinstance(output, dict) and isinstance(output.get("dir"), str):
         output["dir"] = base / output["dir"]
+    expand = raw.get("expand")
+    if isinstance(expand, dict) and isinstance(expand.get("wildcards"), str):
+        expand["wildcards"] = base / expand["wildcards"]
     for endpoint in raw.get("endpoints") or ():  # tables by now
         if isinstance(endpoint, dict) and isinstance(endpoint.get("ca_file"), str):
             endpoint["ca_file"] = base / endpoint["ca_file"]
@@ -275,6 +302,9 @@ _EXAMPLES = {
     "output.filename": 'filename = "{row:06d}-{index:02d}-{seed}"',
     "output.dir": 'dir = "outputs/night-run"',
     "seed.mode": 'mode = "derived"',
+    "expand.mode": 'mode = "combinatorial"',
+    "expand.count": "count = 20",
+    "expand.max_images": "max_images = 100000",
     "delimiter": 'delimiter = ";"',
     "encoding": 'encoding = "cp1252"',
 }

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from batchgen.records import Expansion
+
 MANIFEST = "manifest.jsonl"
 
 
@@ -48,6 +50,12 @@ class ManifestRecord:
     infotexts: tuple[str, ...] = ()  # info.infotexts, the grid's left out
     started: str = ""  # started_at and finished_at in ISO 8601, UTC
     finished: str = ""
+    # A row that expands (templates, sweeps): which expansion this is, of how many, the cells as
+    # written and the values this one got. Left out of the line for a plain row.
+    expansion: int | None = None
+    expansions: int | None = None
+    templates: Mapping[str, Any] = field(default_factory=dict)
+    resolved: Mapping[str, Any] = field(default_factory=dict)
     # Fields this version does not know (a newer writer's): kept so that a rewrite loses nothing.
     unknown: Mapping[str, Any] = field(default_factory=dict)
 
@@ -55,10 +63,19 @@ class ManifestRecord:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    def expansion_of(self) -> Expansion | None:
+        """Which expansion of its row the record is (None: a plain row), as the Task had it."""
+        if self.expansion is None:
+            return None
+        count = self.expansions if self.expansions is not None else self.expansion + 1
+        return Expansion(self.expansion, count, dict(self.templates), dict(self.resolved))
+
     def to_json(self) -> dict[str, Any]:
         """The line's JSON object, keys in the order the manifest has always had them."""
         line: dict[str, Any] = {
-            name: _plain(getattr(self, name)) for name in _FIELDS if name != "unknown"
+            name: _plain(getattr(self, name))
+            for name in _FIELDS
+            if name != "unknown" and (self.expansion is not None or name not in _EXPANSION)
         }
         line.update(self.unknown)
         return line
@@ -81,6 +98,8 @@ class ManifestRecord:
         known["status"] = str(data["status"])
         known["metadata"] = dict(known.get("metadata") or {})
         known["payload"] = dict(known.get("payload") or {})
+        known["templates"] = dict(known.get("templates") or {})
+        known["resolved"] = dict(known.get("resolved") or {})
         unknown = {name: value for name, value in data.items() if name not in _FIELDS}
         return cls(**known, unknown=unknown)
 
@@ -94,6 +113,7 @@ class ManifestRecord:
 
 
 _FIELDS = tuple(ManifestRecord.__dataclass_fields__)
+_EXPANSION = frozenset({"expansion", "expansions", "templates", "resolved"})
 
 
 def iso_utc(epoch: float) -> str:

@@ -289,6 +289,11 @@ class PayloadBuilder:
 
     # ---- build ----------------------------------------------------------------------------
 
+    def target_of(self, header: str) -> Target | None:
+        """The field a header sets; None for a note column or a header already reported."""
+        column = self._columns.get(header)
+        return column.target if column is not None else None
+
     def default_problems(self) -> tuple[Problem, ...]:
         """Problems in the job's defaults, [[controlnet]] units and --set values (checked once)."""
         return self._default_problems
@@ -372,6 +377,7 @@ class PayloadBuilder:
             body=body,
             checkpoint=checkpoint if isinstance(checkpoint, str) else None,
             metadata=metadata,
+            expansion=row.expansion,
         )
         return task, problems
 

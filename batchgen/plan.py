@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from batchgen.client import EndpointClient
 from batchgen.columns import Target, resolve
 from batchgen.errors import InputError, NoEndpointError, Problem
+from batchgen.expand import Expander, expanded_rows
 from batchgen.fleet import open_fleet
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder
-from batchgen.records import RunPlan, Task
+from batchgen.records import EXPANDED_SHOWN, RowCount, RunPlan, Task
 from batchgen.shards import keeps
 from batchgen.sheet import (
     header_row_guess,
@@ -39,32 +42,69 @@ def validate(
         check_template(job.output.filename, builder.metadata_columns)
     except Exception as error:  # a ConfigError reads better beside the sheet's problems
         problems.append(Problem(file="job", message=str(error)))
-    done = failed = new = simulated = 0
+    done = failed = new = rows = images = expanding = simulated = 0
+    expanded: list[RowCount] = []
     past_rows = state.rows if state and state.rows else None  # a lookup per row, not a set
+    expander = Expander(job, builder.target_of)
     for row in read_rows(job.sheet, **job.sheet_options):
+        rows += 1
         try:
-            task = builder.build(row)
+            expansion = expander.plan(row)
         except InputError as error:
             problems.extend(error.problems)
             continue
-        if not keeps(job.shard, task):  # every row is built: keys count twins over the sheet
-            continue
-        if seen is not None:
-            seen(task)
-        past = past_rows.get(task.key) if past_rows is not None else None
-        if past is None:
-            new += 1
-        elif past.status in DONE:
-            done += 1
-            simulated += past.status == SIMULATED
-        else:
-            failed += 1
+        if expansion.axes:
+            expanding += 1
+            if len(expanded) < EXPANDED_SHOWN:
+                expanded.append(RowCount(row.row, expansion.requests))
+        said: set[Problem] = set()  # each expansion of a bad row has the same problem: say it once
+        for one in expansion.rows():
+            try:
+                task = builder.build(one)
+            except InputError as error:
+                problems.extend(p for p in error.problems if p not in said)
+                said.update(error.problems)
+                continue
+            if not keeps(job.shard, task):  # every row is built: keys count twins over the sheet
+                continue
+            if seen is not None:
+                seen(task)
+            images += images_of(task.body)
+            past = past_rows.get(task.key) if past_rows is not None else None
+            if past is None:
+                new += 1
+            elif past.status in DONE:
+                done += 1
+                simulated += past.status == SIMULATED
+            else:
+                failed += 1
     if problems or reading:
         raise InputError([*reading, *_without_cascades(job, headers, problems)])
     total = done + failed + new
+    counts = RunPlan(
+        total,
+        done,
+        failed,
+        new,
+        0,
+        simulated=simulated,
+        sheet_rows=rows,
+        images=images,
+        expanded=tuple(expanded),
+        expanded_rows=expanding,
+    )
     if retry_failed:
-        return RunPlan(total, done, failed, 0, skipped=new, simulated=simulated)
-    return RunPlan(total, done, failed, new, skipped=0, simulated=simulated)
+        return dataclasses.replace(counts, to_go=0, skipped=new)
+    return counts
+
+
+def images_of(body: Mapping[str, Any]) -> int:
+    """Images one request asks for."""
+    count = 1
+    for name in ("batch_size", "n_iter"):
+        value = body.get(name)
+        count *= value if isinstance(value, int) and value > 0 else 1
+    return count
 
 
 def _without_cascades(job: JobSpec, headers: list[str], problems: list[Problem]) -> list[Problem]:
@@ -97,10 +137,16 @@ def first_tasks(job: JobSpec, count: int) -> Iterator[Task]:
 
 
 def all_tasks(job: JobSpec) -> Iterator[Task]:
-    """Every row's request, whichever shard it falls in (after validate: every row builds)."""
+    """Every request (expansions too), whichever shard it falls in (after validate: all build)."""
     builder = PayloadBuilder(job, read_headers(job.sheet, **job.sheet_options))
-    for row in read_rows(job.sheet, **job.sheet_options):
+    for row in expanded_rows(job, builder.target_of):
         yield builder.build(row)
+
+
+def _counted(plan: RunPlan) -> str:
+    if not plan.expanded_rows:
+        return f"{plan.total:,} rows"
+    return f"{plan.sheet_rows:,} rows expand into {plan.total:,} requests ({plan.images:,} images)"
 
 
 async def check_endpoints(
@@ -119,8 +165,9 @@ async def check_only(job: JobSpec) -> list[str]:
     """`batchgen check`: the sheet, then every endpoint that may get a row; nothing is generated."""
     sheet_problems: list[Problem] = []
     try:
+        plan = validate(job)
         share = f" in shard {job.shard}" if job.shard else ""
-        lines = [f"{job.sheet}: {validate(job).total:,} rows{share}, all valid"]
+        lines = [f"{job.sheet}: {_counted(plan)}{share}, all valid", *plan.expansion_lines()]
     except InputError as error:  # go on: the endpoints' problems belong in the same list
         sheet_problems, lines = list(error.problems), []
     async with open_fleet(job) as fleet:

@@ -15,11 +15,28 @@ Status = Literal["ok", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
+class Expansion:
+    """Which of a row's expansions a SheetRow or Task is: what was written, what it became."""
+
+    index: int  # 0-based, in the order the row expands
+    count: int  # how many the row expands into
+    templates: Mapping[str, Any]  # column -> the cell as written, for each column that expanded
+    values: Mapping[str, Any]  # column -> this expansion's value (the prompt as sent, ...)
+
+
+@dataclass(frozen=True, slots=True)
 class SheetRow:
     """One non-blank row of the sheet as read: header -> raw cell value (blank cells absent)."""
 
     row: int  # the row number the spreadsheet program shows; the header is row 1
     cells: Mapping[str, Any]
+    expansion: Expansion | None = None  # set when a template or sweep cell made this row
+
+    @property
+    def slot(self) -> int:
+        """Where its outcome goes in the results sheet: the row number, or for an expansion a
+        number no plain row has (row << 32 | index)."""
+        return self.row if self.expansion is None else self.row << 32 | self.expansion.index
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +65,7 @@ class Task:
     body: Mapping[str, Any]
     checkpoint: str | None  # the checkpoint the row asks for, if any (scheduling affinity)
     metadata: Mapping[str, Any] = field(default_factory=dict)  # columns that are not sent
+    expansion: Expansion | None = None  # one of a row's expansions (templates, sweeps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +110,29 @@ class RunPlan:
     simulated: int = 0  # of `done`: made by a simulator
     simulators: tuple[str, ...] = ()  # this run's endpoints that are simulators
     remade: int = 0  # rows a simulator made that this run sends to real servers
+    sheet_rows: int = 0  # rows of the sheet; fewer than `total` when rows expand
+    images: int = 0  # images the requests ask for (batch_size x n_iter each)
+    expanded: tuple[RowCount, ...] = ()  # the rows that expand, the first EXPANDED_SHOWN of them
+    expanded_rows: int = 0  # how many rows expand in all
 
     def describe(self) -> str:
+        head = counted(self.total, "row")
+        if self.expanded_rows:
+            head = (
+                f"{counted(self.total, 'request')} ({counted(self.images, 'image')}) "
+                f"from {counted(self.sheet_rows, 'row')}, {self.expanded_rows:,} of them expanding"
+            )
         return (
-            f"{counted(self.total, 'row')}: {self.done:,} done, {self.to_retry:,} failed to retry, "
+            f"{head}: {self.done:,} done, {self.to_retry:,} failed to retry, "
             f"{self.to_go:,} to go" + (f", {self.skipped:,} left for later" if self.skipped else "")
         )
+
+    def expansion_lines(self) -> list[str]:
+        """One line per expanding row (the first EXPANDED_SHOWN), for --dry-run and check."""
+        lines = [f"row {c.row}: {counted(c.requests, 'request')}" for c in self.expanded]
+        if self.expanded_rows > len(self.expanded):
+            lines.append(f"... and {self.expanded_rows - len(self.expanded):,} more rows expand")
+        return lines
 
     def on(self, simulators: Sequence[str], *, retry_failed: bool) -> RunPlan:
         """The plan for these endpoints: with none a simulator, rows a simulator made are not
@@ -121,7 +156,7 @@ class RunPlan:
             lines.append(simulator_note(self.simulators))
         if self.remade:
             lines.append(
-                f"{self.remade:,} rows in this folder were made by a simulator; this run's "
+                f"{counted(self.remade, 'row')} in this folder made by a simulator; this run's "
                 "endpoints are real servers, so they are not counted as done"
             )
         return lines
@@ -133,6 +168,17 @@ def simulator_note(names: Sequence[str]) -> str:
         f"SIMULATOR: {', '.join(names)} is batchgen's built-in simulator; its images are "
         "placeholders, not a model's (for real images: --endpoint http://host:7860)"
     )
+
+
+EXPANDED_SHOWN = 1000  # rows listed by expansion_lines; the count of the others is kept
+
+
+@dataclass(frozen=True, slots=True)
+class RowCount:
+    """How many requests one sheet row expands into."""
+
+    row: int
+    requests: int
 
 
 @dataclass(frozen=True, slots=True)

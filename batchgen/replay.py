@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -45,9 +46,13 @@ class ReplayRow:
     key: str
     verdict: Verdict
     detail: str
+    expansion: int | None = None  # which of the row's expansions (sweeps); None: a plain row
 
     def describe(self) -> str:
-        return f"row {self.row}: {self.verdict} ({self.detail})"
+        which = f"row {self.row}" + (
+            f", expansion {self.expansion}" if self.expansion is not None else ""
+        )
+        return f"{which}: {self.verdict} ({self.detail})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +182,11 @@ def _judge(setup: _Setup, source: Path, out_dir: Path, errors: Mapping[str, str]
             outcome.append(ReplayRow(row, key, "failed", str(error)))
             continue
         outcome.append(_compare(row, key, plan.record, source, new, out_dir))
-    outcome.sort(key=lambda row: row.row)
+    outcome = [
+        dataclasses.replace(one, expansion=plan.record.expansion)
+        for one, plan in zip(outcome, setup.planned, strict=True)
+    ]
+    outcome.sort(key=lambda row: (row.row, -1 if row.expansion is None else row.expansion))
     return ReplaySummary(source, out_dir, tuple(outcome))
 
 
@@ -331,6 +340,7 @@ def _plan(record: ManifestRecord, base: Path) -> _Planned:
         body=body,
         checkpoint=checkpoint if isinstance(checkpoint, str) else None,
         metadata=dict(record.metadata),
+        expansion=record.expansion_of(),
     )
     return _Planned(record, task, None)
 

@@ -24,6 +24,7 @@ from batchgen.errors import (
     RetryableEndpointError,
     RowError,
 )
+from batchgen.expand import expanded_rows
 from batchgen.fleet import endpoint_views, open_fleet, watch
 from batchgen.interrupts import catch_interrupts
 from batchgen.job import JobSpec
@@ -44,7 +45,7 @@ from batchgen.rowindex import RowKeys
 from batchgen.run_files import close_run_log, move_aside, open_run_log, public_job
 from batchgen.scheduler import Lease, Scheduler
 from batchgen.shards import keeps, write_shard_plan
-from batchgen.sheet import read_headers, read_rows
+from batchgen.sheet import read_headers
 from batchgen.store import DONE, SIMULATED, OutputStore, ResumeState, peek_state
 from batchgen.words import counted
 from batchgen.writer import GroupWriter
@@ -114,7 +115,7 @@ class _Run:
         self.stopped_reason: str | None = None
         self.sending: set[asyncio.Task[None]] = set()  # rows on an endpoint right now
         self.rows: set[asyncio.Task[None]] = set()
-        self.row_keys = RowKeys()  # row -> key for results.csv; on disk once there are many
+        self.row_keys = RowKeys()  # row slot -> key for results.csv; on disk once there are many
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store")
         self.group = GroupWriter(self.store, self.writer)
 
@@ -174,7 +175,7 @@ class _Run:
             close_run_log(handler)
 
     def _finish(self, plan: RunPlan, started: float, scheduler: Scheduler) -> RunSummary:
-        outputs = self._write_results()
+        outputs = self._write_results(expanding=plan.expanded_rows > 0)
         self.store.close()
         summary = RunSummary(
             out_dir=self.job.out_dir,
@@ -197,11 +198,11 @@ class _Run:
         watcher = asyncio.create_task(watch(scheduler, self.reporter.endpoints))
         builder = PayloadBuilder(self.job, read_headers(self.job.sheet, **self.job.sheet_options))
         try:
-            for row in read_rows(self.job.sheet, **self.job.sheet_options):
+            for row in expanded_rows(self.job, builder.target_of):
                 task = builder.build(row)
                 if not keeps(self.job.shard, task):
                     continue
-                self.row_keys[task.row] = task.key
+                self.row_keys[row.slot] = task.key
                 if not self._wanted(task, state, plan):
                     continue
                 await window.acquire()  # backpressure before a row coroutine exists
@@ -420,14 +421,14 @@ class _Run:
         self.interrupted = True
         self._stop("interrupted: finishing the rows in flight (again to stop now)")
 
-    def _write_results(self) -> tuple[Path, ...]:
+    def _write_results(self, *, expanding: bool) -> tuple[Path, ...]:
         headers = read_headers(self.job.sheet, **self.job.sheet_options)
-        rows = read_rows(self.job.sheet, **self.job.sheet_options)
+        rows = expanded_rows(self.job, PayloadBuilder(self.job, headers).target_of)
         xlsx = self.job.sheet.suffix.lower() == ".xlsx"
         try:
             return (
                 self.store.manifest_path,
-                *self.store.write_results(rows, headers, self.row_keys, xlsx),
+                *self.store.write_results(rows, headers, self.row_keys, xlsx, expanding=expanding),
             )
         finally:
             self.row_keys.close()

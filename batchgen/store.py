@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchgen.errors import ConfigError
+from batchgen.fields import FIELDS
 from batchgen.manifest import MANIFEST, ManifestRecord, iso_utc, scan
-from batchgen.records import Generation, Result, SheetRow
+from batchgen.records import Generation, Result, SheetRow, Task
 from batchgen.rowindex import RowIndex
 from batchgen.words import counted
 
@@ -36,9 +37,20 @@ EXTRAS_DIR = "controlnet"
 TMP_SUFFIX = ".tmp"
 IMAGE_WRITERS = 8  # threads writing one batch's images
 RESULT_COLUMNS = ("row", "status", "images", "seeds", "error")
+EXPANSION_COLUMN = ("expansion",)  # after "row", when rows expand
 FORMULA_STARTS = ("=", "+", "-", "@")  # what Excel reads as the start of a formula
 SIDE_FILES = ("results.csv", "results.xlsx", "job.json")  # written atomically beside the manifest
 _TEMPLATE_FIELDS = {"row", "index", "seed", "key", "job"}
+# Values a sweep may vary, by field name, for file names: {cfg_scale}, {checkpoint}, {expansion}.
+SWEPT_NAME_FIELDS = (
+    "steps",
+    "cfg_scale",
+    "sampler_name",
+    "scheduler",
+    "width",
+    "height",
+    "denoising_strength",
+)
 _INDEX_BATCH = 4096  # manifest lines read per insert into the index
 _UNSAFE = re.compile(r"[^\w.\-+=@]+")  # also drops Windows' <>:"|?* and control characters
 # File systems count bytes per name (255 on most): room is left for "~123456", ".webp" and ".tmp".
@@ -105,7 +117,8 @@ class ResumeState:
 
 def check_template(template: str, metadata_columns: Iterable[str]) -> None:
     """Reject a file-name template that names an unknown field or reaches into objects."""
-    allowed = _TEMPLATE_FIELDS | set(metadata_columns)
+    allowed = _TEMPLATE_FIELDS | {*SWEPT_NAME_FIELDS, "checkpoint", "expansion"}
+    allowed |= set(metadata_columns)
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as error:
@@ -330,6 +343,7 @@ class OutputStore:
             **_as_used(generation),
             started=iso_utc(result.started_at),
             finished=iso_utc(finished_at),
+            **_expansion_fields(task),
         )
 
     def record_at(self, key: str) -> ManifestRecord | None:
@@ -342,10 +356,24 @@ class OutputStore:
             return ManifestRecord.from_line(handle.readline())
 
     def write_results(
-        self, rows: Iterable[SheetRow], headers: list[str], row_keys: Mapping[int, str], xlsx: bool
+        self,
+        rows: Iterable[SheetRow],
+        headers: list[str],
+        keys: Mapping[int, str],
+        xlsx: bool,
+        *,
+        expanding: bool = False,
     ) -> list[Path]:
-        """The input sheet plus each row's outcome: results.csv, and results.xlsx for XLSX input."""
-        columns = [*headers, *(c for c in RESULT_COLUMNS if c not in headers)]
+        """The input sheet plus each request's outcome: results.csv, and results.xlsx for XLSX
+        input. `rows` are the requests' rows (a row per expansion); `keys` by SheetRow.slot.
+        `expanding`: rows expand, and an `expansion` column says which one a line is."""
+        outcome_columns = [
+            *RESULT_COLUMNS[:1],
+            *(EXPANSION_COLUMN if expanding else ()),
+            *RESULT_COLUMNS[1:],
+        ]
+        outcome_columns = [c for c in outcome_columns if c not in headers]
+        columns = [*headers, *outcome_columns]
         csv_path = self.out_dir / "results.csv"
         written = [csv_path]
         tmp = csv_path.with_name(csv_path.name + TMP_SUFFIX)
@@ -355,7 +383,7 @@ class OutputStore:
             writer.writerow(columns)
             for row in rows:
                 values = [row.cells.get(header, "") for header in headers]
-                values += self._outcome(row.row, row_keys.get(row.row), headers)
+                values += self._outcome(row, keys.get(row.slot), outcome_columns)
                 writer.writerow(values)
                 if sheet is not None:
                     sheet.append(values)
@@ -364,19 +392,22 @@ class OutputStore:
             written.append(sheet.close())
         return written
 
-    def _outcome(self, row: int, key: str | None, headers: list[str]) -> list[Any]:
+    def _outcome(self, sheet_row: SheetRow, key: str | None, columns: list[str]) -> list[Any]:
         record = self.record_at(key) if key else None
+        row = sheet_row.row
+        expansion = sheet_row.expansion.index if sheet_row.expansion else ""
         if record is None:
-            outcome: dict[str, Any] = {"row": row, "status": "not run"}
+            outcome: dict[str, Any] = {"row": row, "expansion": expansion, "status": "not run"}
         else:
             outcome = {
                 "row": row,
+                "expansion": expansion,
                 "status": record.status,
                 "images": ";".join(record.images),
                 "seeds": ";".join(str(seed) for seed in record.seeds),
                 "error": record.error or "",
             }
-        return [outcome.get(column, "") for column in RESULT_COLUMNS if column not in headers]
+        return [outcome.get(column, "") for column in columns]
 
     def _name_image(
         self, folder: str, result: Result, index: int, seed: int | str, data: bytes
@@ -389,6 +420,7 @@ class OutputStore:
             "seed": seed,
             "key": result.task.key,
             "job": self._job_name,
+            **_swept_fields(result.task),
         }
         try:
             rendered = self._template.format_map(fields)
@@ -515,6 +547,30 @@ class _FormatAnything:
             return format(self.value, spec)
         except (ValueError, TypeError):
             return str(self.value)
+
+
+def _swept_fields(task: Task) -> dict[str, Any]:
+    """File-name fields for the values a sweep varies; one the request leaves out: the server's
+    default, or '' if it has none."""
+    fields: dict[str, Any] = {}
+    for name in SWEPT_NAME_FIELDS:
+        value = task.body.get(name, FIELDS[name].default)
+        fields[name] = "" if value is None else _no_separators(value)
+    fields["checkpoint"] = _no_separators(task.checkpoint or "")
+    fields["expansion"] = task.expansion.index if task.expansion else 0
+    return fields
+
+
+def _expansion_fields(task: Task) -> dict[str, Any]:
+    expansion = task.expansion
+    if expansion is None:
+        return {}
+    return {
+        "expansion": expansion.index,
+        "expansions": expansion.count,
+        "templates": dict(expansion.templates),
+        "resolved": dict(expansion.values),
+    }
 
 
 def _no_separators(value: Any) -> Any:
