@@ -57,7 +57,8 @@ MODE_COLUMN = "expand.mode"
 COUNT_COLUMN = "expand.count"
 EXPAND_COLUMNS = (MODE_COLUMN, COUNT_COLUMN)  # per-row settings: read here, never sent
 MODES = ("combinatorial", "random")
-_TEMPLATE_MARKS = re.compile(r"[{}]|__")
+# Braces, or a whole `__name__`: a lone `__` (`window.__name`, `a__b`) is plain text, as before.
+_TEMPLATE_MARKS = re.compile(r"[{}]|__[^_\s]\S*?__")
 _NESTING_LIMIT = 10  # wildcard files naming wildcard files: deeper than this is a loop
 
 

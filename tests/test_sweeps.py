@@ -197,6 +197,20 @@ async def test_a_plain_row_keeps_its_key_and_request_beside_sweeps(
     assert record["payload"] == dict(before.body)
 
 
+async def test_double_underscores_that_name_no_wildcard_stay_plain_text(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    prompts = ["snake__case and a__b", "<img src=x onerror=window.__pwned=1>"]
+    job = make_job(
+        tmp_path, write_sheet(tmp_path / "s.csv", [{"prompt": p} for p in prompts]), [sim.url]
+    )
+
+    summary = await run_batch(job, RunOptions(sleep=no_sleep))
+
+    assert summary.exit_code == 0, summary.stopped_reason
+    assert sorted(b["prompt"] for b in sent(sim)) == sorted(prompts)
+
+
 async def test_a_seed_cell_gives_the_seeds_and_file_names_can_use_swept_values(
     tmp_path: Path, sim: SimServer
 ) -> None:
