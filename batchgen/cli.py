@@ -132,11 +132,18 @@ def replay(out_dir: Path, out: Path, rows_text: str | None, endpoints: Sequence[
     type=click.Path(path_type=Path, exists=True),
     help="A TOML file of simulator settings.",
 )
-def sim(port: int, host: str, config_file: Path | None) -> None:
+@click.option(
+    "--flavor",
+    type=click.Choice(["a1111", "forge", "comfy"]),
+    help="The server to stand in for (default: the config's, else a1111).",
+)
+def sim(port: int, host: str, config_file: Path | None, flavor: str | None) -> None:
     """Serve the built-in web UI simulator until interrupted (placeholder images, not a model)."""
     from batchgen.sim import SimConfig, serve
 
     config = SimConfig.from_file(config_file) if config_file else SimConfig()
+    if flavor is not None:
+        config = config.replace({"flavor": flavor})
     serve(port, config, host=host)
 
 

@@ -16,7 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-Flavor = Literal["a1111", "forge"]
+Flavor = Literal["a1111", "forge", "comfy"]
 Encoder = Literal["fast", "pillow"]
 
 DEFAULT_MODELS = (
@@ -79,6 +79,8 @@ class SimConfig:
     unavailable_s: float = 0.0
     refuse_s: float = 0.0
     fault_seed: int = 0
+    # ComfyUI flavor: false = an older server that ignores a client's prompt_id and makes its own.
+    accept_prompt_id: bool = True
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -95,8 +97,8 @@ class SimConfig:
             raise ValueError("fail_rate + drop_rate + hang_rate must be <= 1")
         if self.die_after is not None and self.die_after < 0:
             raise ValueError("die_after must be >= 0")
-        if self.flavor not in ("a1111", "forge"):
-            raise ValueError(f"flavor must be 'a1111' or 'forge', not {self.flavor!r}")
+        if self.flavor not in ("a1111", "forge", "comfy"):
+            raise ValueError(f"flavor must be 'a1111', 'forge' or 'comfy', not {self.flavor!r}")
         if self.encoder not in ("fast", "pillow"):
             raise ValueError(f"encoder must be 'fast' or 'pillow', not {self.encoder!r}")
         if self.api_auth is not None and not all(":" in c for c in self.api_auth.split(",")):
@@ -106,6 +108,8 @@ class SimConfig:
     def server_version(self) -> str:
         if self.version:
             return self.version
+        if self.flavor == "comfy":
+            return "0.7.0"
         return "f2.0.1v1.10.1-previous-669-gdfdcbab6" if self.flavor == "forge" else "v1.10.1"
 
     @classmethod
