@@ -62,6 +62,7 @@ class Endpoint:
     in_flight: int
     headers: Mapping[str, _Secret] = field(default_factory=dict)  # basic auth included
     ssl: ssl.SSLContext | bool = True  # aiohttp's `ssl=`: True verifies against the system CAs
+    backend: Literal["a1111", "comfy"] = "a1111"
 
     @property
     def is_sim(self) -> bool:
@@ -73,10 +74,12 @@ class Endpoint:
 
 def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
     """Split credentials out of the URL and the environment; only the display name is ever shown."""
-    parts = urlsplit(spec.url)
+    url = "http" + spec.url[len("comfy") :] if spec.url.startswith("comfy://") else spec.url
+    parts = urlsplit(url)
     if parts.scheme not in {"http", "https", "sim"}:
         raise ConfigError(
-            f"endpoint {_redact(spec.url)}: use http://host:port, https://... or sim://"
+            f"endpoint {_redact(spec.url)}: use http://host:port, https://..., comfy://host:port "
+            "or sim://"
         )
     if parts.scheme != "sim" and not parts.hostname:
         raise ConfigError(f"endpoint {_redact(spec.url)}: the URL has no host")
@@ -87,7 +90,7 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
         value = os.environ.get(spec.auth_env)
         if value is None or ":" not in value:
             raise ConfigError(
-                f"endpoint {_redact(spec.url)}: set the environment variable {spec.auth_env} "
+                f"endpoint {_redact(url)}: set the environment variable {spec.auth_env} "
                 "to user:password"
             )
         username, _, password = value.partition(":")
@@ -104,7 +107,7 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
                 f"variable {variable}, which is not set"
             )
         headers[header] = _Secret(value)
-    clean = _redact(spec.url)
+    clean = _redact(url)
     if parts.scheme != "sim":
         clean = clean.rstrip("/")
     return Endpoint(
@@ -113,6 +116,7 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
         in_flight=spec.in_flight or default_in_flight,
         headers=headers,
         ssl=_tls(spec, clean),
+        backend=spec.kind,
     )
 
 
@@ -151,7 +155,7 @@ def _redact(url: str) -> str:
 class ServerState:
     """What a probe learned about a server."""
 
-    flavor: Flavor
+    flavor: Flavor | Literal["comfy"]
     checkpoint: str | None  # opts.sd_model_checkpoint
     vae: str | None
 
@@ -236,18 +240,28 @@ class EndpointClient:
     async def _request(
         self, method: str, path: str, body: Any, timeout: aiohttp.ClientTimeout
     ) -> Any:
+        status, raw = await self._exchange(method, path, timeout, json=body)
+        if status != 200:
+            raise _status_error(status, raw)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise RetryableEndpointError("the answer was not JSON") from None
+
+    async def _exchange(
+        self, method: str, path: str, timeout: aiohttp.ClientTimeout, **send: Any
+    ) -> tuple[int, bytes]:
+        """One request: the status and the body, transport failures mapped to endpoint errors."""
         try:
             async with self._session.request(
                 method,
                 self.endpoint.url + path,
-                json=body,
                 headers=self._headers,
                 timeout=timeout,
                 ssl=self.endpoint.ssl,
+                **send,
             ) as response:
-                raw = await response.read()
-                if response.status != 200:
-                    raise _status_error(response.status, raw)
+                return response.status, await response.read()
         except TimeoutError:
             limit = timeout.total
             raise RetryableEndpointError(
@@ -268,10 +282,6 @@ class EndpointClient:
             raise RetryableEndpointError(f"cannot connect: {error.os_error}") from None
         except aiohttp.ClientError as error:
             raise RetryableEndpointError(f"{type(error).__name__}: {error}") from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise RetryableEndpointError("the answer was not JSON") from None
 
 
 def _tls_reason(error: aiohttp.ClientError) -> str:

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchgen.errors import ConfigError
 
@@ -37,6 +38,16 @@ class EndpointSpec(_Frozen):
     in_flight: int | None = Field(default=None, gt=0)
     verify: bool = True  # false: accept any TLS certificate (a self-signed one on your own LAN)
     ca_file: Path | None = None  # a PEM certificate (or CA) to trust for this https endpoint
+    backend: Literal["a1111", "comfy"] | None = None  # default: from the URL (comfy://), else a1111
+
+    @property
+    def kind(self) -> Literal["a1111", "comfy"]:
+        """The API this endpoint speaks: `backend`, else comfy:// or sim://?flavor=comfy."""
+        if self.backend is not None:
+            return self.backend
+        parts = urlsplit(self.url)
+        flavors = parse_qs(parts.query).get("flavor", []) if parts.scheme == "sim" else []
+        return "comfy" if parts.scheme == "comfy" or "comfy" in flavors else "a1111"
 
 
 class RetrySpec(_Frozen):
@@ -60,6 +71,13 @@ class SeedSpec(_Frozen):
     base: int = 0
 
 
+class ComfySpec(_Frozen):
+    """A ComfyUI job: the API-format workflow template and which node input each field sets."""
+
+    workflow: Path | None = None  # "Save (API)" export; default: the standard text-to-image graph
+    bind: dict[str, str] = Field(default_factory=dict)  # field -> "Node title.input"
+
+
 class JobSpec(_Frozen):
     """Everything a run needs to know, validated before any I/O."""
 
@@ -78,6 +96,7 @@ class JobSpec(_Frozen):
     seed: SeedSpec = SeedSpec()
     check: bool = True  # check rows against the endpoints before sending
     wait_all_down: float = Field(default=600.0, ge=0)  # seconds to wait when no endpoint answers
+    comfy: ComfySpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -85,6 +104,18 @@ class JobSpec(_Frozen):
         if not re.fullmatch(r"[\w.-]+", value) or value.strip(".") == "":
             raise ValueError("use letters, digits, '.', '-' and '_' only (it names a folder)")
         return value
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> JobSpec:
+        if len({endpoint.kind for endpoint in self.endpoints}) > 1:
+            raise ValueError(
+                "one job uses one backend kind: these endpoints mix A1111 and ComfyUI servers"
+            )
+        return self
+
+    @property
+    def backend(self) -> Literal["a1111", "comfy"]:
+        return self.endpoints[0].kind if self.endpoints else "a1111"
 
     @property
     def out_dir(self) -> Path:
@@ -159,6 +190,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     output = raw.get("output")
     if isinstance(output, dict) and isinstance(output.get("dir"), str):
         output["dir"] = base / output["dir"]
+    comfy = raw.get("comfy")
+    if isinstance(comfy, dict) and isinstance(comfy.get("workflow"), str):
+        comfy["workflow"] = base / comfy["workflow"]
     for endpoint in raw.get("endpoints") or ():
         if isinstance(endpoint, dict) and isinstance(endpoint.get("ca_file"), str):
             endpoint["ca_file"] = base / endpoint["ca_file"]

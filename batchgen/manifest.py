@@ -39,6 +39,12 @@ class ManifestRecord:
     finished_at: float = 0.0
     metadata: Mapping[str, Any] = field(default_factory=dict)  # the row's note columns
     payload: Mapping[str, Any] = field(default_factory=dict)  # the body as sent, blobs by path+sha
+    # ComfyUI rows only (left out of A1111 lines): the backend, the workflow template's sha256,
+    # the values bound into it ("prompt", "KSampler.denoise", ...) and the server's prompt id.
+    backend: str | None = None
+    workflow_sha256: str | None = None
+    bound: Mapping[str, Any] = field(default_factory=dict)
+    prompt_id: str | None = None
     # Fields this version does not know (a newer writer's): kept so that a rewrite loses nothing.
     unknown: Mapping[str, Any] = field(default_factory=dict)
 
@@ -49,7 +55,9 @@ class ManifestRecord:
     def to_json(self) -> dict[str, Any]:
         """The line's JSON object, keys in the order the manifest has always had them."""
         line: dict[str, Any] = {
-            name: _plain(getattr(self, name)) for name in _FIELDS if name != "unknown"
+            name: _plain(getattr(self, name))
+            for name in _FIELDS
+            if name != "unknown" and (name not in _BACKEND_ONLY or getattr(self, name))
         }
         line.update(self.unknown)
         return line
@@ -69,6 +77,7 @@ class ManifestRecord:
         known["status"] = str(data["status"])
         known["metadata"] = dict(known.get("metadata") or {})
         known["payload"] = dict(known.get("payload") or {})
+        known["bound"] = dict(known.get("bound") or {})
         unknown = {name: value for name, value in data.items() if name not in _FIELDS}
         return cls(**known, unknown=unknown)
 
@@ -82,6 +91,7 @@ class ManifestRecord:
 
 
 _FIELDS = tuple(ManifestRecord.__dataclass_fields__)
+_BACKEND_ONLY = frozenset({"backend", "workflow_sha256", "bound", "prompt_id"})
 
 
 def _plain(value: Any) -> Any:

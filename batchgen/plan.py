@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from batchgen.backends import check_rows
 from batchgen.client import EndpointClient
+from batchgen.comfy.checks import binding_problems
 from batchgen.errors import InputError, NoEndpointError, Problem
 from batchgen.fleet import open_fleet
 from batchgen.job import JobSpec
@@ -21,6 +23,8 @@ def validate(
     headers = read_headers(job.sheet, job.sheet_name)
     builder = PayloadBuilder(job, headers)
     problems: list[Problem] = [*builder.header_problems, *builder.default_problems()]
+    if builder.binding is not None:
+        problems.extend(binding_problems(job, builder, builder.binding))
     try:
         check_template(job.output.filename, builder.metadata_columns)
     except Exception as error:  # a ConfigError reads better beside the sheet's problems
@@ -61,9 +65,7 @@ async def check_endpoints(
     job: JobSpec, clients: list[EndpointClient], sheet_problems: list[Problem] | None = None
 ) -> None:
     """Raise InputError if the endpoints cannot serve every row; the sheet's problems lead."""
-    from batchgen.check import check_job
-
-    problems = [*(sheet_problems or []), *await check_job(job, clients)]
+    problems = [*(sheet_problems or []), *await check_rows(job, clients)]
     if problems:
         summary = "" if sheet_problems else "the endpoints cannot serve every row; nothing was sent"
         raise InputError(problems, summary)

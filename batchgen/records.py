@@ -59,6 +59,8 @@ class Generation:
     vae: str | None
     version: str | None
     info: Mapping[str, Any]
+    # Manifest fields a backend adds (ComfyUI: backend, workflow_sha256, bound, prompt_id).
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

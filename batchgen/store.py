@@ -269,6 +269,7 @@ class OutputStore:
             finished_at=round(time.time(), 3),
             metadata=dict(task.metadata),
             payload=dict(manifest_payload),
+            **(dict(generation.provenance) if generation else {}),
         )
 
     def record_at(self, key: str) -> ManifestRecord | None:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
 from .comfy_nodes import (
     Checked,
@@ -220,7 +220,8 @@ class ComfyApp:
             self._on_die()
             return _abort(request)
         assert isinstance(graph, dict)
-        extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+        extra_data = body.get("extra_data")
+        extra: dict[str, Any] = extra_data if isinstance(extra_data, dict) else {}
         client_id = body.get("client_id") if isinstance(body.get("client_id"), str) else None
         item = _Item(number, prompt_id, graph, extra, checked.outputs, client_id, verdict)
         self._pending.append(item)
@@ -289,7 +290,13 @@ class ComfyApp:
         fields: dict[str, Any] = {}
         data: bytes | None = None
         filename = ""
-        async for part in await request.multipart():
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                continue
             if part.name == "image":
                 filename = part.filename or "image.png"
                 data = await part.read()

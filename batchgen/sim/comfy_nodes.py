@@ -364,7 +364,10 @@ def plan_run(graph: Mapping[str, Any], outputs: list[str], inputs: Mapping[str, 
         node = graph[node_id]
         kind = node["class_type"]
         args = node.get("inputs", {})
-        get = lambda name: value(args[name]) if isinstance(args[name], list) else args[name]  # noqa: E731
+
+        def get(name: str) -> Any:
+            return value(args[name]) if isinstance(args[name], list) else args[name]
+
         out: tuple[Any, ...]
         if kind == "CheckpointLoaderSimple":
             name = args["ckpt_name"]
