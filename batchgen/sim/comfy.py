@@ -100,6 +100,7 @@ class ComfyApp:
         self.outputs: dict[tuple[str, str], bytes] = {}  # (subfolder, filename) -> PNG
         self.inputs: dict[str, bytes] = {}  # "subfolder/name" -> uploaded bytes
         self._saved = 0
+        self.posted: list[str] = []  # the prompt id of every prompt queued, in order
         self.loaded: str | None = None
         self._sockets: dict[str, set[web.WebSocketResponse]] = {}
         self._worker: asyncio.Task[None] | None = None
@@ -224,6 +225,7 @@ class ComfyApp:
         extra: dict[str, Any] = extra_data if isinstance(extra_data, dict) else {}
         client_id = body.get("client_id") if isinstance(body.get("client_id"), str) else None
         item = _Item(number, prompt_id, graph, extra, checked.outputs, client_id, verdict)
+        self.posted.append(prompt_id)
         self._pending.append(item)
         self._wake.set()
         self._broadcast("status", self._status())
@@ -376,7 +378,8 @@ class ComfyApp:
         out = self.stats.as_json()
         out["loaded"] = self.loaded
         out["config"] = dataclasses.asdict(self.config)
-        out["queued"] = [item["prompt"][1] for item in self.history.values()]
+        out["posted"] = self.posted
+        out["uploaded"] = sorted(self.inputs)
         return _json(out)
 
     async def _set_config(self, request: web.Request) -> web.StreamResponse:
