@@ -194,7 +194,8 @@ class ComfyClient(EndpointClient):
         if not images:
             raise FatalEndpointError(f"prompt {prompt_id} finished without an image")
         seed = filled.seed
-        model = filled.bound.get(CHECKPOINT)
+        loader = self.binding.fields.get(CHECKPOINT)
+        model = filled.graph[loader.node]["inputs"].get(loader.name) if loader else None
         provenance = {
             "backend": "comfy",
             "workflow_sha256": self.binding.workflow.sha256,
