@@ -53,7 +53,10 @@ class ComfyClient(EndpointClient):
         self._known: set[str] = set()  # prompt ids the server had queued or run when probed
         self._sent: set[str] = set()  # prompt ids this client posted (an answer may be lost)
         self._uploaded: dict[str, str] = {}  # sha256 -> the name LoadImage takes
-        self._waiters: dict[str, asyncio.Future[None]] = {}
+        # prompt id -> resolved when the websocket says it is done: with the history entry it
+        # implies when every event of the run was seen, else None (then /history is asked).
+        self._waiters: dict[str, asyncio.Future[Mapping[str, Any] | None]] = {}
+        self._seen: dict[str, dict[str, Any]] = {}  # prompt id -> outputs, from its start on
         self._socket: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._request_limit = timeout.request
@@ -70,7 +73,14 @@ class ComfyClient(EndpointClient):
         version = system.get("comfyui_version") if isinstance(system, dict) else None
         self.version = f"ComfyUI {version}" if isinstance(version, str) else "ComfyUI"
         self._known = await self._prompts_known()
-        return ServerState(flavor="comfy", checkpoint=None, vae=None)
+        # What a row that names no checkpoint loads: the template's own (for affinity).
+        loader = self.binding.fields.get(CHECKPOINT)
+        default = (
+            self.binding.workflow.graph[loader.node]["inputs"].get(loader.name) if loader else None
+        )
+        return ServerState(
+            flavor="comfy", checkpoint=default if isinstance(default, str) else None, vae=None
+        )
 
     async def _prompts_known(self) -> set[str]:
         known: set[str] = set()
@@ -107,6 +117,7 @@ class ComfyClient(EndpointClient):
             ) from None
         finally:
             self._waiters.pop(prompt_id, None)
+            self._seen.pop(prompt_id, None)
         return await self._collect(prompt_id, entry, filled, found)
 
     async def _already_there(self, prompt_id: str) -> bool:
@@ -162,11 +173,13 @@ class ComfyClient(EndpointClient):
         return entry if isinstance(entry, dict) else None
 
     async def _finished(
-        self, prompt_id: str, waiter: asyncio.Future[None], *, ask_first: bool
+        self, prompt_id: str, waiter: asyncio.Future[Mapping[str, Any] | None], *, ask_first: bool
     ) -> Mapping[str, Any]:
-        """The history entry once the prompt is done: the websocket says when, /history what."""
+        """The history entry once the prompt is done, from the websocket or /history."""
         pause = 0.01
         while True:
+            if waiter.done() and waiter.result() is not None:
+                return waiter.result()  # type: ignore[return-value]
             if ask_first:
                 entry = await self._history(prompt_id)
                 if entry is not None:
@@ -277,13 +290,23 @@ class ComfyClient(EndpointClient):
         if not isinstance(data, dict):
             return
         kind = event.get("type")
-        done = (kind == "executing" and data.get("node") is None) or kind in (
-            "execution_error",
-            "execution_interrupted",
-            "execution_success",
-        )
-        waiter = self._waiters.get(str(data.get("prompt_id")))
-        if done and waiter is not None and not waiter.done():
+        prompt_id = str(data.get("prompt_id"))
+        waiter = self._waiters.get(prompt_id)
+        if waiter is None or waiter.done():
+            return
+        seen = self._seen.get(prompt_id)
+        if kind == "execution_start":
+            self._seen[prompt_id] = {}
+        elif kind == "executed" and seen is not None and isinstance(data.get("output"), dict):
+            seen[str(data.get("node"))] = data["output"]
+        elif kind == "execution_success" and seen is not None:
+            # Every event since execution_start was seen: the outputs are whole; no /history.
+            status = {"status_str": "success", "completed": True, "messages": []}
+            waiter.set_result({"status": status, "outputs": seen})
+        elif kind in ("execution_error", "execution_interrupted"):
+            status = {"status_str": "error", "completed": False, "messages": [[kind, data]]}
+            waiter.set_result({"status": status, "outputs": {}})
+        elif kind == "executing" and data.get("node") is None:
             waiter.set_result(None)
 
     async def close(self) -> None:

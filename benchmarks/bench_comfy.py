@@ -1,0 +1,193 @@
+"""ComfyUI benchmark: rows/s against the A1111 path, and makespan against the fluid optimum.
+
+    python benchmarks/bench_comfy.py [--rows 400] [--sched-rows 400] [--seed 1]
+
+1. Throughput: one zero-delay simulator in its own process, A1111 flavor, then ComfyUI flavor;
+   the same sheet through `run_batch` on each. A ComfyUI row costs more round trips (POST
+   /prompt, the websocket event, /history, /view) than A1111's one POST; the goal is >= 0.8x.
+2. Scheduling: four ComfyUI simulators of speeds 1, 1, 2, 4, rows naming 4 checkpoints in random
+   order, a switch costing several rows. The optimum is bench_schedule's lower bound at each
+   endpoint's measured rate (measured alone, on one checkpoint, in this run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import logging
+import random
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from bench_schedule import lower_bound
+from benchhelp import free_port
+
+from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
+from batchgen.runner import RunOptions, run_batch
+
+MODELS = ("alpha.safetensors", "beta.safetensors", "gamma.safetensors", "delta.safetensors")
+SPEEDS = (1.0, 1.0, 2.0, 4.0)
+STEPS = 20
+
+
+@contextlib.asynccontextmanager
+async def sim_processes(options: Sequence[dict[str, Any]]) -> AsyncIterator[list[str]]:
+    """`python -m batchgen.sim` per option set, each on its own port; their URLs."""
+    procs, urls = [], []
+    try:
+        for settings in options:
+            port = free_port()
+            sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "batchgen.sim",
+                    "--port",
+                    str(port),
+                    *sets,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+            )
+            urls.append(f"http://127.0.0.1:{port}")
+        async with aiohttp.ClientSession() as session:
+            for url in urls:
+                for _ in range(500):
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(url + "/_sim/stats") as response:
+                            if response.status == 200:
+                                break
+                    await asyncio.sleep(0.02)
+        yield urls
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+def job_for(sheet: Path, out: Path, urls: Sequence[str], backend: str) -> JobSpec:
+    return JobSpec(
+        name="bench",
+        sheet=sheet,
+        endpoints=tuple(
+            EndpointSpec(url=url, name=f"e{i}", backend=backend)  # type: ignore[arg-type]
+            for i, url in enumerate(urls)
+        ),
+        output=OutputSpec(dir=out),
+        retry=RetrySpec(attempts=8, backoff_initial=0.05, backoff_max=0.5),
+        check=False,
+        wait_all_down=30.0,
+    )
+
+
+def write_sheet(path: Path, rows: int, models: Sequence[str] | None, seed: int) -> Path:
+    rng = random.Random(seed)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "steps", "seed", *(["checkpoint"] if models else [])])
+        for index in range(rows):
+            writer.writerow(
+                [f"row {index}", STEPS, index, *([rng.choice(models)] if models else [])]
+            )
+    return path
+
+
+def makespan(out: Path) -> tuple[float, int]:
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    first = min(line["started_at"] for line in lines)
+    last = max(line["started_at"] + line["duration_s"] for line in lines)
+    return last - first, sum(line["status"] == "ok" for line in lines)
+
+
+async def throughput(base: Path, rows: int) -> None:
+    sheet = write_sheet(base / "plain.csv", rows, None, 0)
+    print(f"1. throughput: {rows} rows, one zero-delay simulator in its own process")
+    rates = {}
+    for flavor, backend in (("a1111", "a1111"), ("comfy", "comfy"), ("a1111", "a1111")):
+        settings = {"flavor": flavor, "ms_per_step": 0, "switch_s": 0}
+        async with sim_processes([settings]) as urls:
+            out = base / f"tp-{flavor}-{time.monotonic_ns()}"
+            started = time.monotonic()
+            summary = await run_batch(job_for(sheet, out, urls, backend), RunOptions())
+            elapsed = time.monotonic() - started
+        assert summary.ok == rows, summary
+        rate = rows / elapsed
+        rates.setdefault(flavor, []).append(rate)
+        print(f"   {flavor:6} {rate:7.1f} rows/s")
+    a1111 = max(rates["a1111"])  # the better of two runs around the ComfyUI one
+    print(f"   ComfyUI / A1111: {rates['comfy'][0] / a1111:.2f}x (goal >= 0.8x)")
+
+
+async def scheduling(base: Path, rows: int, seed: int, ms_per_step: float, switch_s: float) -> None:
+    settings = [
+        {
+            "flavor": "comfy",
+            "models": ",".join(MODELS),
+            "ms_per_step": ms_per_step,
+            "switch_s": switch_s,
+            "speed": speed,
+        }
+        for speed in SPEEDS
+    ]
+    row_ms = STEPS * ms_per_step
+    print(
+        f"2. scheduling: {rows} rows over {len(MODELS)} checkpoints in random order, ComfyUI "
+        f"endpoints of speeds {', '.join(f'{s:g}' for s in SPEEDS)} (a row {row_ms:g} ms at "
+        f"speed 1, a switch {switch_s * 1000:g} ms)"
+    )
+    calibration = write_sheet(base / "one.csv", 40, MODELS[:1], 0)
+    async with sim_processes(settings) as urls:
+        measured = await asyncio.gather(
+            *(
+                run_batch(job_for(calibration, base / f"cal{i}", [url], "comfy"), RunOptions())
+                for i, url in enumerate(urls)
+            )
+        )
+    assert all(s.ok == 40 for s in measured)
+    rates = [40 / makespan(base / f"cal{i}")[0] for i in range(len(urls))]
+    print("   measured rates (rows/s): " + ", ".join(f"{r:.1f}" for r in rates))
+    sheet = write_sheet(base / "sched.csv", rows, MODELS, seed)
+    with sheet.open() as handle:
+        first = sum(1 for row in csv.DictReader(handle) if row["checkpoint"] == MODELS[0])
+    best = lower_bound(rows, first, rates, switch_s)
+    async with sim_processes(settings) as urls:
+        summary = await run_batch(job_for(sheet, base / "sched", urls, "comfy"), RunOptions())
+        async with aiohttp.ClientSession() as session:
+            switches = 0
+            for url in urls:
+                async with session.get(url + "/_sim/stats") as response:
+                    switches += int((await response.json())["switches"])
+    span, ok = makespan(base / "sched")
+    print(
+        f"   makespan {span:.2f} s vs fluid optimum {best:.2f} s: {span / best:.3f}x; "
+        f"{switches} checkpoint loads (bound {len(MODELS) + len(SPEEDS)}), {ok}/{rows} rows ok"
+    )
+    assert summary.ok == rows
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--sched-rows", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--ms-per-step", type=float, default=2.0)
+    parser.add_argument("--switch-s", type=float, default=0.2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        await throughput(Path(tmp), args.rows)
+        await scheduling(Path(tmp), args.sched_rows, args.seed, args.ms_per_step, args.switch_s)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
