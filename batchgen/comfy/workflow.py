@@ -8,7 +8,6 @@ name exactly one node: anything else is a problem before anything is sent.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import json
@@ -151,7 +150,11 @@ class Binding:
 
     def fill(self, body: Mapping[str, Any], upload: Callable[[ImageRef], str]) -> Filled:
         """The graph to post for a row: each bound field's value set, images uploaded."""
-        graph = copy.deepcopy(dict(self.workflow.graph))
+        # Only `inputs` dicts are written to: the rest of the template is shared, not copied.
+        graph = {
+            node_id: {**node, "inputs": dict(node.get("inputs") or {})}
+            for node_id, node in self.workflow.graph.items()
+        }
         bound: dict[str, Any] = {}
 
         def put(where: NodeInput, value: Any, shown: str) -> None:

@@ -17,6 +17,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import socket as _socket
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -102,7 +103,7 @@ class ComfyApp:
         self._saved = 0
         self.posted: list[str] = []  # the prompt id of every prompt queued, in order
         self.loaded: str | None = None
-        self._sockets: dict[str, set[web.WebSocketResponse]] = {}
+        self._sockets: dict[str, set[_Outbox]] = {}
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.app = web.Application(middlewares=[self._middleware], client_max_size=1 << 30)
@@ -268,7 +269,8 @@ class ComfyApp:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
         client_id = request.query.get("clientId") or uuid.uuid4().hex
-        self._sockets.setdefault(client_id, set()).add(socket)
+        outbox = _Outbox(socket, request.transport)
+        self._sockets.setdefault(client_id, set()).add(outbox)
         try:
             await socket.send_json(
                 {"type": "status", "data": {"status": self._status(), "sid": client_id}}
@@ -277,7 +279,7 @@ class ComfyApp:
                 if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
         finally:
-            self._sockets.get(client_id, set()).discard(socket)
+            self._sockets.get(client_id, set()).discard(outbox)
         return socket
 
     async def _object_info(self, request: web.Request) -> web.StreamResponse:
@@ -539,16 +541,47 @@ class ComfyApp:
     def _send(self, client_id: str | None, event: str, data: dict[str, Any]) -> None:
         if client_id is None:
             return
-        for socket in list(self._sockets.get(client_id, ())):
-            if not socket.closed:
-                task = asyncio.get_running_loop().create_task(
-                    socket.send_str(json.dumps({"type": event, "data": data}))
-                )
-                task.add_done_callback(_quiet)
+        for outbox in list(self._sockets.get(client_id, ())):
+            outbox.post(json.dumps({"type": event, "data": data}))
 
     def _broadcast(self, event: str, data: dict[str, Any]) -> None:
         for client_id in list(self._sockets):
             self._send(client_id, event, {"status": data})
+
+
+class _Outbox:
+    """One websocket's outgoing events, in order. Events made in the same loop tick leave in
+    one TCP segment (TCP_CORK), so a client is woken once per burst, not once per event."""
+
+    def __init__(self, socket: web.WebSocketResponse, transport: asyncio.BaseTransport | None):
+        self.socket = socket
+        raw = transport.get_extra_info("socket") if transport is not None else None
+        self._raw = raw if raw is not None and hasattr(_socket, "TCP_CORK") else None
+        self._waiting: list[str] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    def post(self, text: str) -> None:
+        if self.socket.closed:
+            return
+        self._waiting.append(text)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+            self._flushing.add_done_callback(_quiet)
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            self._cork(True)
+            try:
+                for text in batch:
+                    await self.socket.send_str(text)
+            finally:
+                self._cork(False)
+
+    def _cork(self, on: bool) -> None:
+        if self._raw is not None:
+            with contextlib.suppress(OSError):
+                self._raw.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_CORK, int(on))
 
 
 def _quiet(task: asyncio.Task[Any]) -> None:
