@@ -372,3 +372,45 @@ def test_a_ui_workflow_is_refused_with_the_fix(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"not the API format.*Save \(API\)"):
         validate(load_job(job))
+
+
+async def test_rows_keep_to_the_checkpoint_an_endpoint_has_loaded(tmp_path: Path) -> None:
+    models = ("alpha.safetensors", "beta.safetensors")
+    rows = [{"prompt": f"row {i}", "checkpoint": models[i % 2]} for i in range(24)]
+    config = comfy_sim(models=models, ms_per_step=1, switch_s=0.2)
+    async with simulators(config, config) as servers:
+        job = write_job(tmp_path, [s.url for s in servers], rows)
+        assert (await run(job)).exit_code == 0
+        loads = sum(server.stats.switches for server in servers)
+    # Sheet order would load a checkpoint for nearly every row; affinity loads each about once
+    # per endpoint (the first load included).
+    assert loads <= 4, loads
+
+
+async def test_basic_auth_and_refused_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with simulators(comfy_sim(api_auth="me:s3cret-pass")) as [server]:
+        auth = 'auth_env = "COMFY_AUTH"\n'
+        job = write_job(tmp_path, [server.url], [{"prompt": "a fox"}])
+        job.write_text(job.read_text().replace('backend = "comfy"\n', 'backend = "comfy"\n' + auth))
+        monkeypatch.setenv("COMFY_AUTH", "me:wrong")
+        with pytest.raises(ConfigError, match="401"):
+            await run(job)
+        monkeypatch.setenv("COMFY_AUTH", "me:s3cret-pass")
+        assert (await run(job)).exit_code == 0
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file() and path.suffix != ".png":
+            assert "s3cret" not in path.read_text(encoding="utf-8", errors="replace")
+
+
+async def test_a_hanging_server_is_endpoint_trouble_and_rows_move(tmp_path: Path) -> None:
+    rows = [{"prompt": f"row {i}"} for i in range(4)]
+    async with simulators(comfy_sim(hang_rate=1.0), comfy_sim()) as [hung, healthy]:
+        job = write_job(tmp_path, [hung.url, healthy.url], rows)
+        job.write_text(job.read_text().replace("request = 20", "request = 0.5"))
+        summary = await run(job)
+    assert summary.exit_code == 0 and summary.ok == 4
+    assert {r["endpoint"] for r in manifest(tmp_path / "out")} == {
+        healthy.url.replace("http", "http")
+    }

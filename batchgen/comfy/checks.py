@@ -14,7 +14,7 @@ from typing import Any
 
 from batchgen.client import EndpointClient
 from batchgen.comfy.workflow import NODE_INPUTS, Binding
-from batchgen.errors import EndpointError, Problem
+from batchgen.errors import EndpointError, InputError, Problem
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder
 from batchgen.records import ImageRef
@@ -81,7 +81,10 @@ async def check_comfy_job(job: JobSpec, clients: Sequence[EndpointClient]) -> li
         return problems
     found: dict[_Finding, list[int]] = {}
     for row in read_rows(job.sheet, job.sheet_name):
-        task = builder.build(row)
+        try:
+            task = builder.build(row)
+        except InputError:
+            continue  # the sheet's own problems are reported apart
         graph = binding.fill(task.body, lambda ref: "").graph
         uploads = _image_inputs(binding, task.body)
         for name, info in infos:
