@@ -111,7 +111,7 @@ class ComfyClient(EndpointClient):
             entry = await asyncio.wait_for(
                 self._finished(prompt_id, waiter, ask_first=found), self._request_limit
             )
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not yet the builtin one on Python 3.10
             raise RetryableEndpointError(
                 f"prompt {prompt_id} did not finish within {self._request_limit:g} s"
             ) from None
@@ -190,7 +190,7 @@ class ComfyClient(EndpointClient):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, POLL_S)
                 continue
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(waiter), POLL_S)
 
     async def _collect(
@@ -264,7 +264,7 @@ class ComfyClient(EndpointClient):
             self._connected.clear()
             self._socket = asyncio.ensure_future(self._read_socket())
             # Events for a prompt go only to a socket open when it runs; polling covers a miss.
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._connected.wait(), POLL_S)
 
     async def _read_socket(self) -> None:
