@@ -330,6 +330,7 @@ async def test_checks_against_object_info_before_sending(tmp_path: Path) -> None
         {"prompt": "b", "checkpoint": "dreamshaper_7.safetensors", "sampler": "euler"},
         {"prompt": "c", "checkpoint": "dreamshaper_7.safetensors", "sampler": "Euler a"},
         {"prompt": "d", "checkpoint": "v1-5-pruned-emaonly.safetensors", "steps": 20000},
+        {"prompt": "e <lora:add_detail:0.8>", "checkpoint": "v1-5-pruned-emaonly.safetensors"},
     ]
     config = comfy_sim(models=("v1-5-pruned-emaonly.safetensors", "dreamshaper_8.safetensors"))
     async with simulators(config) as [server]:
@@ -344,6 +345,7 @@ async def test_checks_against_object_info_before_sending(tmp_path: Path) -> None
     assert "rows 3-4" in text and "did you mean 'dreamshaper_8.safetensors'?" in text
     assert "'Euler a' is not installed" in text
     assert "20000 is above the maximum 10000" in text
+    assert "<lora:...> tags, which ComfyUI reads as plain text: rows 6" in text
 
 
 def test_comfy_urls_and_one_backend_per_job(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ sampler, scheduler and LoRA names, number ranges, LoadImage files.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,10 @@ from batchgen.payload import PayloadBuilder
 from batchgen.records import ImageRef
 from batchgen.sheet import read_headers, read_rows
 
-_ALWAYS_SENT = frozenset({"seed", "subseed"})  # derived by batchgen; fine to leave unbound
+_ALWAYS_SENT = frozenset({"seed", "subseed"})
+_LORA_TAG = re.compile(
+    r"<(lora|lyco):", re.IGNORECASE
+)  # derived by batchgen; fine to leave unbound
 
 
 def binding_problems(job: JobSpec, builder: PayloadBuilder, binding: Binding) -> list[Problem]:
@@ -80,6 +84,7 @@ async def check_comfy_job(job: JobSpec, clients: Sequence[EndpointClient]) -> li
     if binding is None:
         return problems
     found: dict[_Finding, list[int]] = {}
+    tagged: dict[str, list[int]] = {}  # field -> rows whose text holds an A1111 LoRA tag
     for row in read_rows(job.sheet, job.sheet_name):
         try:
             task = builder.build(row)
@@ -87,9 +92,24 @@ async def check_comfy_job(job: JobSpec, clients: Sequence[EndpointClient]) -> li
             continue  # the sheet's own problems are reported apart
         graph = binding.fill(task.body, lambda ref: "").graph
         uploads = _image_inputs(binding, task.body)
+        for name in ("prompt", "negative_prompt"):
+            text = task.body.get(name)
+            if isinstance(text, str) and _LORA_TAG.search(text):
+                tagged.setdefault(name, []).append(task.row)
         for name, info in infos:
             for finding in _check_graph(name, graph, info, uploads):
                 found.setdefault(finding, []).append(task.row)
+    for name, rows in tagged.items():
+        problems.append(
+            Problem(
+                str(job.sheet),
+                f"the {name.replace('_', ' ')} holds <lora:...> tags, which ComfyUI reads as "
+                f"plain text: rows {_ranges(rows)}",
+                rows[0],
+                name,
+                "add a LoraLoader node to the workflow and bind its lora_name and strengths",
+            )
+        )
     for finding, rows in found.items():
         message = f"{finding.message} on {finding.endpoint}: rows {_ranges(rows)}"
         problems.append(Problem(str(job.sheet), message, rows[0], finding.node, finding.hint))
