@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from batchgen.client import Endpoint, EndpointClient, ServerState, _status_error
+from batchgen.client import Endpoint, EndpointClient, ServerState, _status_error, _TlsError
 from batchgen.comfy.workflow import CHECKPOINT, Binding, Filled
 from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError
 from batchgen.job import TimeoutSpec
@@ -48,7 +48,6 @@ class ComfyClient(EndpointClient):
         self.binding = binding
         self.version: str | None = None
         self.ignores_prompt_id = False
-        self._session_ = session
         self._client_id = uuid.uuid4().hex
         self._known: set[str] = set()  # prompt ids the server had queued or run when probed
         self._sent: set[str] = set()  # prompt ids this client posted (an answer may be lost)
@@ -66,7 +65,7 @@ class ComfyClient(EndpointClient):
         try:
             stats = await self.get_json("/system_stats", attempts=1)
         except FatalEndpointError as error:
-            if error.status in (401, 403) or type(error).__name__ == "_TlsError":
+            if error.status in (401, 403) or isinstance(error, _TlsError):
                 raise ConfigError(f"endpoint {self.name}: {error}") from None
             raise
         system = stats.get("system") if isinstance(stats, dict) else None
@@ -270,7 +269,7 @@ class ComfyClient(EndpointClient):
     async def _read_socket(self) -> None:
         url = self.endpoint.url.replace("http", "ws", 1) + f"/ws?clientId={self._client_id}"
         try:
-            async with self._session_.ws_connect(
+            async with self._session.ws_connect(
                 url, headers=self._headers, ssl=self.endpoint.ssl, heartbeat=30
             ) as socket:
                 self._connected.set()
@@ -308,12 +307,6 @@ class ComfyClient(EndpointClient):
             waiter.set_result({"status": status, "outputs": {}})
         elif kind == "executing" and data.get("node") is None:
             waiter.set_result(None)
-
-    async def close(self) -> None:
-        if self._socket is not None:
-            self._socket.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._socket
 
 
 def _image_refs(value: Any) -> list[ImageRef]:
