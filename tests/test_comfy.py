@@ -258,14 +258,17 @@ async def test_execution_errors_are_row_errors_with_the_node(tmp_path: Path) -> 
         assert "out of memory" in record["error"]
 
 
-async def test_a_half_valid_graph_is_taken_back_and_fails_the_row(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ms_per_step", [0, 20])  # done before it is taken back, or not
+async def test_a_half_valid_graph_is_taken_back_and_fails_the_row(
+    tmp_path: Path, ms_per_step: float
+) -> None:
     workflow = demo_workflow()
     workflow["10"] = {
         "class_type": "SaveImage",
         "_meta": {"title": "Broken save"},
         "inputs": {"images": ["99", 0], "filename_prefix": "x"},
     }
-    async with simulators(comfy_sim(ms_per_step=20)) as [server]:
+    async with simulators(comfy_sim(ms_per_step=ms_per_step, switch_s=0)) as [server]:
         job = write_job(
             tmp_path,
             [server.url],
@@ -275,9 +278,13 @@ async def test_a_half_valid_graph_is_taken_back_and_fails_the_row(tmp_path: Path
             extra="check = false",
         )
         summary = await run(job)
-    assert summary.failed == 1
-    [record] = manifest(tmp_path / "out")
-    assert "node 10 'Broken save' (SaveImage)" in record["error"]
+        assert summary.failed == 1
+        again = await run(job)  # the part ComfyUI ran is not collected as the row's result
+        assert again.failed == 1
+        assert server.stats.requests["/prompt"] == 2
+    records = manifest(tmp_path / "out")
+    assert [r["status"] for r in records] == ["failed", "failed"]
+    assert "node 10 'Broken save' (SaveImage)" in records[0]["error"]
 
 
 async def test_resume_collects_what_the_server_made_instead_of_queueing_again(

@@ -101,7 +101,7 @@ class ComfyClient(EndpointClient):
         filled = self.binding.fill(task.body, lambda ref: names[ref.sha256])
         found = False
         if prompt_id in self._known or prompt_id in self._sent:
-            found = await self._already_there(prompt_id)
+            found = await self._already_there(prompt_id, filled.graph)
         waiter = self._waiters.setdefault(prompt_id, asyncio.get_running_loop().create_future())
         try:
             if not found:
@@ -119,15 +119,20 @@ class ComfyClient(EndpointClient):
             self._seen.pop(prompt_id, None)
         return await self._collect(prompt_id, entry, filled, found)
 
-    async def _already_there(self, prompt_id: str) -> bool:
-        """True if the prompt is done, queued or running here: wait for it, do not post again."""
+    async def _already_there(self, prompt_id: str, graph: Mapping[str, Any]) -> bool:
+        """True if the prompt is done, queued or running here, whole: wait for it, do not post
+        again. A prompt ComfyUI ran only in part (some outputs invalid) does not count."""
         entry = await self._history(prompt_id)
         if entry is not None:
             status = entry.get("status") or {}
-            return status.get("status_str") == "success"
+            queued = entry.get("prompt") or []
+            return status.get("status_str") == "success" and _whole(queued, graph)
         queue = await self.get_json("/queue")
         items = [*(queue.get("queue_running") or ()), *(queue.get("queue_pending") or ())]
-        return any(isinstance(item, list) and item[1:2] == [prompt_id] for item in items)
+        return any(
+            isinstance(item, list) and item[1:2] == [prompt_id] and _whole(item, graph)
+            for item in items
+        )
 
     async def _submit(self, prompt_id: str, filled: Filled) -> str:
         await self._listen()
@@ -317,6 +322,15 @@ def _image_refs(value: Any) -> list[ImageRef]:
     if isinstance(value, (list, tuple)):
         return [ref for item in value for ref in _image_refs(item)]
     return []
+
+
+def _whole(queued: Any, graph: Mapping[str, Any]) -> bool:
+    """Whether a queue item [number, id, graph, extra, outputs to run] runs every save node."""
+    outputs = queued[4] if isinstance(queued, list) and len(queued) > 4 else None
+    if not isinstance(outputs, list):
+        return False
+    saves = {i for i, node in graph.items() if "Save" in str(node.get("class_type", ""))}
+    return saves <= {str(node) for node in outputs}
 
 
 def _node_order(node_id: str) -> tuple[int, str]:
