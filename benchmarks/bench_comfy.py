@@ -2,9 +2,11 @@
 
     python benchmarks/bench_comfy.py [--rows 400] [--sched-rows 400] [--seed 1]
 
-1. Throughput: one zero-delay simulator in its own process, A1111 flavor, then ComfyUI flavor;
-   the same sheet through `run_batch` on each. A ComfyUI row costs more round trips (POST
-   /prompt, the websocket event, /history, /view) than A1111's one POST; the goal is >= 0.8x.
+1. Throughput: one zero-delay simulator in its own process, A1111 flavor, then ComfyUI flavor
+   (taking turns over several rounds); the same sheet through `run_batch` on each. A ComfyUI row
+   costs two requests (POST /prompt, GET /view) and a websocket burst against A1111's one POST;
+   the goal is >= 0.8x. CPU per row (client + simulator) is shown too: on a shared machine it
+   moves less than wall time. Then the same with 50 ms a row.
 2. Scheduling: four ComfyUI simulators of speeds 1, 1, 2, 4, rows naming 4 checkpoints in random
    order, a switch costing several rows. The optimum is bench_schedule's lower bound at each
    endpoint's measured rate (measured alone, on one checkpoint, in this run).
@@ -18,6 +20,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import random
 import statistics
 import sys
@@ -40,8 +43,10 @@ STEPS = 20
 
 
 @contextlib.asynccontextmanager
-async def sim_processes(options: Sequence[dict[str, Any]]) -> AsyncIterator[list[str]]:
-    """`python -m batchgen.sim` per option set, each on its own port; their URLs."""
+async def sim_processes(
+    options: Sequence[dict[str, Any]],
+) -> AsyncIterator[tuple[list[str], list[int]]]:
+    """`python -m batchgen.sim` per option set, each on its own port; their URLs and pids."""
     procs, urls = [], []
     try:
         for settings in options:
@@ -68,7 +73,7 @@ async def sim_processes(options: Sequence[dict[str, Any]]) -> AsyncIterator[list
                             if response.status == 200:
                                 break
                     await asyncio.sleep(0.02)
-        yield urls
+        yield urls, [proc.pid for proc in procs]
     finally:
         for proc in procs:
             if proc.returncode is None:
@@ -110,26 +115,41 @@ def makespan(out: Path) -> tuple[float, int]:
     return last - first, sum(line["status"] == "ok" for line in lines)
 
 
-async def throughput(base: Path, rows: int, rounds: int) -> None:
-    sheet = write_sheet(base / "plain.csv", rows, None, 0)
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(base: Path, label: str, rows: int, rounds: int, ms_per_step: float) -> None:
+    sheet = write_sheet(base / f"plain-{ms_per_step}.csv", rows, None, 0)
+    row_ms = STEPS * ms_per_step
     print(
-        f"1. throughput: {rows} rows, one zero-delay simulator in its own process; "
+        f"{label} throughput: {rows} rows, one simulator in its own process, {row_ms:g} ms a row; "
         f"{rounds} rounds, the flavors taking turns (the machine's load varies)"
     )
     rates: dict[str, list[float]] = {"a1111": [], "comfy": []}
+    cpu: dict[str, list[float]] = {"a1111": [], "comfy": []}
     for round_no in range(rounds):
         for flavor in ("a1111", "comfy") if round_no % 2 == 0 else ("comfy", "a1111"):
-            settings = {"flavor": flavor, "ms_per_step": 0, "switch_s": 0}
-            async with sim_processes([settings]) as urls:
-                out = base / f"tp-{flavor}-{round_no}"
+            settings = {"flavor": flavor, "ms_per_step": ms_per_step, "switch_s": 0}
+            async with sim_processes([settings]) as (urls, pids):
+                out = base / f"tp-{flavor}-{ms_per_step}-{round_no}"
+                before = os.times(), _cpu_s(pids[0])
                 started = time.monotonic()
                 summary = await run_batch(job_for(sheet, out, urls, flavor), RunOptions())
                 elapsed = time.monotonic() - started
+                after = os.times(), _cpu_s(pids[0])
             assert summary.ok == rows, summary
             rates[flavor].append(rows / elapsed)
+            used = sum(after[0][:2]) - sum(before[0][:2]) + after[1] - before[1]
+            cpu[flavor].append(used / rows * 1000)
     for flavor, found in rates.items():
         shown = ", ".join(f"{rate:.0f}" for rate in found)
-        print(f"   {flavor:6} median {statistics.median(found):6.1f} rows/s ({shown})")
+        print(
+            f"   {flavor:6} median {statistics.median(found):6.1f} rows/s ({shown}); "
+            f"CPU {statistics.median(cpu[flavor]):.2f} ms a row (client + simulator)"
+        )
     ratio = statistics.median(rates["comfy"]) / statistics.median(rates["a1111"])
     best = max(rates["comfy"]) / max(rates["a1111"])  # the least disturbed round of each
     print(
@@ -155,7 +175,7 @@ async def scheduling(base: Path, rows: int, seed: int, ms_per_step: float, switc
         f"speed 1, a switch {switch_s * 1000:g} ms)"
     )
     calibration = write_sheet(base / "one.csv", 40, MODELS[:1], 0)
-    async with sim_processes(settings) as urls:
+    async with sim_processes(settings) as (urls, _):
         measured = await asyncio.gather(
             *(
                 run_batch(job_for(calibration, base / f"cal{i}", [url], "comfy"), RunOptions())
@@ -169,7 +189,7 @@ async def scheduling(base: Path, rows: int, seed: int, ms_per_step: float, switc
     with sheet.open() as handle:
         first = sum(1 for row in csv.DictReader(handle) if row["checkpoint"] == MODELS[0])
     best = lower_bound(rows, first, rates, switch_s)
-    async with sim_processes(settings) as urls:
+    async with sim_processes(settings) as (urls, _):
         summary = await run_batch(job_for(sheet, base / "sched", urls, "comfy"), RunOptions())
         async with aiohttp.ClientSession() as session:
             switches = 0
@@ -195,7 +215,9 @@ async def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
-        await throughput(Path(tmp), args.rows, args.rounds)
+        await throughput(Path(tmp), "1a.", args.rows, args.rounds, 0.0)
+        # With a generation that takes any time at all, the extra round trip stops mattering.
+        await throughput(Path(tmp), "1b.", args.rows // 4, 3, 2.5)
         await scheduling(Path(tmp), args.sched_rows, args.seed, args.ms_per_step, args.switch_s)
 
 
