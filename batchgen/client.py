@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -262,7 +263,7 @@ class EndpointClient:
                 **send,
             ) as response:
                 return response.status, await response.read()
-        except TimeoutError:
+        except asyncio.TimeoutError:  # aiohttp's; the builtin TimeoutError only from 3.11 on
             limit = timeout.total
             raise RetryableEndpointError(
                 f"no answer within {limit:g} s" if limit else "timed out"
