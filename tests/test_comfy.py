@@ -103,7 +103,7 @@ async def test_manifest_provenance_and_images_byte_for_byte(tmp_path: Path) -> N
     async with simulators(comfy_sim()) as [server]:
         job = write_job(tmp_path, [server.url], [{"prompt": "a fox", "seed": 5, "notes": "x"}])
         assert (await run(job)).exit_code == 0
-        served = next(iter(server.app.outputs.values()))  # type: ignore[union-attr]
+        served = next(iter(server.app.queue.outputs.values()))  # type: ignore[union-attr]
     [record] = manifest(tmp_path / "out")
     assert record["backend"] == "comfy"
     assert record["version"] == "ComfyUI 0.7.0"
@@ -217,7 +217,7 @@ async def test_image_cells_are_uploaded_and_bound_to_load_image(tmp_path: Path) 
             workflow=workflow,
         )
         assert (await run(job, check=True)).exit_code == 0
-        inputs = dict(server.app.inputs)  # type: ignore[union-attr]
+        inputs = dict(server.app.queue.inputs)  # type: ignore[union-attr]
         graphs = {g["6"]["inputs"]["text"]: g for g in posted(server)}
     assert sorted(inputs.values()) == sorted([red.read_bytes(), blue.read_bytes()])  # once each
     fox, owl, cat = (graphs[p]["10"]["inputs"]["image"] for p in ("a fox", "an owl", "a cat"))

@@ -17,12 +17,9 @@ import dataclasses
 import hmac
 import json
 import logging
-import socket as _socket
 import time
 import uuid
-from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
@@ -32,18 +29,16 @@ from .comfy_nodes import (
     PromptRefused,
     node_classes,
     object_info,
-    plan_run,
     validate_prompt,
 )
+from .comfy_queue import Outbox, Prompt, PromptQueue
 from .config import SimConfig
 from .faults import FaultPlan
-from .images import make_encoder, text_chunk
 from .stats import SimStats
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-HISTORY_CAP = 10_000
 RUNTIME_KNOBS = frozenset(
     {
         "fail_rate",
@@ -63,20 +58,6 @@ def _json(obj: Any, status: int = 200) -> web.Response:
     return web.json_response(obj, status=status, dumps=lambda o: json.dumps(o))
 
 
-@dataclass(slots=True)
-class _Item:
-    number: int
-    prompt_id: str
-    graph: dict[str, Any]
-    extra: dict[str, Any]
-    outputs: list[str]
-    client_id: str | None
-    verdict: str
-
-    def queue_form(self) -> list[Any]:
-        return [self.number, self.prompt_id, self.graph, self.extra, self.outputs]
-
-
 class ComfyApp:
     """Routes over an in-memory queue and history; the same knobs as the A1111 flavor."""
 
@@ -87,27 +68,15 @@ class ComfyApp:
         self.started = time.monotonic()
         self.dead = False
         self._on_die = on_die
-        self._encoder = make_encoder(config.encoder)
         self._credentials = (
             dict(c.split(":", 1) for c in config.api_auth.split(",")) if config.api_auth else {}
         )
         self._number = 0
-        self._pending: deque[_Item] = deque()
-        self._wake = asyncio.Event()
-        self._running: _Item | None = None
-        self._interrupt = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self.history: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.outputs: dict[tuple[str, str], bytes] = {}  # (subfolder, filename) -> PNG
-        self.inputs: dict[str, bytes] = {}  # "subfolder/name" -> uploaded bytes
-        self._saved = 0
         self.posted: list[str] = []  # the prompt id of every prompt queued, in order
-        self.loaded: str | None = None
-        self._sockets: dict[str, set[_Outbox]] = {}
-        self._worker: asyncio.Task[None] | None = None
+        self.queue = PromptQueue(config, stats)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.app = web.Application(middlewares=[self._middleware], client_max_size=1 << 30)
-        self.app.on_startup.append(self._start_worker)
+        self.app.on_startup.append(self._start_queue)
         self._add_routes()
 
     def reset_clock(self) -> None:
@@ -115,9 +84,7 @@ class ComfyApp:
 
     def stopping(self) -> None:
         """Shutdown or death: stop the worker, release hung prompts and open sockets."""
-        self._stopping.set()
-        if self._worker is not None:
-            self._worker.cancel()
+        self.queue.stop()
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -135,6 +102,10 @@ class ComfyApp:
         if "fault_seed" in changed:
             self.faults.reseed(config.fault_seed)
         self.config = config
+        self.queue.config = config
+
+    async def _start_queue(self, app: web.Application) -> None:
+        self.queue.start()
 
     # ----- middleware -----
 
@@ -192,7 +163,7 @@ class ComfyApp:
         r.add_post("/_sim/config", self._set_config)
 
     def _classes(self) -> Any:
-        return node_classes(self.config, list(self.inputs))
+        return node_classes(self.config, list(self.queue.inputs))
 
     async def _post_prompt(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -225,24 +196,18 @@ class ComfyApp:
         extra_data = body.get("extra_data")
         extra: dict[str, Any] = extra_data if isinstance(extra_data, dict) else {}
         client_id = body.get("client_id") if isinstance(body.get("client_id"), str) else None
-        item = _Item(number, prompt_id, graph, extra, checked.outputs, client_id, verdict)
+        item = Prompt(number, prompt_id, graph, extra, checked.outputs, client_id, verdict)
         self.posted.append(prompt_id)
-        self._pending.append(item)
-        self._wake.set()
-        self._broadcast("status", self._status())
+        self.queue.add(item)
         if verdict == "drop":  # queued, but the answer never arrives
             return _abort(request)
         return _json({"prompt_id": prompt_id, "number": number, "node_errors": checked.node_errors})
 
     async def _get_prompt(self, request: web.Request) -> web.StreamResponse:
-        return _json(self._status())
-
-    def _status(self) -> dict[str, Any]:
-        remaining = len(self._pending) + (1 if self._running else 0)
-        return {"exec_info": {"queue_remaining": remaining}}
+        return _json(self.queue.status())
 
     async def _get_history(self, request: web.Request) -> web.StreamResponse:
-        items = list(self.history.items())
+        items = list(self.queue.history.items())
         limit = request.query.get("max_items")
         if limit and limit.isdigit():
             items = items[-int(limit) :]
@@ -250,16 +215,16 @@ class ComfyApp:
 
     async def _get_history_one(self, request: web.Request) -> web.StreamResponse:
         prompt_id = request.match_info["prompt_id"]
-        entry = self.history.get(prompt_id)
+        entry = self.queue.history.get(prompt_id)
         return _json({prompt_id: entry} if entry is not None else {})
 
     async def _view(self, request: web.Request) -> web.StreamResponse:
         key = (request.query.get("subfolder", ""), request.query.get("filename", ""))
         kind = request.query.get("type", "output")
         data = (
-            self.outputs.get(key)
+            self.queue.outputs.get(key)
             if kind == "output"
-            else self.inputs.get("/".join(filter(None, key)))
+            else self.queue.inputs.get("/".join(filter(None, key)))
         )
         if data is None:
             return web.Response(status=404)
@@ -269,17 +234,17 @@ class ComfyApp:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
         client_id = request.query.get("clientId") or uuid.uuid4().hex
-        outbox = _Outbox(socket, request.transport)
-        self._sockets.setdefault(client_id, set()).add(outbox)
+        outbox = Outbox(socket, request.transport)
+        self.queue.sockets.setdefault(client_id, set()).add(outbox)
         try:
             await socket.send_json(
-                {"type": "status", "data": {"status": self._status(), "sid": client_id}}
+                {"type": "status", "data": {"status": self.queue.status(), "sid": client_id}}
             )
             async for message in socket:
                 if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
         finally:
-            self._sockets.get(client_id, set()).discard(outbox)
+            self.queue.sockets.get(client_id, set()).discard(outbox)
         return socket
 
     async def _object_info(self, request: web.Request) -> web.StreamResponse:
@@ -315,19 +280,19 @@ class ComfyApp:
         counter = 1
         while True:
             key = f"{subfolder}/{name}" if subfolder else name
-            existing = self.inputs.get(key)
+            existing = self.queue.inputs.get(key)
             if existing is None or overwrite or existing == data:
                 break
             name = f"{stem} ({counter}){dot}{suffix}" if dot else f"{name} ({counter})"
             counter += 1
-        self.inputs[key] = data
+        self.queue.inputs[key] = data
         return _json({"name": name, "subfolder": subfolder, "type": "input"})
 
     async def _get_queue(self, request: web.Request) -> web.StreamResponse:
         return _json(
             {
-                "queue_running": [self._running.queue_form()] if self._running else [],
-                "queue_pending": [item.queue_form() for item in self._pending],
+                "queue_running": [q.queue_form() for q in filter(None, [self.queue.running])],
+                "queue_pending": [item.queue_form() for item in self.queue.pending],
             }
         )
 
@@ -336,10 +301,8 @@ class ComfyApp:
             body = await request.json()
             if isinstance(body, dict):
                 if body.get("clear"):
-                    self._pending.clear()
-                delete = set(body.get("delete") or ())
-                if delete:
-                    self._pending = deque(i for i in self._pending if i.prompt_id not in delete)
+                    self.queue.pending.clear()
+                self.queue.delete({str(i) for i in body.get("delete") or ()})
         return web.Response(status=200)
 
     async def _post_interrupt(self, request: web.Request) -> web.StreamResponse:
@@ -347,8 +310,7 @@ class ComfyApp:
         with contextlib.suppress(ValueError):
             body = await request.json()
         wanted = body.get("prompt_id") if isinstance(body, dict) else None
-        if self._running is not None and (wanted is None or wanted == self._running.prompt_id):
-            self._interrupt.set()
+        self.queue.interrupt(wanted if isinstance(wanted, str) else None)
         return web.Response(status=200)
 
     async def _system_stats(self, request: web.Request) -> web.StreamResponse:
@@ -378,10 +340,10 @@ class ComfyApp:
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         out = self.stats.as_json()
-        out["loaded"] = self.loaded
+        out["loaded"] = self.queue.loaded
         out["config"] = dataclasses.asdict(self.config)
         out["posted"] = self.posted
-        out["uploaded"] = sorted(self.inputs)
+        out["uploaded"] = sorted(self.queue.inputs)
         return _json(out)
 
     async def _set_config(self, request: web.Request) -> web.StreamResponse:
@@ -393,200 +355,6 @@ class ComfyApp:
         except ValueError as exc:
             return _json({"detail": str(exc)}, status=400)
         return _json(dataclasses.asdict(self.config))
-
-    # ----- execution -----
-
-    async def _start_worker(self, app: web.Application) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._work())
-
-    async def _work(self) -> None:
-        while True:
-            while not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
-            item = self._pending.popleft()
-            self._running = item
-            self._interrupt.clear()
-            try:
-                await self._execute(item)
-            finally:
-                self._running = None
-            self._broadcast("status", self._status())
-
-    async def _execute(self, item: _Item) -> None:
-        started = int(time.time() * 1000)
-        messages: list[list[Any]] = []
-
-        def say(event: str, data: dict[str, Any], keep: bool = True) -> None:
-            data = {**data, "prompt_id": item.prompt_id}
-            if keep:
-                messages.append([event, {**data, "timestamp": int(time.time() * 1000)}])
-            self._send(item.client_id, event, data)
-
-        say("execution_start", {})
-        say("execution_cached", {"nodes": []})
-        plan = plan_run(item.graph, item.outputs, self.inputs)
-        outputs: dict[str, Any] = {}
-        status = "success"
-        try:
-            for name in plan.checkpoints:
-                if name != self.loaded:
-                    await self._sleep(self.config.switch_s)
-                    self.loaded = name
-                    self.stats.switches += 1
-                    self.stats.per_checkpoint[name] += 1
-            sampler = next(
-                (i for i, n in item.graph.items() if n.get("class_type") == "KSampler"), None
-            )
-            if item.verdict == "hang":
-                await self._stopping.wait()
-                return
-            say("executing", {"node": sampler}, keep=False)
-            seconds = self.config.ms_per_step / 1000 * plan.units / self.config.speed
-            if not await self._sleep(seconds):
-                say(
-                    "execution_interrupted",
-                    {"node_id": sampler, "node_type": "KSampler", "executed": []},
-                )
-                status = "error"
-            elif item.verdict == "fail":
-                say(
-                    "execution_error",
-                    {
-                        "node_id": sampler,
-                        "node_type": "KSampler",
-                        "executed": [],
-                        "exception_message": "Allocation on device would exceed allowed memory. "
-                        "(out of memory)",
-                        "exception_type": "torch.OutOfMemoryError",
-                        "traceback": [],
-                        "current_inputs": {},
-                        "current_outputs": {},
-                    },
-                )
-                status = "error"
-            else:
-                self.stats.generations += 1
-                prompt_text = json.dumps(item.graph)
-                for node_id, (prefix, pictures) in plan.saves.items():
-                    images = []
-                    for picture in pictures:
-                        self._saved += 1
-                        name = f"{prefix}_{self._saved:05d}_.png"
-                        self.outputs[("", name)] = self._png(
-                            picture.digest, picture.width, picture.height, prompt_text, item.extra
-                        )
-                        images.append({"filename": name, "subfolder": "", "type": "output"})
-                        self.stats.images += 1
-                    outputs[node_id] = {"images": images}
-                    say(
-                        "executed",
-                        {"node": node_id, "display_node": node_id, "output": outputs[node_id]},
-                        keep=False,
-                    )
-                say("execution_success", {})
-        except asyncio.CancelledError:
-            raise
-        finally:
-            if not self._stopping.is_set():
-                self._remember(item, outputs, status, messages, started)
-                self._send(item.client_id, "executing", {"node": None, "prompt_id": item.prompt_id})
-
-    def _png(
-        self, digest: bytes, width: int, height: int, prompt: str, extra: dict[str, Any]
-    ) -> bytes:
-        data = self._encoder.encode(digest, width, height, None)
-        chunks = text_chunk("prompt", prompt)
-        workflow = (
-            (extra.get("extra_pnginfo") or {}).get("workflow")
-            if isinstance(extra.get("extra_pnginfo"), dict)
-            else None
-        )
-        if workflow is not None:
-            chunks += text_chunk("workflow", json.dumps(workflow))
-        # after IHDR: signature (8) + IHDR chunk (25)
-        return data[:33] + chunks + data[33:]
-
-    def _remember(
-        self,
-        item: _Item,
-        outputs: dict[str, Any],
-        status: str,
-        messages: list[list[Any]],
-        started: int,
-    ) -> None:
-        self.history.pop(item.prompt_id, None)  # the same id run again: the later run
-        self.history[item.prompt_id] = {
-            "prompt": item.queue_form(),
-            "outputs": outputs,
-            "status": {
-                "status_str": status,
-                "completed": status == "success",
-                "messages": messages,
-            },
-            "meta": {node: {"node_id": node, "display_node": node} for node in outputs},
-        }
-        while len(self.history) > HISTORY_CAP:
-            self.history.popitem(last=False)
-
-    async def _sleep(self, seconds: float) -> bool:
-        """Work for `seconds`; False if interrupted meanwhile."""
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return not self._interrupt.is_set()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._interrupt.wait(), seconds)
-        return not self._interrupt.is_set()
-
-    def _send(self, client_id: str | None, event: str, data: dict[str, Any]) -> None:
-        if client_id is None:
-            return
-        for outbox in list(self._sockets.get(client_id, ())):
-            outbox.post(json.dumps({"type": event, "data": data}))
-
-    def _broadcast(self, event: str, data: dict[str, Any]) -> None:
-        for client_id in list(self._sockets):
-            self._send(client_id, event, {"status": data})
-
-
-class _Outbox:
-    """One websocket's outgoing events, in order. Events made in the same loop tick leave in
-    one TCP segment (TCP_CORK), so a client is woken once per burst, not once per event."""
-
-    def __init__(self, socket: web.WebSocketResponse, transport: asyncio.BaseTransport | None):
-        self.socket = socket
-        raw = transport.get_extra_info("socket") if transport is not None else None
-        self._raw = raw if raw is not None and hasattr(_socket, "TCP_CORK") else None
-        self._waiting: list[str] = []
-        self._flushing: asyncio.Task[None] | None = None
-
-    def post(self, text: str) -> None:
-        if self.socket.closed:
-            return
-        self._waiting.append(text)
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
-            self._flushing.add_done_callback(_quiet)
-
-    async def _flush(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            self._cork(True)
-            try:
-                for text in batch:
-                    await self.socket.send_str(text)
-            finally:
-                self._cork(False)
-
-    def _cork(self, on: bool) -> None:
-        if self._raw is not None:
-            with contextlib.suppress(OSError):
-                self._raw.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_CORK, int(on))
-
-
-def _quiet(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _route_name(path: str) -> str:
