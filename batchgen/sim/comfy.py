@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
+from .app import RUNTIME_KNOBS, _abort
 from .comfy_nodes import (
     Checked,
     PromptRefused,
@@ -39,19 +40,6 @@ from .stats import SimStats
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-RUNTIME_KNOBS = frozenset(
-    {
-        "fail_rate",
-        "drop_rate",
-        "hang_rate",
-        "die_after",
-        "unavailable_s",
-        "fault_seed",
-        "ms_per_step",
-        "switch_s",
-        "speed",
-    }
-)
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -362,10 +350,3 @@ def _route_name(path: str) -> str:
         if path.startswith(prefix):
             return prefix + "{id}"
     return path
-
-
-def _abort(request: web.Request) -> web.StreamResponse:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-    return web.Response(status=499)
