@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.logging import RichHandler
 
+from batchgen.comfy.workflow import bind_job
 from batchgen.errors import BatchgenError
 from batchgen.job import JobSpec, load_job, parse_set
 from batchgen.payload import manifest_body
@@ -168,12 +169,15 @@ def _load(
 def _dry_run(job: JobSpec) -> None:
     plan = validate(job, peek_state(job.out_dir))
     click.echo(f"# {plan.describe()}; nothing is sent (--dry-run)", err=True)
+    binding = bind_job(job) if job.backend == "comfy" else None
     for task in first_tasks(job, 3):
-        shown = {
+        shown: dict[str, Any] = {
             "row": task.row,
             "route": task.route,
             "body": manifest_body(task.body, job.sheet.parent),
         }
+        if binding is not None:  # what ComfyUI would get: images by the path they are read from
+            shown["graph"] = binding.fill(task.body, lambda ref: str(ref.path)).graph
         click.echo(json.dumps(shown, ensure_ascii=False, indent=2))
 
 

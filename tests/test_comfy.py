@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -422,4 +423,31 @@ async def test_a_hanging_server_is_endpoint_trouble_and_rows_move(tmp_path: Path
     assert summary.exit_code == 0 and summary.ok == 4
     assert {r["endpoint"] for r in manifest(tmp_path / "out")} == {
         healthy.url.replace("http", "http")
+    }
+
+
+def test_the_demo_job_runs_and_its_dry_run_shows_the_graph(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from batchgen.cli import cli
+
+    demo = Path(__file__).parent.parent / "jobs" / "comfy-demo.toml"
+    runner = CliRunner()
+    logger = logging.getLogger("batchgen")
+    handlers = list(logger.handlers)
+    try:
+        dry = runner.invoke(cli, ["run", str(demo), "--dry-run"], catch_exceptions=False)
+        out = tmp_path / "demo"
+        done = runner.invoke(cli, ["run", str(demo), "--out", str(out)], catch_exceptions=False)
+    finally:  # each CLI call adds a console handler
+        logger.handlers = handlers
+    assert dry.exit_code == 0
+    first = json.loads(dry.stdout.split("\n}\n")[0] + "\n}")
+    assert first["graph"]["6"]["inputs"]["text"] == first["body"]["prompt"]
+    assert done.exit_code == 0
+    records = manifest(out)
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+    assert {r["model"] for r in records} == {
+        "v1-5-pruned-emaonly.safetensors",
+        "dreamshaper_8.safetensors",
     }
