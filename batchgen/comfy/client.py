@@ -143,10 +143,7 @@ class ComfyClient(EndpointClient):
             raise FatalEndpointError(_refusal(raw, filled.graph), 400)
         if status != 200:
             raise _status_error(status, raw)
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            raise RetryableEndpointError("the answer to /prompt was not JSON") from None
+        answer = _json_object(raw, "/prompt")
         given = str(answer.get("prompt_id") or "")
         if given != prompt_id:
             if not self.ignores_prompt_id:
@@ -255,9 +252,11 @@ class ComfyClient(EndpointClient):
         status, raw = await self._exchange("POST", "/upload/image", self._lookup_timeout, data=form)
         if status != 200:
             raise _status_error(status, raw)
-        answer = json.loads(raw)
+        answer = _json_object(raw, "/upload/image")
+        if not isinstance(answer.get("name"), str):
+            raise RetryableEndpointError("the answer to /upload/image names no file")
         folder = answer.get("subfolder") or ""
-        name = f"{folder}/{answer['name']}" if folder else str(answer["name"])
+        name = f"{folder}/{answer['name']}" if folder else answer["name"]
         self._uploaded[ref.sha256] = name
         return name
 
@@ -312,6 +311,16 @@ class ComfyClient(EndpointClient):
             waiter.set_result({"status": status, "outputs": {}})
         elif kind == "executing" and data.get("node") is None:
             waiter.set_result(None)
+
+
+def _json_object(raw: bytes, route: str) -> dict[str, Any]:
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise RetryableEndpointError(f"the answer to {route} was not a JSON object")
+    return answer
 
 
 def _image_refs(value: Any) -> list[ImageRef]:
