@@ -260,7 +260,7 @@ class ComfyClient(EndpointClient):
         self._uploaded[ref.sha256] = name
         return name
 
-    # ----- the websocket: only a wake-up call; /history stays the truth -----
+    # ----- the websocket: when a prompt is done, and what it made if every event was seen -----
 
     async def _listen(self) -> None:
         if self._socket is None or self._socket.done():
