@@ -231,3 +231,17 @@ async def test_object_info_lists_installed_names() -> None:
     ]
     assert "dpmpp_2m" in info["KSampler"]["input"]["required"]["sampler_name"][0]
     assert info["SaveImage"]["output_node"] is True
+
+
+async def test_unavailable_then_dies_after_n_prompts() -> None:
+    config = SimConfig(flavor="comfy", unavailable_s=0.3, die_after=1)
+    async with SimServer(config) as server, aiohttp.ClientSession(base_url=server.url) as http:
+        async with http.get("/system_stats") as response:
+            assert response.status == 503
+        await asyncio.sleep(0.35)
+        status, _ = await post(http, {"prompt": graph()})
+        assert status == 200
+        with pytest.raises(aiohttp.ClientError):
+            await post(http, {"prompt": graph(**{"3_seed": 9})})
+        with pytest.raises(aiohttp.ClientError):
+            await http.get("/system_stats")
