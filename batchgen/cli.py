@@ -304,6 +304,7 @@ def _load(
 
 
 def _dry_run(job: JobSpec) -> None:
+    from batchgen.comfy.workflow import bind_job
     from batchgen.payload import manifest_body
     from batchgen.plan import first_tasks, validate
     from batchgen.store import peek_state
@@ -313,12 +314,15 @@ def _dry_run(job: JobSpec) -> None:
     click.echo(f"# {share}{plan.describe()}; nothing is sent (--dry-run)", err=True)
     for line in plan.expansion_lines():
         click.echo(f"# {line}", err=True)
+    binding = bind_job(job) if job.backend == "comfy" else None
     for task in first_tasks(job, 3):
-        shown = {
+        shown: dict[str, Any] = {
             "row": task.row,
             "route": task.route,
             "body": manifest_body(task.body, job.sheet.parent),
         }
+        if binding is not None:  # what ComfyUI would get: images by the path they are read from
+            shown["graph"] = binding.fill(task.body, lambda ref: str(ref.path)).graph
         click.echo(json.dumps(shown, ensure_ascii=False, indent=2))
 
 

@@ -82,6 +82,7 @@ class Endpoint:
     in_flight: int
     headers: Mapping[str, _Secret] = field(default_factory=dict)  # basic auth included
     ssl: ssl.SSLContext | bool = True  # aiohttp's `ssl=`: True verifies against the system CAs
+    backend: Literal["a1111", "comfy"] = "a1111"
 
     @property
     def is_sim(self) -> bool:
@@ -93,10 +94,12 @@ class Endpoint:
 
 def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
     """Split credentials out of the URL and the environment; only the display name is ever shown."""
-    parts = urlsplit(spec.url)
+    url = "http" + spec.url[len("comfy") :] if spec.url.startswith("comfy://") else spec.url
+    parts = urlsplit(url)
     if parts.scheme not in {"http", "https", "sim"}:
         raise ConfigError(
-            f"endpoint {_redact(spec.url)}: use http://host:port, https://... or sim://"
+            f"endpoint {_redact(spec.url)}: use http://host:port, https://..., comfy://host:port "
+            "or sim://"
         )
     if parts.scheme != "sim" and not parts.hostname:
         raise ConfigError(f"endpoint {_redact(spec.url)}: the URL has no host")
@@ -107,7 +110,7 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
         value = os.environ.get(spec.auth_env)
         if value is None or ":" not in value:
             raise ConfigError(
-                f"endpoint {_redact(spec.url)}: set the environment variable {spec.auth_env} "
+                f"endpoint {_redact(url)}: set the environment variable {spec.auth_env} "
                 "to user:password"
             )
         username, _, password = value.partition(":")
@@ -124,7 +127,7 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
                 f"variable {variable}, which is not set"
             )
         headers[header] = _Secret(value)
-    clean = _redact(spec.url)
+    clean = _redact(url)
     if parts.scheme != "sim":
         clean = clean.rstrip("/")
     return Endpoint(
@@ -133,6 +136,7 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
         in_flight=spec.in_flight or default_in_flight,
         headers=headers,
         ssl=_tls(spec, clean),
+        backend=spec.kind,
     )
 
 
@@ -168,10 +172,23 @@ def _redact(url: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """One HTTP answer, before it is judged."""
+
+    status: int
+    body: bytes
+    retry_after: str | None  # the Retry-After header, if any
+
+    def error(self) -> RetryableEndpointError | FatalEndpointError:
+        """The endpoint error a non-200 answer means."""
+        return _status_error(self.status, self.body, self.retry_after)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerState:
     """What a probe learned about a server."""
 
-    flavor: Flavor
+    flavor: Flavor | Literal["comfy"]
     checkpoint: str | None  # opts.sd_model_checkpoint
     vae: str | None
     simulator: bool = False  # batchgen's simulator: placeholder images, not a model
@@ -259,20 +276,30 @@ class EndpointClient:
     async def _request(
         self, method: str, path: str, body: Any, timeout: aiohttp.ClientTimeout
     ) -> Any:
+        answer = await self._exchange(method, path, timeout, json=body)
+        if answer.status != 200:
+            raise answer.error()
+        try:
+            return json.loads(answer.body)
+        except ValueError:
+            raise RetryableEndpointError("the answer was not JSON") from None
+
+    async def _exchange(
+        self, method: str, path: str, timeout: aiohttp.ClientTimeout, **send: Any
+    ) -> Answer:
+        """One request: the status and the body, transport failures mapped to endpoint errors."""
         try:
             async with self._session.request(
                 method,
                 self.endpoint.url + path,
-                json=body,
                 headers=self._headers,
                 timeout=timeout,
                 ssl=self.endpoint.ssl,
+                **send,
             ) as response:
                 raw = await response.read()
                 self.simulator = SIMULATOR_HEADER in response.headers
-                if response.status != 200:
-                    retry_after = response.headers.get("Retry-After")
-                    raise _status_error(response.status, raw, retry_after)
+                return Answer(response.status, raw, response.headers.get("Retry-After"))
         except (TimeoutError, asyncio.TimeoutError):  # not the same class before Python 3.11
             limit = timeout.total
             raise RetryableEndpointError(
@@ -293,10 +320,6 @@ class EndpointClient:
             raise RetryableEndpointError(f"cannot connect: {error.os_error}") from None
         except aiohttp.ClientError as error:
             raise RetryableEndpointError(f"{type(error).__name__}: {error}") from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise RetryableEndpointError("the answer was not JSON") from None
 
 
 def _tls_reason(error: aiohttp.ClientError) -> str:

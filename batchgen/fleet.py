@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from batchgen.backends import make_clients
 from batchgen.client import Endpoint, EndpointClient, open_session, resolve_endpoint
 from batchgen.errors import ConfigError, EndpointError, NothingAnswersError
 from batchgen.inventory import CheckpointIndex
@@ -69,7 +70,7 @@ async def open_fleet(job: JobSpec) -> AsyncIterator[Fleet]:
     """Start the job's sim:// endpoints, open one HTTP session for all, and probe each one."""
     endpoints = [resolve_endpoint(spec, job.in_flight) for spec in job.endpoints]
     async with started_endpoints(endpoints) as live, open_session() as session:
-        clients = [EndpointClient(endpoint, session, job.timeout) for endpoint in live]
+        clients = make_clients(job, live, session)
         silent: dict[str, str] = {}
         slots = await probe_all(clients, silent)
         yield Fleet(tuple(live), tuple(slots), silent)

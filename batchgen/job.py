@@ -8,8 +8,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchgen.columns import Target, resolve
 from batchgen.errors import ConfigError
@@ -44,6 +45,16 @@ class EndpointSpec(_Frozen):
     in_flight: int | None = Field(default=None, gt=0)
     verify: bool = True  # false: accept any TLS certificate (a self-signed one on your own LAN)
     ca_file: Path | None = None  # a PEM certificate (or CA) to trust for this https endpoint
+    backend: Literal["a1111", "comfy"] | None = None  # default: from the URL (comfy://), else a1111
+
+    @property
+    def kind(self) -> Literal["a1111", "comfy"]:
+        """The API this endpoint speaks: `backend`, else comfy:// or sim://?flavor=comfy."""
+        if self.backend is not None:
+            return self.backend
+        parts = urlsplit(self.url)
+        flavors = parse_qs(parts.query).get("flavor", []) if parts.scheme == "sim" else []
+        return "comfy" if parts.scheme == "comfy" or "comfy" in flavors else "a1111"
 
 
 class RetrySpec(_Frozen):
@@ -76,6 +87,13 @@ class ExpandSpec(_Frozen):
     max_images: int = Field(default=100_000, gt=0)  # per row: more is taken for a typo
 
 
+class ComfySpec(_Frozen):
+    """A ComfyUI job: the API-format workflow template and which node input each field sets."""
+
+    workflow: Path | None = None  # "Save (API)" export; default: the standard text-to-image graph
+    bind: dict[str, str] = Field(default_factory=dict)  # field -> "Node title.input"
+
+
 class JobSpec(_Frozen):
     """Everything a run needs to know, validated before any I/O."""
 
@@ -102,6 +120,7 @@ class JobSpec(_Frozen):
     wait_all_down: float = Field(default=600.0, ge=0)  # seconds to wait when no endpoint answers
     shards: int | None = Field(default=None, gt=0)  # N for a Kubernetes Indexed Job's pods
     shard: Shard | None = None  # this run's share: from --shard i/N or the scheduler's environment
+    comfy: ComfySpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -109,6 +128,18 @@ class JobSpec(_Frozen):
         if not re.fullmatch(r"[\w.-]+", value) or value.strip(".") == "":
             raise ValueError("use letters, digits, '.', '-' and '_' only (it names a folder)")
         return value
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> JobSpec:
+        if len({endpoint.kind for endpoint in self.endpoints}) > 1:
+            raise ValueError(
+                "one job uses one backend kind: these endpoints mix A1111 and ComfyUI servers"
+            )
+        return self
+
+    @property
+    def backend(self) -> Literal["a1111", "comfy"]:
+        return self.endpoints[0].kind if self.endpoints else "a1111"
 
     @property
     def endpoints_defaulted(self) -> bool:
@@ -247,6 +278,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     expand = raw.get("expand")
     if isinstance(expand, dict) and isinstance(expand.get("wildcards"), str):
         expand["wildcards"] = base / expand["wildcards"]
+    comfy = raw.get("comfy")
+    if isinstance(comfy, dict) and isinstance(comfy.get("workflow"), str):
+        comfy["workflow"] = base / comfy["workflow"]
     for endpoint in raw.get("endpoints") or ():  # tables by now
         if isinstance(endpoint, dict) and isinstance(endpoint.get("ca_file"), str):
             endpoint["ca_file"] = base / endpoint["ca_file"]

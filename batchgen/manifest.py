@@ -56,6 +56,12 @@ class ManifestRecord:
     expansions: int | None = None
     templates: Mapping[str, Any] = field(default_factory=dict)
     resolved: Mapping[str, Any] = field(default_factory=dict)
+    # ComfyUI rows only (left out of A1111 lines): the backend, the workflow template's sha256,
+    # the values bound into it ("prompt", "KSampler.denoise", ...) and the server's prompt id.
+    backend: str | None = None
+    workflow_sha256: str | None = None
+    bound: Mapping[str, Any] = field(default_factory=dict)
+    prompt_id: str | None = None
     # Fields this version does not know (a newer writer's): kept so that a rewrite loses nothing.
     unknown: Mapping[str, Any] = field(default_factory=dict)
 
@@ -75,7 +81,9 @@ class ManifestRecord:
         line: dict[str, Any] = {
             name: _plain(getattr(self, name))
             for name in _FIELDS
-            if name != "unknown" and (self.expansion is not None or name not in _EXPANSION)
+            if name != "unknown"
+            and (self.expansion is not None or name not in _EXPANSION)
+            and (name not in _BACKEND_ONLY or getattr(self, name))
         }
         line.update(self.unknown)
         return line
@@ -100,6 +108,7 @@ class ManifestRecord:
         known["payload"] = dict(known.get("payload") or {})
         known["templates"] = dict(known.get("templates") or {})
         known["resolved"] = dict(known.get("resolved") or {})
+        known["bound"] = dict(known.get("bound") or {})
         unknown = {name: value for name, value in data.items() if name not in _FIELDS}
         return cls(**known, unknown=unknown)
 
@@ -114,6 +123,7 @@ class ManifestRecord:
 
 _FIELDS = tuple(ManifestRecord.__dataclass_fields__)
 _EXPANSION = frozenset({"expansion", "expansions", "templates", "resolved"})
+_BACKEND_ONLY = frozenset({"backend", "workflow_sha256", "bound", "prompt_id"})
 
 
 def iso_utc(epoch: float) -> str:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from batchgen import controlnet as cn
 from batchgen.columns import LOWER_OVERRIDES, FieldPath, Target, Unresolved, coerce_auto, resolve
+from batchgen.comfy.workflow import Binding, bind_job
 from batchgen.errors import InputError, Problem
 from batchgen.fields import FIELDS, KIND_HINTS, coerce, normalize_name
 from batchgen.images import ImageError, ImageResolver, decode_inline, encode_file
@@ -47,6 +48,8 @@ class PayloadBuilder:
         self._columns: dict[str, _Column] = {}
         self._bad_headers: set[str] = set()
         self._meant: set[str] = set()  # fields a misspelt header was probably meant to set
+        # A ComfyUI job: `Title.input` headers set node inputs; the template's hash joins the key.
+        self.binding: Binding | None = bind_job(job) if job.backend == "comfy" else None
         header_problems: list[Problem] = []
         self._plan_columns(headers, header_problems)
         self.header_problems: tuple[Problem, ...] = tuple(header_problems)
@@ -120,7 +123,8 @@ class PayloadBuilder:
                 )
                 return None
             return _Column(header, target)
-        target = resolve(header)
+        node = self.binding.column_target(header) if self.binding is not None else None
+        target = node or resolve(header)
         if isinstance(target, Target):
             return _Column(header, target)
         if target.misspelled:
@@ -293,6 +297,15 @@ class PayloadBuilder:
         """The field a header sets; None for a note column or a header already reported."""
         column = self._columns.get(header)
         return column.target if column is not None else None
+
+    @property
+    def sent_fields(self) -> dict[str, str]:
+        """Each field a column or default sets (dotted) -> the header (or "defaults") setting it."""
+        found = {".".join(path): "defaults" for path in self._defaults}
+        for header, column in self._columns.items():
+            if column.target is not None:
+                found[column.target.dotted] = header
+        return found
 
     def default_problems(self) -> tuple[Problem, ...]:
         """Problems in the job's defaults, [[controlnet]] units and --set values (checked once)."""
@@ -469,8 +482,13 @@ class PayloadBuilder:
         policy = (
             {"mode": seed.mode, "base": seed.base} if seed.mode == "derived" else {"mode": "random"}
         )
+        workflow = self.binding.workflow.sha256 if self.binding is not None else None
         canonical = json.dumps(
-            {"body": _hashable(body), "seed": policy},
+            {
+                "body": _hashable(body),
+                "seed": policy,
+                **({"workflow": workflow} if workflow else {}),
+            },
             sort_keys=True,
             ensure_ascii=False,
             separators=(",", ":"),

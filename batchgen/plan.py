@@ -6,8 +6,10 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from batchgen.backends import check_rows
 from batchgen.client import EndpointClient
 from batchgen.columns import Target, resolve
+from batchgen.comfy.checks import binding_problems
 from batchgen.errors import InputError, NoEndpointError, Problem
 from batchgen.expand import Expander, expanded_rows
 from batchgen.fleet import open_fleet
@@ -38,6 +40,8 @@ def validate(
     builder = PayloadBuilder(job, headers)
     reading = sheet_problems(job.sheet, **job.sheet_options)
     problems: list[Problem] = [*builder.header_problems, *builder.default_problems()]
+    if builder.binding is not None:
+        problems.extend(binding_problems(job, builder, builder.binding))
     try:
         check_template(job.output.filename, builder.metadata_columns)
     except Exception as error:  # a ConfigError reads better beside the sheet's problems
@@ -153,9 +157,7 @@ async def check_endpoints(
     job: JobSpec, clients: list[EndpointClient], sheet_problems: list[Problem] | None = None
 ) -> None:
     """Raise InputError if the endpoints cannot serve every row; the sheet's problems lead."""
-    from batchgen.check import check_job
-
-    problems = [*(sheet_problems or []), *await check_job(job, clients)]
+    problems = [*(sheet_problems or []), *await check_rows(job, clients)]
     if problems:
         summary = "" if sheet_problems else "the endpoints cannot serve every row; nothing was sent"
         raise InputError(problems, summary)

@@ -81,6 +81,8 @@ class Generation:
     version: str | None
     info: Mapping[str, Any]
     simulated: bool = False  # made by batchgen's simulator: placeholders, not a model's images
+    # Manifest fields a backend adds (ComfyUI: backend, workflow_sha256, bound, prompt_id).
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ def public_job(job: JobSpec, live: tuple[Endpoint, ...]) -> dict[str, Any]:
         {
             "name": endpoint.name,
             "url": resolve_endpoint(spec, job.in_flight).url,  # credentials split off
+            "backend": spec.kind,
             "auth_env": spec.auth_env,
             "headers": sorted(spec.headers) + sorted(spec.headers_env),
             "headers_env": dict(spec.headers_env),  # header -> variable name, not its value

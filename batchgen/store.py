@@ -344,6 +344,7 @@ class OutputStore:
             started=iso_utc(result.started_at),
             finished=iso_utc(finished_at),
             **_expansion_fields(task),
+            **(dict(generation.provenance) if generation else {}),
         )
 
     def record_at(self, key: str) -> ManifestRecord | None:

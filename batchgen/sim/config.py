@@ -16,7 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-Flavor = Literal["a1111", "forge"]
+Flavor = Literal["a1111", "forge", "comfy"]
 Encoder = Literal["fast", "pillow"]
 
 DEFAULT_MODELS = (
@@ -90,6 +90,8 @@ class SimConfig:
     # A prompt holding this text fails as a real server fails a request whose model makes NaNs:
     # a 500 NansException, every time, while other requests go on (a1111-api.md §15).
     nan_marker: str = ""
+    # ComfyUI flavor: false = an older server that ignores a client's prompt_id and makes its own.
+    accept_prompt_id: bool = True
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -107,8 +109,8 @@ class SimConfig:
             raise ValueError("fail_rate + drop_rate + hang_rate + busy_rate must be <= 1")
         if self.die_after is not None and self.die_after < 0:
             raise ValueError("die_after must be >= 0")
-        if self.flavor not in ("a1111", "forge"):
-            raise ValueError(f"flavor must be 'a1111' or 'forge', not {self.flavor!r}")
+        if self.flavor not in ("a1111", "forge", "comfy"):
+            raise ValueError(f"flavor must be 'a1111', 'forge' or 'comfy', not {self.flavor!r}")
         if self.encoder not in ("fast", "pillow"):
             raise ValueError(f"encoder must be 'fast' or 'pillow', not {self.encoder!r}")
         for style in self.styles:
@@ -121,6 +123,8 @@ class SimConfig:
     def server_version(self) -> str:
         if self.version:
             return self.version
+        if self.flavor == "comfy":
+            return "0.7.0"
         return "f2.0.1v1.10.1-previous-669-gdfdcbab6" if self.flavor == "forge" else "v1.10.1"
 
     def style_texts(self) -> dict[str, str]:
@@ -225,7 +229,7 @@ KNOB_HELP = {
     "ms_per_step": "milliseconds per sampling step of one 512x512 image",
     "switch_s": "seconds per checkpoint load",
     "speed": "divides every generation time",
-    "flavor": "a1111 or forge",
+    "flavor": "a1111, forge or comfy",
     "version": "the version the server reports",
     "api_auth": "user:password[,user2:password2] for --api-auth",
     "webui": "serve the web UI routes too (true/false)",
@@ -239,6 +243,7 @@ KNOB_HELP = {
     "busy_rate": "share of generations answered 429 Too Many Requests",
     "retry_after": "seconds a 429 or 503 asks the client to wait (Retry-After); 0: no header",
     "nan_marker": "a prompt holding this text is answered 500 NansException, every time",
+    "accept_prompt_id": "comfy: take the client's prompt_id (false: an older server)",
     "marked": "send the X-Batchgen-Simulator header (false: stand in for a real server)",
     "fault_seed": "seed of the fault draws",
 }

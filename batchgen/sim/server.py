@@ -13,6 +13,7 @@ from types import TracebackType
 from aiohttp import web
 
 from .app import SimApp
+from .comfy import ComfyApp
 from .config import SimConfig
 from .stats import SimStats
 
@@ -20,13 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class SimServer:
-    """A simulated A1111/Forge server on 127.0.0.1; an async context manager."""
+    """A simulated A1111/Forge/ComfyUI server on 127.0.0.1; an async context manager."""
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self._config = config or SimConfig()
         self.stats = SimStats()
         self.url = ""
-        self._sim: SimApp | None = None
+        self._sim: SimApp | ComfyApp | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.SockSite | None = None
         self._bind_task: asyncio.Task[None] | None = None
@@ -37,14 +38,15 @@ class SimServer:
         return self._sim.config if self._sim is not None else self._config
 
     @property
-    def app(self) -> SimApp:
+    def app(self) -> SimApp | ComfyApp:
         if self._sim is None:
             raise RuntimeError("SimServer is not started")
         return self._sim
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Bind (after `refuse_s` seconds, refusing connections until then); return the base URL."""
-        self._sim = SimApp(self.config, self.stats, self._die)
+        flavor = ComfyApp if self.config.flavor == "comfy" else SimApp
+        self._sim = flavor(self.config, self.stats, self._die)
         self._runner = web.AppRunner(self._sim.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
