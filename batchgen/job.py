@@ -347,7 +347,7 @@ _EXAMPLES = {
 def _plain_message(item: Any) -> str:
     kind = item["type"]
     ctx = item.get("ctx") or {}
-    if item["loc"][0] == "endpoints" and len(item["loc"]) == 2:
+    if item["loc"][:1] == ("endpoints",) and len(item["loc"]) == 2:
         return "each endpoint must be a URL in quotes or a table with a url"
     if kind in _PLAIN:
         return _PLAIN[kind]

@@ -447,6 +447,8 @@ def test_the_demo_job_runs_and_its_dry_run_shows_the_graph(tmp_path: Path) -> No
     assert done.exit_code == 0
     records = manifest(out)
     assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+    assert all(r["simulator"] for r in records), "a ComfyUI simulator's images are marked too"
+    assert "SIMULATOR" in done.stderr
     assert {r["model"] for r in records} == {
         "v1-5-pruned-emaonly.safetensors",
         "dreamshaper_8.safetensors",

@@ -78,7 +78,10 @@ class ComfyClient(EndpointClient):
             self.binding.workflow.graph[loader.node]["inputs"].get(loader.name) if loader else None
         )
         return ServerState(
-            flavor="comfy", checkpoint=default if isinstance(default, str) else None, vae=None
+            flavor="comfy",
+            checkpoint=default if isinstance(default, str) else None,
+            vae=None,
+            simulator=self.simulator,
         )
 
     async def _prompts_known(self) -> set[str]:
@@ -226,6 +229,7 @@ class ComfyClient(EndpointClient):
             version=self.version,
             info={"prompt_id": prompt_id, "collected": collected},
             provenance=provenance,
+            simulated=self.simulator,
         )
 
     async def _view(self, item: Mapping[str, Any]) -> bytes:

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
-from .app import RUNTIME_KNOBS, _abort
+from .app import RUNTIME_KNOBS, SIMULATOR_HEADER, _abort
 from .comfy_nodes import (
     Checked,
     PromptRefused,
@@ -114,9 +114,13 @@ class ComfyApp:
         if task is not None:
             self._tasks.add(task)
         try:
-            return await handler(request)
+            response = await handler(request)
         finally:
             self._tasks.discard(task)
+        # No real ComfyUI sends this: a client can tell a simulator's placeholder images apart.
+        if self.config.marked and not response.prepared:  # a websocket has sent its headers
+            response.headers[SIMULATOR_HEADER] = "comfy"
+        return response
 
     def _authorized(self, header: str | None) -> bool:
         # ComfyUI has no auth; a reverse proxy in front of it does basic auth.
