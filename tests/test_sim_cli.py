@@ -35,7 +35,10 @@ def test_help_lists_every_simulator_knob() -> None:
     ("args", "message"),
     [
         (["--speed", "fast"], "simulator option 'speed': not a number: 'fast'"),
-        (["--flavor", "comfy"], "simulator option 'flavor': must be one of 'a1111', 'forge'"),
+        (
+            ["--flavor", "sdnext"],
+            "simulator option 'flavor': must be one of 'a1111', 'forge', 'comfy'",
+        ),
         (["--fail-rate", "2"], "fail_rate must be between 0 and 1"),
     ],
 )

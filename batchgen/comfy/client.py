@@ -125,17 +125,18 @@ class ComfyClient(EndpointClient):
     async def _already_there(self, prompt_id: str, graph: Mapping[str, Any]) -> bool:
         """True if the prompt is done, queued or running here, whole: wait for it, do not post
         again. A prompt ComfyUI ran only in part (some outputs invalid) does not count."""
-        entry = await self._history(prompt_id)
-        if entry is not None:
-            status = entry.get("status") or {}
-            queued = entry.get("prompt") or []
-            return status.get("status_str") == "success" and _whole(queued, graph)
+        # The queue first: a prompt moves from the queue to the history, so asked in this order
+        # it cannot finish unseen between the two looks.
         queue = await self.get_json("/queue")
         items = [*(queue.get("queue_running") or ()), *(queue.get("queue_pending") or ())]
-        return any(
-            isinstance(item, list) and item[1:2] == [prompt_id] and _whole(item, graph)
-            for item in items
-        )
+        for item in items:
+            if isinstance(item, list) and item[1:2] == [prompt_id]:
+                return _whole(item, graph)
+        entry = await self._history(prompt_id)
+        if entry is None:
+            return False
+        status = entry.get("status") or {}
+        return status.get("status_str") == "success" and _whole(entry.get("prompt") or [], graph)
 
     async def _submit(self, prompt_id: str, filled: Filled) -> str:
         await self._listen()
