@@ -158,7 +158,8 @@ class RunPlan:
             lines.append(simulator_note(self.simulators))
         if self.remade:
             lines.append(
-                f"{counted(self.remade, 'row')} in this folder made by a simulator; this run's "
+                f"{counted(self.remade, 'row')} in this folder "
+                f"{'was' if self.remade == 1 else 'were'} made by a simulator; this run's "
                 "endpoints are real servers, so they are not counted as done"
             )
         return lines
