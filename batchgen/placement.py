@@ -136,6 +136,7 @@ def lower_bound(snapshot: Snapshot) -> float:
                     break
         return min(flexible, sum(w.speed * room for w, room in rooms) - unloaded * cheapest)
 
+    total -= _PRECISION * total  # capacity can equal the work exactly: rounding must not matter
     low = max_busy(snapshot)
     high = low + total / sum(w.speed for w in snapshot.workers) + max_switch(snapshot)
     while capacity(high) < total:

@@ -1,9 +1,12 @@
 """Who gets what next: rows wait here, grouped by checkpoint, until an endpoint takes one.
 
-A freed endpoint keeps to the checkpoint it has loaded while that pays; when it must switch it
-joins the group that would otherwise finish last. Speeds and switch costs are learned from the
-responses, and an endpoint takes another row only if it would finish it before the others could
-(so a slow endpoint never holds the last rows). See the README, "How batchgen spreads rows".
+Speeds and switch costs are learned from the responses. With the default policy, "plan", a plan
+(placement.py) says which endpoint serves which groups, in what order and how much of each; a
+freed endpoint takes its next planned row, and the plan is made again when something changes
+materially. The older policy, "greedy", decides one row at a time: a freed endpoint keeps to the
+checkpoint it has loaded while that pays, and when it must switch it joins the group that would
+otherwise finish last. Either way an idle endpoint at the run's tail copies a late row. See the
+README, "How batchgen spreads rows".
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from batchgen import placement
 from batchgen.client import EndpointClient, ServerState
 from batchgen.errors import NoEndpointError
 from batchgen.inventory import CheckpointIndex
+from batchgen.placement import Group
 from batchgen.records import Generation, Task
 
 log = logging.getLogger(__name__)
@@ -31,8 +36,10 @@ SPEED_ALPHA = 0.3  # weight of the newest sample in the running estimates
 DEFAULT_SEC_PER_UNIT = 0.05  # a 20-step 512x512 image in 1 s, until an endpoint is measured
 SWITCH_PRIOR_ROWS = 5.0  # a checkpoint switch costs this many rows until one is measured
 SPECULATE_MARGIN = 2.0  # copy a late row only if the copy would be back this many times sooner
+REPLAN_DRIFT = 0.2  # plan again when a speed or load time estimate moved this much since the plan
+REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came in or went out
 
-Group = str | None  # canonical checkpoint name; None: the row names none (or one no server has)
+Policy = Literal["plan", "greedy"]
 
 
 def checkpoint_name(value: str | None) -> str | None:
@@ -156,6 +163,14 @@ class _Waiter:
     cost: float
 
 
+@dataclass(eq=False, slots=True)
+class _Quota:
+    """Work (in cost units) of one group that the plan still has one endpoint do."""
+
+    group: Group
+    left: float
+
+
 @dataclass(frozen=True, slots=True)
 class _Load:
     """The endpoints serving one group, summed (speeds in cost units per second)."""
@@ -208,10 +223,17 @@ class Scheduler:
         *,
         wait_all_down: float,
         clock: Callable[[], float] = time.monotonic,
+        policy: Policy = "plan",
     ) -> None:
         self.slots = list(slots)
         self._wait_all_down = wait_all_down
         self._clock = clock
+        self._policy = policy
+        self._quotas: dict[EndpointSlot, deque[_Quota]] | None = None  # None: plan again
+        self._rates: dict[EndpointSlot, tuple[float, float]] = {}  # the estimates planned with
+        self._planned_work = 0.0
+        self._added = self._taken = 0.0  # work that came in, or was handed out, since the plan
+        self.plans = 0  # plans made, for the tests: a plan must not flap
         self._groups: dict[Group, deque[_Waiter]] = {}
         self._pending: dict[Group, float] = {}  # cost of the rows waiting, by group
         self._expected: set[int] = set()
@@ -241,6 +263,7 @@ class Scheduler:
         waiter = _Waiter(task, frozenset(avoid), loop.create_future(), group, row_cost(task.body))
         self._groups.setdefault(group, deque()).append(waiter)
         self._pending[group] = self._pending.get(group, 0.0) + waiter.cost
+        self._added += waiter.cost
         self._expected.discard(task.row)
         self._soon()
         try:
@@ -293,6 +316,7 @@ class Scheduler:
         slot.downs += 1
         slot.down_since = self._clock()
         slot.lost.set()
+        self._quotas = None
         self._soon()
 
     def mark_up(self, slot: EndpointSlot, facts: EndpointFacts) -> None:
@@ -303,6 +327,7 @@ class Scheduler:
         slot.held.clear()
         slot.lost = asyncio.Event()
         self._aliases.clear()
+        self._quotas = None
         self._soon()
 
     def tick(self) -> None:
@@ -377,21 +402,111 @@ class Scheduler:
         now = self._clock()
         if not self.waiting:
             self._speculate(up, now)
+        planned = self._policy == "plan"
         while self.waiting:
             free = [slot for slot in up if slot.free]
             if not free:
                 return
-            outlook = self._outlook(up, now)
-            free.sort(key=lambda s: (not self._has_own(s), -outlook.speed[s]))
-            picked = next(
-                ((s, w) for s in free if (w := self._choose(s, outlook)) is not None), None
-            )
+            picked = self._follow(up, free, now) if planned else self._greedy(up, free, now)
+            if picked is None and (force or planned) and not any(slot.held for slot in up):
+                picked = self._fallback(up)
             if picked is None:
-                if force and not any(slot.held for slot in up):
-                    picked = self._fallback(up)
-                if picked is None:
-                    return
+                return
             self._assign(*picked, now)
+
+    # ----- the plan -----
+
+    def _follow(
+        self, up: list[EndpointSlot], free: list[EndpointSlot], now: float
+    ) -> tuple[EndpointSlot, _Waiter] | None:
+        """The next planned row for a free endpoint; plan again first if the plan is stale."""
+        if self._stale(up, free):
+            self._replan(up, now)
+        return next(((s, w) for s in free if (w := self._next_planned(s)) is not None), None)
+
+    def _stale(self, up: list[EndpointSlot], free: list[EndpointSlot]) -> bool:
+        """Whether something changed materially since the plan (and only then: no flapping)."""
+        quotas = self._quotas
+        if quotas is None or set(up) != set(self._rates) or not any(quotas.values()):
+            return True
+        row = self._row()
+        for slot, (sec_per_unit, switch_s) in self._rates.items():
+            if _moved(sec_per_unit, self._sec_per_unit(slot)) or _moved(
+                switch_s, self._switch_s(slot, row)
+            ):
+                return True
+        enough = REPLAN_WORK * self._planned_work
+        if self._added > enough:  # new rows from the look-ahead window, or rows to retry
+            return True
+        # Estimates are never exact: an endpoint waits idle with nothing planned for it.
+        idle = any(not slot.held and not quotas.get(slot) for slot in free)
+        return idle and self._added + self._taken > enough
+
+    def _replan(self, up: list[EndpointSlot], now: float) -> None:
+        row = self._row()
+        snapshot = placement.Snapshot(
+            work=tuple((group, units) for group, units in self._pending.items() if units > 0),
+            workers=tuple(
+                placement.Worker(
+                    speed=1.0 / self._sec_per_unit(slot),
+                    switch_s=self._switch_s(slot, row),
+                    loaded=frozenset({slot.target, *([None] if slot.serves(None) else [])}),
+                    busy_s=self.free_in(slot, now),
+                )
+                for slot in up
+            ),
+            row=row,
+            clock=now,
+        )
+        made = placement.plan(snapshot)
+        self._quotas = {
+            slot: deque(_Quota(share.group, share.work) for share in shares)
+            for slot, shares in zip(up, made.shares, strict=True)
+        }
+        self._rates = {slot: (self._sec_per_unit(slot), self._switch_s(slot, row)) for slot in up}
+        self._planned_work = snapshot.total
+        self._added = self._taken = 0.0
+        self.plans += 1
+        log.debug(
+            "plan %d: %.0f units over %d endpoints, %d switches, all done in %.1f s",
+            self.plans,
+            snapshot.total,
+            len(up),
+            made.switches,
+            made.makespan,
+        )
+
+    def _next_planned(self, slot: EndpointSlot) -> _Waiter | None:
+        quotas = self._quotas.get(slot) if self._quotas is not None else None
+        while quotas:
+            quota = quotas[0]
+            waiter = self._first_for(quota.group, slot)
+            if waiter is None or quota.left < waiter.cost / 2:
+                quotas.popleft()
+                continue
+            if slot.sec_per_unit is None and not slot.serves(quota.group):
+                # Not measured yet: a row of what it has loaded first, if any, for its speed.
+                own = self._first_for(slot.target, slot)
+                if own is None and slot.serves(None):
+                    own = self._first_for(None, slot)
+                if own is not None:
+                    return own
+            quota.left -= waiter.cost
+            return waiter
+        return None
+
+    def _row(self) -> float:
+        """The cost of a typical waiting row."""
+        return sum(self._pending.values()) / max(self.waiting, 1)
+
+    # ----- one row at a time (the "greedy" policy) -----
+
+    def _greedy(
+        self, up: list[EndpointSlot], free: list[EndpointSlot], now: float
+    ) -> tuple[EndpointSlot, _Waiter] | None:
+        outlook = self._outlook(up, now)
+        free.sort(key=lambda s: (not self._has_own(s), -outlook.speed[s]))
+        return next(((s, w) for s in free if (w := self._choose(s, outlook)) is not None), None)
 
     def _has_own(self, slot: EndpointSlot) -> bool:
         return bool(self._groups.get(slot.target)) or (
@@ -537,6 +652,7 @@ class Scheduler:
 
     def _assign(self, slot: EndpointSlot, waiter: _Waiter, now: float) -> None:
         self._forget(waiter)
+        self._taken += waiter.cost
         wants = slot.default if waiter.group is None else waiter.group
         spare = asyncio.get_running_loop().create_future()
         lease = Lease(slot, waiter.task, now, waiter.cost, wants != slot.target, spare)
@@ -576,6 +692,10 @@ class Scheduler:
                     waiter.future.set_exception(error)
         self._groups.clear()
         self._pending.clear()
+
+
+def _moved(planned: float, now: float) -> bool:
+    return abs(now - planned) > REPLAN_DRIFT * planned
 
 
 def _blend(old: float | None, sample: float) -> float:
