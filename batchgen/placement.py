@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ Group = str | None  # canonical checkpoint name; None: rows that name none (the 
 
 _PRECISION = 1e-4  # relative: the binary searches stop when T is known this closely
 _EPSILON = 1e-9
+_SHUFFLES_PER_SIZE = 1000  # orders tried beyond the eight above, spread over endpoints + groups
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,28 +76,36 @@ _Fill = list[list[Share]]
 
 
 def plan(snapshot: Snapshot) -> Plan:
-    """The plan with the shortest makespan the wrap-around rule finds (see the module doc)."""
+    """The plan with the shortest makespan the wrap-around rule finds (see the module doc).
+
+    Each order of endpoints and groups is a different wrap-around; an order is searched only if
+    it beats the best so far, so trying many costs little more than trying one.
+    """
     workers = snapshot.workers
     if not workers or snapshot.total <= _EPSILON:
         return Plan(tuple(() for _ in workers), max_busy(snapshot), snapshot.clock)
-    fills = [_filler(snapshot, *orders) for orders in _orders(snapshot)]
-
-    def attempt(makespan: float) -> _Fill | None:
-        return next(filter(None, (fill(makespan) for fill in fills)), None)
-
-    low = lower_bound(snapshot)
-    high = max(low, _EPSILON) * 1.25
-    while attempt(high) is None:
-        low, high = high, high * 2
-    while high - low > _PRECISION * high:
-        middle = (low + high) / 2
-        if attempt(middle) is None:
-            low = middle
-        else:
-            high = middle
-    best = attempt(high)
-    assert best is not None
-    return Plan(tuple(tuple(shares) for shares in best), high, snapshot.clock)
+    floor = lower_bound(snapshot)
+    best, shares = math.inf, None
+    for orders in _orders(snapshot):
+        fill = _filler(snapshot, *orders)
+        high = best * (1 - _PRECISION) if shares is not None else max(floor, _EPSILON) * 1.25
+        low = floor
+        found = fill(high)
+        while found is None and shares is None:
+            low, high = high, high * 2
+            found = fill(high)
+        if found is None:
+            continue
+        while high - low > _PRECISION * high:
+            middle = (low + high) / 2
+            attempt = fill(middle)
+            if attempt is None:
+                low = middle
+            else:
+                high, found = middle, attempt
+        best, shares = high, found
+    assert shares is not None
+    return Plan(tuple(tuple(mine) for mine in shares), best, snapshot.clock)
 
 
 def lower_bound(snapshot: Snapshot) -> float:
@@ -189,11 +199,18 @@ def _orders(snapshot: Snapshot) -> list[tuple[list[int], list[int], list[Group]]
     slow_first = sorted(indexes, key=lambda i: snapshot.workers[i].speed)
     fast_first = slow_first[::-1]
     big_first = [g for g, _ in sorted(snapshot.work, key=lambda item: -item[1])]
-    return list(
+    orders = list(
         itertools.product(
             (fast_first, slow_first), (slow_first, fast_first), (big_first, big_first[::-1])
         )
     )
+    shuffle = random.Random(len(indexes) * 1009 + len(big_first))  # the same plan every time
+    for _ in range(max(_SHUFFLES_PER_SIZE // (len(indexes) + len(big_first)), 0)):
+        workers, groups = list(indexes), list(big_first)
+        shuffle.shuffle(workers)
+        shuffle.shuffle(groups)
+        orders.append((shuffle.choice((fast_first, slow_first)), workers, groups))
+    return orders
 
 
 def _filler(

@@ -231,7 +231,7 @@ class Scheduler:
         self._policy = policy
         self._quotas: dict[EndpointSlot, deque[_Quota]] | None = None  # None: plan again
         self._rates: dict[EndpointSlot, tuple[float, float]] = {}  # the estimates planned with
-        self._planned_work = 0.0
+        self._planned_work = self._planned_row = 0.0
         self._added = self._taken = 0.0  # work that came in, or was handed out, since the plan
         self.plans = 0  # plans made, for the tests: a plan must not flap
         self._groups: dict[Group, deque[_Waiter]] = {}
@@ -351,6 +351,20 @@ class Scheduler:
             slot.switch_s = _blend(slot.switch_s, sample)
         elif service > 0:
             slot.sec_per_unit = _blend(slot.sec_per_unit, service / lease.cost)
+        if self._quotas is not None and self._drifted(slot):
+            self._quotas = None
+
+    def _drifted(self, slot: EndpointSlot) -> bool:
+        """Whether the estimates moved materially from those the plan was made with."""
+        # Endpoints not measured yet borrow the others' mean, which moves with any of them.
+        everyone = any(s.sec_per_unit is None or s.switch_s is None for s in self._rates)
+        for each in self._rates if everyone else [slot]:
+            sec_per_unit, switch_s = self._rates.get(each, (0.0, 0.0))
+            if _moved(sec_per_unit, self._sec_per_unit(each)) or _moved(
+                switch_s, self._switch_s(each, self._planned_row)
+            ):
+                return True
+        return False
 
     def _sec_per_unit(self, slot: EndpointSlot) -> float:
         if slot.sec_per_unit is not None:
@@ -429,12 +443,6 @@ class Scheduler:
         quotas = self._quotas
         if quotas is None or set(up) != set(self._rates) or not any(quotas.values()):
             return True
-        row = self._row()
-        for slot, (sec_per_unit, switch_s) in self._rates.items():
-            if _moved(sec_per_unit, self._sec_per_unit(slot)) or _moved(
-                switch_s, self._switch_s(slot, row)
-            ):
-                return True
         enough = REPLAN_WORK * self._planned_work
         if self._added > enough:  # new rows from the look-ahead window, or rows to retry
             return True
@@ -464,7 +472,7 @@ class Scheduler:
             for slot, shares in zip(up, made.shares, strict=True)
         }
         self._rates = {slot: (self._sec_per_unit(slot), self._switch_s(slot, row)) for slot in up}
-        self._planned_work = snapshot.total
+        self._planned_work, self._planned_row = snapshot.total, row
         self._added = self._taken = 0.0
         self.plans += 1
         log.debug(
