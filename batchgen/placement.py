@@ -192,16 +192,23 @@ def _component_work(snapshot: Snapshot, linked: dict[Group, int]) -> dict[int, f
     return work
 
 
-def _orders(snapshot: Snapshot) -> list[tuple[list[int], list[int], list[Group]]]:
-    """Orders to try: who does its loaded work first (then the others only help), who takes
-    leftover work first, which group is poured first. Cheap to try all; the first that fits wins."""
+_Orders = tuple[bool, list[int], list[int], list[Group]]
+
+
+def _orders(snapshot: Snapshot) -> list[_Orders]:
+    """Orders to try: whether endpoints do what they have loaded before the rest is poured, or
+    the groups nobody has loaded are poured first; who does its loaded work first; who takes
+    poured work first; which group is poured first. The best that fits wins."""
     indexes = range(len(snapshot.workers))
     slow_first = sorted(indexes, key=lambda i: snapshot.workers[i].speed)
     fast_first = slow_first[::-1]
     big_first = [g for g, _ in sorted(snapshot.work, key=lambda item: -item[1])]
     orders = list(
         itertools.product(
-            (fast_first, slow_first), (slow_first, fast_first), (big_first, big_first[::-1])
+            (True, False),
+            (fast_first, slow_first),
+            (slow_first, fast_first),
+            (big_first, big_first[::-1]),
         )
     )
     shuffle = random.Random(len(indexes) * 1009 + len(big_first))  # the same plan every time
@@ -209,45 +216,57 @@ def _orders(snapshot: Snapshot) -> list[tuple[list[int], list[int], list[Group]]
         workers, groups = list(indexes), list(big_first)
         shuffle.shuffle(workers)
         shuffle.shuffle(groups)
-        orders.append((shuffle.choice((fast_first, slow_first)), workers, groups))
+        first = shuffle.random() < 0.5
+        orders.append((first, shuffle.choice((fast_first, slow_first)), workers, groups))
     return orders
 
 
 def _filler(
-    snapshot: Snapshot, natives: Sequence[int], order: Sequence[int], groups: Sequence[Group]
+    snapshot: Snapshot,
+    natives_first: bool,
+    natives: Sequence[int],
+    order: Sequence[int],
+    groups: Sequence[Group],
 ) -> Callable[[float], _Fill | None]:
     workers = snapshot.workers
     work = dict(snapshot.work)
+    unloaded = [g for g in groups if not any(g in w.loaded for w in workers)]
 
     def fill(makespan: float) -> _Fill | None:
         shares: _Fill = [[] for _ in workers]
         room = [max(makespan - w.busy_s, 0.0) for w in workers]
         left = dict(work)
-        for i in natives:  # what each has loaded first
+
+        def pour(pending: list[Group]) -> bool:
+            """Wrap-around: each group in turn, into each endpoint's room in turn."""
+            queue = [g for g in pending if left[g] > _EPSILON]
+            for i in order:
+                worker = workers[i]
+                while queue:
+                    group = queue[0]
+                    usable = (room[i] - worker.switch_s) * worker.speed
+                    if usable < min(left[group], snapshot.row) - _EPSILON:
+                        break
+                    take = min(left[group], usable)
+                    shares[i].append(Share(group, take, True))
+                    room[i] -= worker.switch_s + take / worker.speed
+                    left[group] -= take
+                    if left[group] > _EPSILON:
+                        break
+                    queue.pop(0)
+            return not queue
+
+        if not natives_first and not pour(unloaded):
+            return None
+        for i in natives:
             worker = workers[i]
             for group in sorted(worker.loaded, key=str):
                 take = min(left.get(group, 0.0), room[i] * worker.speed)
                 if take > _EPSILON:
-                    shares[i].append(Share(group, take, False))
+                    shares[i].insert(0, Share(group, take, False))  # before any switch
                     left[group] -= take
                     room[i] -= take / worker.speed
-        pending = [(g, left[g]) for g in groups if left[g] > _EPSILON]
-        index = 0
-        for i in order:
-            worker = workers[i]
-            while index < len(pending):
-                group, units = pending[index]
-                usable = (room[i] - worker.switch_s) * worker.speed
-                if usable < min(units, snapshot.row) - _EPSILON:
-                    break
-                take = min(units, usable)
-                shares[i].append(Share(group, take, True))
-                room[i] -= worker.switch_s + take / worker.speed
-                if units - take > _EPSILON:
-                    pending[index] = (group, units - take)
-                    break
-                index += 1
-        return shares if index == len(pending) else None
+        return shares if pour(groups) else None
 
     return fill
 

@@ -28,7 +28,7 @@ from batchgen.plan import check_endpoints, validate
 from batchgen.records import EndpointView, Generation, Reporter, Result, RunPlan, RunSummary, Task
 from batchgen.rowindex import RowKeys
 from batchgen.run_files import close_run_log, move_aside, open_run_log, public_job
-from batchgen.scheduler import Lease, Scheduler
+from batchgen.scheduler import Lease, Policy, Scheduler
 from batchgen.sheet import read_headers, read_rows
 from batchgen.store import OutputStore, ResumeState, peek_state
 from batchgen.writer import GroupWriter
@@ -45,6 +45,7 @@ class RunOptions:
     check: bool = True  # check rows against the endpoints before sending
     window: int = 4096  # rows the scheduler may look ahead over (bounds memory)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # retry waits; tests inject
+    policy: Policy = "plan"  # how rows are spread: see scheduler.py ("greedy": the old way)
 
 
 class _Quiet:
@@ -101,7 +102,9 @@ class _Run:
         plan = validate(self.job, past, retry_failed=self.options.retry_failed)
         started = time.monotonic()
         async with open_fleet(self.job) as fleet:
-            scheduler = Scheduler(fleet.slots, wait_all_down=self.job.wait_all_down)
+            scheduler = Scheduler(
+                fleet.slots, wait_all_down=self.job.wait_all_down, policy=self.options.policy
+            )
             if self.options.check and self.job.check:
                 await check_endpoints(self.job, fleet.answering())
             if self.options.fresh:  # only now: an invalid job leaves the folder as it was

@@ -492,8 +492,9 @@ class Scheduler:
             if waiter is None or quota.left < waiter.cost / 2:
                 quotas.popleft()
                 continue
-            if slot.sec_per_unit is None and not slot.serves(quota.group):
-                # Not measured yet: a row of what it has loaded first, if any, for its speed.
+            if not slot.serves(quota.group) and not self._measured():
+                # A plan from guessed speeds may switch the wrong endpoints: while one is not
+                # measured yet, rows of what each has loaded come first, if there are any.
                 own = self._first_for(slot.target, slot)
                 if own is None and slot.serves(None):
                     own = self._first_for(None, slot)
@@ -502,6 +503,9 @@ class Scheduler:
             quota.left -= waiter.cost
             return waiter
         return None
+
+    def _measured(self) -> bool:
+        return all(slot.sec_per_unit is not None for slot in self.slots if slot.up)
 
     def _row(self) -> float:
         """The cost of a typical waiting row."""
