@@ -237,7 +237,7 @@ def _filler(
         room = [max(makespan - w.busy_s, 0.0) for w in workers]
         left = dict(work)
 
-        def pour(pending: list[Group]) -> bool:
+        def pour(pending: Sequence[Group]) -> bool:
             """Wrap-around: each group in turn, into each endpoint's room in turn."""
             queue = [g for g in pending if left[g] > _EPSILON]
             for i in order:
