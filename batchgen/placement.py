@@ -23,7 +23,7 @@ Group = str | None  # canonical checkpoint name; None: rows that name none (the 
 
 _PRECISION = 1e-4  # relative: the binary searches stop when T is known this closely
 _EPSILON = 1e-9
-_SHUFFLES_PER_SIZE = 1000  # orders tried beyond the eight above, spread over endpoints + groups
+_SHUFFLES_PER_SIZE = 300  # orders tried beyond the eight above, spread over endpoints + groups
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,10 @@ SWITCH_PRIOR_ROWS = 5.0  # a checkpoint switch costs this many rows until one is
 SPECULATE_MARGIN = 2.0  # copy a late row only if the copy would be back this many times sooner
 REPLAN_DRIFT = 0.2  # plan again when a speed or load time estimate moved this much since the plan
 REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came in or went out
+RATE_WINDOW = 9  # rows a plan's speed is the median over: one answer can be late by a whole row
+MEASURED_ROWS = 3  # rows each endpoint does on its own checkpoint before any is sent to switch
+PLAN_SWITCH_PRIOR_ROWS = 20.0  # a plan assumes loads this dear until one is measured: too dear
+# costs a little time, too cheap has endpoints switch more than once
 
 Policy = Literal["plan", "greedy"]
 
@@ -115,6 +119,9 @@ class EndpointSlot:
     switches: int = 0
     busy_s: float = 0.0
     sec_per_unit: float | None = None  # measured on rows that did not switch
+    recent: deque[float] = field(  # seconds per unit of the last of those rows
+        default_factory=lambda: deque(maxlen=RATE_WINDOW)
+    )
     switch_s: float | None = None  # measured on rows that did
     last_done: float = 0.0
     lost: asyncio.Event = field(default_factory=asyncio.Event)  # set when it leaves rotation
@@ -351,6 +358,7 @@ class Scheduler:
             slot.switch_s = _blend(slot.switch_s, sample)
         elif service > 0:
             slot.sec_per_unit = _blend(slot.sec_per_unit, service / lease.cost)
+            slot.recent.append(service / lease.cost)
         if self._quotas is not None and self._drifted(slot):
             self._quotas = None
 
@@ -360,8 +368,8 @@ class Scheduler:
         everyone = any(s.sec_per_unit is None or s.switch_s is None for s in self._rates)
         for each in self._rates if everyone else [slot]:
             sec_per_unit, switch_s = self._rates.get(each, (0.0, 0.0))
-            if _moved(sec_per_unit, self._sec_per_unit(each)) or _moved(
-                switch_s, self._switch_s(each, self._planned_row)
+            if _moved(sec_per_unit, self._steady_sec_per_unit(each)) or _moved(
+                switch_s, self._plan_switch_s(each, self._planned_row)
             ):
                 return True
         return False
@@ -370,6 +378,19 @@ class Scheduler:
         if slot.sec_per_unit is not None:
             return slot.sec_per_unit
         return self._pool_mean("sec_per_unit") or DEFAULT_SEC_PER_UNIT
+
+    def _steady_sec_per_unit(self, slot: EndpointSlot) -> float:
+        """Seconds per cost unit, the median of the last rows: steadier than the running
+        estimate, which follows each answer and would have a plan remade at every late one."""
+        if not slot.recent:
+            return self._sec_per_unit(slot)
+        return statistics.median(slot.recent)
+
+    def _plan_switch_s(self, slot: EndpointSlot, cost: float) -> float:
+        if slot.switch_s is None and self._pool_mean("switch_s") is None:
+            mean = statistics.fmean(self._steady_sec_per_unit(s) for s in self.slots if s.up)
+            return PLAN_SWITCH_PRIOR_ROWS * cost * mean
+        return self._switch_s(slot, cost)
 
     def _switch_s(self, slot: EndpointSlot, cost: float) -> float:
         if slot.switch_s is not None:
@@ -456,8 +477,8 @@ class Scheduler:
             work=tuple((group, units) for group, units in self._pending.items() if units > 0),
             workers=tuple(
                 placement.Worker(
-                    speed=1.0 / self._sec_per_unit(slot),
-                    switch_s=self._switch_s(slot, row),
+                    speed=1.0 / self._steady_sec_per_unit(slot),
+                    switch_s=self._plan_switch_s(slot, row),
                     loaded=frozenset({slot.target, *([None] if slot.serves(None) else [])}),
                     busy_s=self.free_in(slot, now),
                 )
@@ -471,17 +492,24 @@ class Scheduler:
             slot: deque(_Quota(share.group, share.work) for share in shares)
             for slot, shares in zip(up, made.shares, strict=True)
         }
-        self._rates = {slot: (self._sec_per_unit(slot), self._switch_s(slot, row)) for slot in up}
+        self._rates = {
+            slot: (self._steady_sec_per_unit(slot), self._plan_switch_s(slot, row)) for slot in up
+        }
         self._planned_work, self._planned_row = snapshot.total, row
         self._added = self._taken = 0.0
         self.plans += 1
         log.debug(
-            "plan %d: %.0f units over %d endpoints, %d switches, all done in %.1f s",
+            "plan %d: %.0f units over %d endpoints, %d switches, all done in %.2f s: %s",
             self.plans,
             snapshot.total,
             len(up),
             made.switches,
             made.makespan,
+            "; ".join(
+                f"{slot.name} ({worker.speed:.0f}/s, {worker.busy_s:.2f} s held) "
+                + ", ".join(f"{'*' * share.switch}{share.group} {share.work:.0f}" for share in mine)
+                for slot, worker, mine in zip(up, snapshot.workers, made.shares, strict=True)
+            ),
         )
 
     def _next_planned(self, slot: EndpointSlot) -> _Waiter | None:
@@ -492,9 +520,9 @@ class Scheduler:
             if waiter is None or quota.left < waiter.cost / 2:
                 quotas.popleft()
                 continue
-            if not slot.serves(quota.group) and not self._measured():
-                # A plan from guessed speeds may switch the wrong endpoints: while one is not
-                # measured yet, rows of what each has loaded come first, if there are any.
+            if not slot.serves(quota.group) and not self._ready_to_switch():
+                # A plan from guessed speeds may switch the wrong endpoints: until they are
+                # measured, rows of what each has loaded come first, if there are any.
                 own = self._first_for(slot.target, slot)
                 if own is None and slot.serves(None):
                     own = self._first_for(None, slot)
@@ -504,8 +532,9 @@ class Scheduler:
             return waiter
         return None
 
-    def _measured(self) -> bool:
-        return all(slot.sec_per_unit is not None for slot in self.slots if slot.up)
+    def _ready_to_switch(self) -> bool:
+        """Every endpoint's speed is measured (load times are assumed dear until one is)."""
+        return all(len(slot.recent) >= MEASURED_ROWS for slot in self.slots if slot.up)
 
     def _row(self) -> float:
         """The cost of a typical waiting row."""
