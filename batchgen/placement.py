@@ -105,7 +105,9 @@ def plan(snapshot: Snapshot) -> Plan:
                 high, found = middle, attempt
         best, shares = high, found
     assert shares is not None
-    return Plan(tuple(tuple(mine) for mine in shares), best, snapshot.clock)
+    return Plan(
+        tuple(tuple(mine) for mine in shares), max(best, max_busy(snapshot)), snapshot.clock
+    )
 
 
 def lower_bound(snapshot: Snapshot) -> float:
