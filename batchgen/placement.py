@@ -273,10 +273,15 @@ def _filler(
     return fill
 
 
+def ends(snapshot: Snapshot, shares: Sequence[Sequence[Share]]) -> list[float]:
+    """When each worker ends if its shares are done exactly (no rounding to rows)."""
+    return [
+        worker.busy_s
+        + sum(s.work / worker.speed + (worker.switch_s if s.switch else 0.0) for s in mine)
+        for worker, mine in zip(snapshot.workers, shares, strict=True)
+    ]
+
+
 def fluid_makespan(snapshot: Snapshot, shares: Sequence[Sequence[Share]]) -> float:
-    """When the last worker ends if the shares are done exactly (no rounding to rows)."""
-    end = 0.0
-    for worker, mine in zip(snapshot.workers, shares, strict=True):
-        seconds = sum(s.work / worker.speed + (worker.switch_s if s.switch else 0.0) for s in mine)
-        end = max(end, worker.busy_s + seconds)
-    return end if math.isfinite(end) else math.inf
+    """When the last worker ends if the shares are done exactly."""
+    return max(ends(snapshot, shares), default=0.0)

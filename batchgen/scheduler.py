@@ -37,7 +37,8 @@ DEFAULT_SEC_PER_UNIT = 0.05  # a 20-step 512x512 image in 1 s, until an endpoint
 SWITCH_PRIOR_ROWS = 5.0  # a checkpoint switch costs this many rows until one is measured
 SPECULATE_MARGIN = 2.0  # copy a late row only if the copy would be back this many times sooner
 REPLAN_DRIFT = 0.2  # plan again when a speed or load time estimate moved this much since the plan
-REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came in or went out
+REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came in
+REPLAN_OFF = 0.1  # ... or when an endpoint runs out this share of the plan's span off its end
 RATE_WINDOW = 9  # rows a plan's speed is the median over: one answer can be late by a whole row
 MEASURED_ROWS = 3  # rows each endpoint does on its own checkpoint before any is sent to switch
 PLAN_SWITCH_PRIOR_ROWS = 20.0  # a plan assumes loads this dear until one is measured: too dear
@@ -239,7 +240,9 @@ class Scheduler:
         self._quotas: dict[EndpointSlot, deque[_Quota]] | None = None  # None: plan again
         self._rates: dict[EndpointSlot, tuple[float, float]] = {}  # the estimates planned with
         self._planned_work = self._planned_row = 0.0
-        self._added = self._taken = 0.0  # work that came in, or was handed out, since the plan
+        self._ends: dict[EndpointSlot, float] = {}  # when each endpoint should run out of rows
+        self._span = 0.0  # seconds from the plan to its end
+        self._added = 0.0  # work that came in since the plan
         self.plans = 0  # plans made, for the tests: a plan must not flap
         self._groups: dict[Group, deque[_Waiter]] = {}
         self._pending: dict[Group, float] = {}  # cost of the rows waiting, by group
@@ -455,21 +458,26 @@ class Scheduler:
         self, up: list[EndpointSlot], free: list[EndpointSlot], now: float
     ) -> tuple[EndpointSlot, _Waiter] | None:
         """The next planned row for a free endpoint; plan again first if the plan is stale."""
-        if self._stale(up, free):
+        if self._stale(up, free, now):
             self._replan(up, now)
         return next(((s, w) for s in free if (w := self._next_planned(s)) is not None), None)
 
-    def _stale(self, up: list[EndpointSlot], free: list[EndpointSlot]) -> bool:
+    def _stale(self, up: list[EndpointSlot], free: list[EndpointSlot], now: float) -> bool:
         """Whether something changed materially since the plan (and only then: no flapping)."""
         quotas = self._quotas
         if quotas is None or set(up) != set(self._rates) or not any(quotas.values()):
             return True
-        enough = REPLAN_WORK * self._planned_work
-        if self._added > enough:  # new rows from the look-ahead window, or rows to retry
+        if self._added > REPLAN_WORK * self._planned_work:  # new rows, or rows to retry
             return True
-        # Estimates are never exact: an endpoint waits idle with nothing planned for it.
-        idle = any(not slot.held and not quotas.get(slot) for slot in free)
-        return idle and self._added + self._taken > enough
+        # Estimates are never exact: an endpoint ran out of planned rows well before the plan
+        # said it would, or the plan's end is well past and rows still wait.
+        off = REPLAN_OFF * self._span
+        return any(
+            not slot.held
+            and not quotas.get(slot)
+            and (now < self._ends[slot] - off or now > max(self._ends.values()) + off)
+            for slot in free
+        )
 
     def _replan(self, up: list[EndpointSlot], now: float) -> None:
         row = self._row()
@@ -496,7 +504,12 @@ class Scheduler:
             slot: (self._steady_sec_per_unit(slot), self._plan_switch_s(slot, row)) for slot in up
         }
         self._planned_work, self._planned_row = snapshot.total, row
-        self._added = self._taken = 0.0
+        self._added = 0.0
+        self._ends = {
+            slot: now + end
+            for slot, end in zip(up, placement.ends(snapshot, made.shares), strict=True)
+        }
+        self._span = made.makespan
         self.plans += 1
         log.debug(
             "plan %d: %.0f units over %d endpoints, %d switches, all done in %.2f s: %s",
@@ -693,7 +706,6 @@ class Scheduler:
 
     def _assign(self, slot: EndpointSlot, waiter: _Waiter, now: float) -> None:
         self._forget(waiter)
-        self._taken += waiter.cost
         wants = slot.default if waiter.group is None else waiter.group
         spare = asyncio.get_running_loop().create_future()
         lease = Lease(slot, waiter.task, now, waiter.cost, wants != slot.target, spare)

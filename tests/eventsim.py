@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from batchgen import placement
 from batchgen.records import Generation, Task
-from batchgen.scheduler import EndpointSlot, Lease, Policy, Scheduler, row_cost
+from batchgen.scheduler import MEASURED_ROWS, EndpointSlot, Lease, Policy, Scheduler, row_cost
 
 BODY = {"prompt": "p", "steps": 20, "width": 512, "height": 512}
 UNITS = row_cost(BODY)  # the cost of every row in the scenarios
@@ -115,6 +115,7 @@ async def play(scenario: Scenario, policy: Policy = "plan", *, known: bool = Fal
         slot.loaded = slot.default = slot.target = loaded
         if known:
             slot.sec_per_unit = scenario.row_s / speed / UNITS
+            slot.recent.extend([slot.sec_per_unit] * MEASURED_ROWS)
             slot.switch_s = scenario.switch_s
         slots.append(slot)
     servers = [
