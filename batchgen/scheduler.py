@@ -41,8 +41,7 @@ REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came 
 REPLAN_OFF = 0.1  # ... or when an endpoint runs out this share of the plan's span off its end
 RATE_WINDOW = 9  # rows a plan's speed is the median over: one answer can be late by a whole row
 MEASURED_ROWS = 4  # rows each endpoint does on its own checkpoint before any is sent to switch
-PLAN_SWITCH_PRIOR_ROWS = 20.0  # a plan assumes loads this dear until one is measured: too dear
-# costs a little time, too cheap has endpoints switch more than once
+PLAN_SWITCH_PRIOR_ROWS = 20.0  # plans assume loads this dear until one is measured (see README)
 
 Policy = Literal["plan", "greedy"]
 
@@ -473,10 +472,9 @@ class Scheduler:
         # Estimates are never exact: an endpoint ran out of planned rows well before the plan
         # said it would, or the plan's end is well past and rows still wait.
         off = REPLAN_OFF * self._span
+        late = now > max(self._ends.values()) + off
         return any(
-            not slot.held
-            and not quotas.get(slot)
-            and (now < self._ends[slot] - off or now > max(self._ends.values()) + off)
+            not slot.held and not quotas.get(slot) and (late or now < self._ends[slot] - off)
             for slot in free
         )
 
@@ -537,9 +535,7 @@ class Scheduler:
             if not slot.serves(quota.group) and not self._ready_to_switch():
                 # A plan from guessed speeds may switch the wrong endpoints: until they are
                 # measured, rows of what each has loaded come first, if there are any.
-                own = self._first_for(slot.target, slot)
-                if own is None and slot.serves(None):
-                    own = self._first_for(None, slot)
+                own = self._own_row(slot)
                 if own is not None:
                     return own
             quota.left -= waiter.cost
@@ -547,8 +543,21 @@ class Scheduler:
         return None
 
     def _ready_to_switch(self) -> bool:
-        """Every endpoint's speed is measured (load times are assumed dear until one is)."""
-        return all(len(slot.recent) >= MEASURED_ROWS for slot in self.slots if slot.up)
+        """Every endpoint that has rows to do is measured (load times are assumed dear until one
+        is); one with nothing of its own waits for the plan to send it some."""
+        return not any(
+            slot.up
+            and len(slot.recent) < MEASURED_ROWS
+            and (slot.held or self._own_row(slot) is not None)
+            for slot in self.slots
+        )
+
+    def _own_row(self, slot: EndpointSlot) -> _Waiter | None:
+        """A waiting row the endpoint can run without loading a checkpoint."""
+        own = self._first_for(slot.target, slot)
+        if own is None and slot.serves(None):
+            own = self._first_for(None, slot)
+        return own
 
     def _row(self) -> float:
         """The cost of a typical waiting row."""
