@@ -3,24 +3,27 @@ each makespan next to the lower bound, the planner next to the greedy scheduler 
 
 from __future__ import annotations
 
+import asyncio
 import random
 import statistics
 
 import pytest
 from eventsim import Outcome, Scenario, play, random_scenario
 
-SMALL = {"endpoints": (2, 8), "checkpoints": (1, 6), "rows": (40, 300)}
-SCENARIOS = [random_scenario(random.Random(seed), **SMALL) for seed in range(100)]  # type: ignore[arg-type]
+from batchgen.scheduler import Policy
+
+SCENARIOS = [
+    random_scenario(random.Random(seed), endpoints=(2, 8), checkpoints=(1, 6), rows=(40, 300))
+    for seed in range(100)
+]
 
 
-async def play_all(policy: str, *, known: bool) -> list[Outcome]:
-    return [await play(scenario, policy, known=known) for scenario in SCENARIOS]  # type: ignore[arg-type]
+async def play_all(policy: Policy, *, known: bool) -> list[Outcome]:
+    return [await play(scenario, policy, known=known) for scenario in SCENARIOS]
 
 
 @pytest.fixture(scope="module")
 def planned() -> list[Outcome]:
-    import asyncio
-
     return asyncio.run(play_all("plan", known=True))
 
 
@@ -33,8 +36,6 @@ def test_every_row_is_answered_once_and_switches_stay_bounded(planned: list[Outc
 def test_the_planner_is_near_the_bound_and_beats_the_greedy_scheduler(
     planned: list[Outcome],
 ) -> None:
-    import asyncio
-
     greedy = asyncio.run(play_all("greedy", known=True))
     plan_ratios = [outcome.ratio for outcome in planned]
     greedy_ratios = [outcome.ratio for outcome in greedy]
