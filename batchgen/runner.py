@@ -43,7 +43,7 @@ from batchgen.records import (
 )
 from batchgen.rowindex import RowKeys
 from batchgen.run_files import close_run_log, move_aside, open_run_log, public_job
-from batchgen.scheduler import Lease, Scheduler
+from batchgen.scheduler import Lease, Policy, Scheduler
 from batchgen.shards import keeps, write_shard_plan
 from batchgen.sheet import read_headers
 from batchgen.store import DONE, SIMULATED, OutputStore, ResumeState, peek_state
@@ -65,6 +65,7 @@ class RunOptions:
     check: bool = True  # check rows against the endpoints before sending
     window: int = 4096  # rows the scheduler may look ahead over (bounds memory)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # retry waits; tests inject
+    policy: Policy = "plan"  # how rows are spread: see scheduler.py ("greedy": the old way)
 
 
 class _Quiet:
@@ -144,7 +145,9 @@ class _Run:
             if checking:  # raises with the sheet's problems, if any, beside the servers'
                 await check_endpoints(self.job, fleet.answering(), sheet_problems)
             plan = plan.on(fleet.simulators(), retry_failed=self.options.retry_failed)
-            scheduler = Scheduler(fleet.slots, wait_all_down=self.job.wait_all_down)
+            scheduler = Scheduler(
+                fleet.slots, wait_all_down=self.job.wait_all_down, policy=self.options.policy
+            )
             if self.options.fresh:  # only now: an invalid job leaves the folder as it was
                 move_aside(self.job.out_dir)
             state = self.store.open()

@@ -1,9 +1,12 @@
 """Who gets what next: rows wait here, grouped by checkpoint, until an endpoint takes one.
 
-A freed endpoint keeps to the checkpoint it has loaded while that pays; when it must switch it
-joins the group that would otherwise finish last. Speeds and switch costs are learned from the
-responses, and an endpoint takes another row only if it would finish it before the others could
-(so a slow endpoint never holds the last rows). See the README, "How batchgen spreads rows".
+Speeds and switch costs are learned from the responses. With the default policy, "plan", a plan
+(placement.py) says which endpoint serves which groups, in what order and how much of each; a
+freed endpoint takes its next planned row, and the plan is made again when something changes
+materially. The older policy, "greedy", decides one row at a time: a freed endpoint keeps to the
+checkpoint it has loaded while that pays, and when it must switch it joins the group that would
+otherwise finish last. Either way an idle endpoint at the run's tail copies a late row. See the
+README, "How batchgen spreads rows".
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from batchgen import placement
 from batchgen.client import EndpointClient, ServerState
 from batchgen.errors import NoEndpointError
 from batchgen.inventory import CheckpointIndex
+from batchgen.placement import Group
 from batchgen.records import Generation, Task
 
 log = logging.getLogger(__name__)
@@ -31,9 +36,15 @@ SPEED_ALPHA = 0.3  # weight of the newest sample in the running estimates
 DEFAULT_SEC_PER_UNIT = 0.05  # a 20-step 512x512 image in 1 s, until an endpoint is measured
 SWITCH_PRIOR_ROWS = 5.0  # a checkpoint switch costs this many rows until one is measured
 SPECULATE_MARGIN = 2.0  # copy a late row only if the copy would be back this many times sooner
+REPLAN_DRIFT = 0.2  # plan again when a speed or load time estimate moved this much since the plan
+REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came in
+REPLAN_OFF = 0.1  # ... or when an endpoint runs out this share of the plan's span off its end
+RATE_WINDOW = 9  # rows a plan's speed is the median over: one answer can be late by a whole row
+MEASURED_ROWS = 4  # rows each endpoint does on its own checkpoint before any is sent to switch
+PLAN_SWITCH_PRIOR_ROWS = 20.0  # plans assume loads this dear until one is measured (see README)
 
 Failure = Literal["endpoint", "request"]
-Group = str | None  # canonical checkpoint name; None: the row names none (or one no server has)
+Policy = Literal["plan", "greedy"]
 
 
 def checkpoint_name(value: str | None) -> str | None:
@@ -109,6 +120,9 @@ class EndpointSlot:
     switches: int = 0
     busy_s: float = 0.0
     sec_per_unit: float | None = None  # measured on rows that did not switch
+    recent: deque[float] = field(  # seconds per unit of the last of those rows
+        default_factory=lambda: deque(maxlen=RATE_WINDOW)
+    )
     switch_s: float | None = None  # measured on rows that did
     last_done: float = 0.0
     lost: asyncio.Event = field(default_factory=asyncio.Event)  # set when it leaves rotation
@@ -155,6 +169,14 @@ class _Waiter:
     future: asyncio.Future[Lease] = field(repr=False)
     group: Group
     cost: float
+
+
+@dataclass(eq=False, slots=True)
+class _Quota:
+    """Work (in cost units) of one group that the plan still has one endpoint do."""
+
+    group: Group
+    left: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,10 +231,19 @@ class Scheduler:
         *,
         wait_all_down: float,
         clock: Callable[[], float] = time.monotonic,
+        policy: Policy = "plan",
     ) -> None:
         self.slots = list(slots)
         self._wait_all_down = wait_all_down
         self._clock = clock
+        self._policy = policy
+        self._quotas: dict[EndpointSlot, deque[_Quota]] | None = None  # None: plan again
+        self._rates: dict[EndpointSlot, tuple[float, float]] = {}  # the estimates planned with
+        self._planned_work = self._planned_row = 0.0
+        self._ends: dict[EndpointSlot, float] = {}  # when each endpoint should run out of rows
+        self._span = 0.0  # seconds from the plan to its end
+        self._added = 0.0  # work that came in since the plan
+        self.plans = 0  # plans made, for the tests: a plan must not flap
         self._groups: dict[Group, deque[_Waiter]] = {}
         self._pending: dict[Group, float] = {}  # cost of the rows waiting, by group
         self._expected: set[int] = set()
@@ -245,6 +276,7 @@ class Scheduler:
         if waiter.avoid:
             self._retries.append(waiter)
         self._pending[group] = self._pending.get(group, 0.0) + waiter.cost
+        self._added += waiter.cost
         self._expected.discard(task.row)
         self._soon()
         try:
@@ -305,6 +337,7 @@ class Scheduler:
         slot.downs += 1
         slot.down_since = self._clock()
         slot.lost.set()
+        self._quotas = None
         self._soon()
 
     def mark_up(self, slot: EndpointSlot, facts: EndpointFacts) -> None:
@@ -315,6 +348,7 @@ class Scheduler:
         slot.held.clear()
         slot.lost = asyncio.Event()
         self._aliases.clear()
+        self._quotas = None
         self._soon()
 
     def tick(self) -> None:
@@ -338,11 +372,40 @@ class Scheduler:
             slot.switch_s = _blend(slot.switch_s, sample)
         elif service > 0:
             slot.sec_per_unit = _blend(slot.sec_per_unit, service / lease.cost)
+            if slot.done > 1:  # the first answer also carries the connection's and server's start
+                slot.recent.append(service / lease.cost)
+        if self._quotas is not None and self._drifted(slot):
+            self._quotas = None
+
+    def _drifted(self, slot: EndpointSlot) -> bool:
+        """Whether the estimates moved materially from those the plan was made with."""
+        # Endpoints not measured yet borrow the others' mean, which moves with any of them.
+        everyone = any(s.sec_per_unit is None or s.switch_s is None for s in self._rates)
+        for each in self._rates if everyone else [slot]:
+            sec_per_unit, switch_s = self._rates.get(each, (0.0, 0.0))
+            if _moved(sec_per_unit, self._steady_sec_per_unit(each)) or _moved(
+                switch_s, self._plan_switch_s(each, self._planned_row)
+            ):
+                return True
+        return False
 
     def _sec_per_unit(self, slot: EndpointSlot) -> float:
         if slot.sec_per_unit is not None:
             return slot.sec_per_unit
         return self._pool_mean("sec_per_unit") or DEFAULT_SEC_PER_UNIT
+
+    def _steady_sec_per_unit(self, slot: EndpointSlot) -> float:
+        """Seconds per cost unit, the median of the last rows: steadier than the running
+        estimate, which follows each answer and would have a plan remade at every late one."""
+        if not slot.recent:
+            return self._sec_per_unit(slot)
+        return statistics.median(slot.recent)
+
+    def _plan_switch_s(self, slot: EndpointSlot, cost: float) -> float:
+        if slot.switch_s is None and self._pool_mean("switch_s") is None:
+            mean = statistics.fmean(self._steady_sec_per_unit(s) for s in self.slots if s.up)
+            return PLAN_SWITCH_PRIOR_ROWS * cost * mean
+        return self._switch_s(slot, cost)
 
     def _switch_s(self, slot: EndpointSlot, cost: float) -> float:
         if slot.switch_s is not None:
@@ -389,21 +452,145 @@ class Scheduler:
         now = self._clock()
         if not self.waiting:
             self._speculate(up, now)
+        planned = self._policy == "plan"
         while self.waiting:
             free = [slot for slot in up if slot.free]
             if not free:
                 return
-            outlook = self._outlook(up, now)
-            free.sort(key=lambda s: (not self._has_own(s), -outlook.speed[s]))
-            picked = next(
-                ((s, w) for s in free if (w := self._choose(s, outlook)) is not None), None
-            )
+            picked = self._follow(up, free, now) if planned else self._greedy(up, free, now)
+            if picked is None and (force or planned) and not any(slot.held for slot in up):
+                picked = self._fallback(up)
             if picked is None:
-                if force and not any(slot.held for slot in up):
-                    picked = self._fallback(up)
-                if picked is None:
-                    return
+                return
             self._assign(*picked, now)
+
+    # ----- the plan -----
+
+    def _follow(
+        self, up: list[EndpointSlot], free: list[EndpointSlot], now: float
+    ) -> tuple[EndpointSlot, _Waiter] | None:
+        """The next planned row for a free endpoint; plan again first if the plan is stale."""
+        retried = next(((s, w) for s in free if (w := self._retry_for(s)) is not None), None)
+        if retried is not None:
+            return retried
+        if self._stale(up, free, now):
+            self._replan(up, now)
+        return next(((s, w) for s in free if (w := self._next_planned(s)) is not None), None)
+
+    def _stale(self, up: list[EndpointSlot], free: list[EndpointSlot], now: float) -> bool:
+        """Whether something changed materially since the plan (and only then: no flapping)."""
+        quotas = self._quotas
+        if quotas is None or set(up) != set(self._rates) or not any(quotas.values()):
+            return True
+        if self._added > REPLAN_WORK * self._planned_work:  # new rows, or rows to retry
+            return True
+        # Estimates are never exact: an endpoint ran out of planned rows well before the plan
+        # said it would, or the plan's end is well past and rows still wait.
+        off = REPLAN_OFF * self._span
+        late = now > max(self._ends.values()) + off
+        return any(
+            not slot.held and not quotas.get(slot) and (late or now < self._ends[slot] - off)
+            for slot in free
+        )
+
+    def _replan(self, up: list[EndpointSlot], now: float) -> None:
+        row = self._row()
+        snapshot = placement.Snapshot(
+            work=tuple((group, units) for group, units in self._pending.items() if units > 0),
+            workers=tuple(
+                placement.Worker(
+                    speed=1.0 / self._steady_sec_per_unit(slot),
+                    switch_s=self._plan_switch_s(slot, row),
+                    loaded=frozenset({slot.target, *([None] if slot.serves(None) else [])}),
+                    busy_s=self.free_in(slot, now),
+                )
+                for slot in up
+            ),
+            row=row,
+            clock=now,
+        )
+        made = placement.plan(snapshot)
+        self._quotas = {
+            slot: deque(_Quota(share.group, share.work) for share in shares)
+            for slot, shares in zip(up, made.shares, strict=True)
+        }
+        self._rates = {
+            slot: (self._steady_sec_per_unit(slot), self._plan_switch_s(slot, row)) for slot in up
+        }
+        self._planned_work, self._planned_row = snapshot.total, row
+        self._added = 0.0
+        self._ends = {
+            slot: now + end
+            for slot, end in zip(up, placement.ends(snapshot, made.shares), strict=True)
+        }
+        self._span = made.makespan
+        self.plans += 1
+        log.debug(
+            "plan %d: %.0f units over %d endpoints, %d switches, all done in %.2f s: %s",
+            self.plans,
+            snapshot.total,
+            len(up),
+            made.switches,
+            made.makespan,
+            "; ".join(
+                f"{slot.name} ({worker.speed:.0f}/s, {worker.busy_s:.2f} s held) "
+                + ", ".join(f"{'*' * share.switch}{share.group} {share.work:.0f}" for share in mine)
+                for slot, worker, mine in zip(up, snapshot.workers, made.shares, strict=True)
+            ),
+        )
+
+    def _next_planned(self, slot: EndpointSlot) -> _Waiter | None:
+        quotas = self._quotas.get(slot) if self._quotas is not None else None
+        while quotas:
+            quota = quotas[0]
+            waiter = self._first_for(quota.group, slot)
+            if waiter is None or quota.left < waiter.cost / 2:
+                quotas.popleft()
+                continue
+            if not slot.serves(quota.group) and not self._ready_to_switch():
+                # A plan from guessed speeds may switch the wrong endpoints: until they are
+                # measured, rows of what each has loaded come first, if there are any.
+                own = self._own_row(slot)
+                if own is not None:
+                    return own
+            quota.left -= waiter.cost
+            return waiter
+        return None
+
+    def _ready_to_switch(self) -> bool:
+        """Every endpoint that has rows to do is measured (load times are assumed dear until one
+        is); one with nothing of its own waits for the plan to send it some."""
+        return not any(
+            slot.up
+            and len(slot.recent) < MEASURED_ROWS
+            and (slot.held or self._own_row(slot) is not None)
+            for slot in self.slots
+        )
+
+    def _own_row(self, slot: EndpointSlot) -> _Waiter | None:
+        """A waiting row the endpoint can run without loading a checkpoint."""
+        own = self._first_for(slot.target, slot)
+        if own is None and slot.serves(None):
+            own = self._first_for(None, slot)
+        return own
+
+    def _row(self) -> float:
+        """The cost of a typical waiting row."""
+        return sum(self._pending.values()) / max(self.waiting, 1)
+
+    # ----- one row at a time (the "greedy" policy) -----
+
+    def _greedy(
+        self, up: list[EndpointSlot], free: list[EndpointSlot], now: float
+    ) -> tuple[EndpointSlot, _Waiter] | None:
+        outlook = self._outlook(up, now)
+        free.sort(key=lambda s: (not self._has_own(s), -outlook.speed[s]))
+        return next(((s, w) for s in free if (w := self._choose(s, outlook)) is not None), None)
+
+    def _retry_for(self, slot: EndpointSlot) -> _Waiter | None:
+        """A row that failed elsewhere goes to the first free endpoint it does not avoid: the
+        estimates and the plan would often leave it to the endpoint it must not go back to."""
+        return next((w for w in self._retries if slot.name not in w.avoid), None)
 
     def _has_own(self, slot: EndpointSlot) -> bool:
         return bool(self._groups.get(slot.target)) or (
@@ -411,9 +598,7 @@ class Scheduler:
         )
 
     def _choose(self, slot: EndpointSlot, outlook: _Outlook) -> _Waiter | None:
-        # A row that failed elsewhere goes to the first free endpoint it does not avoid: the
-        # estimates below would often leave it to the endpoint it must not go back to.
-        retry = next((w for w in self._retries if slot.name not in w.avoid), None)
+        retry = self._retry_for(slot)
         if retry is not None:
             return retry
         mine = outlook.busy[slot]
@@ -597,6 +782,10 @@ class Scheduler:
         self._groups.clear()
         self._pending.clear()
         self._retries.clear()
+
+
+def _moved(planned: float, now: float) -> bool:
+    return abs(now - planned) > REPLAN_DRIFT * planned
 
 
 def _blend(old: float | None, sample: float) -> float:

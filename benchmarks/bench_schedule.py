@@ -1,10 +1,12 @@
 """Scheduling benchmark: makespan and checkpoint switches on simulators of different speeds.
 
-    python benchmarks/bench_schedule.py [--rows 800] [--seed 1]
+    python benchmarks/bench_schedule.py [--rows 800] [--seed 1] [--scale 1]
 
-Four simulator endpoints (speeds 1, 1, 2, 4; a switch costs several generations), a sheet whose
-rows name 4 checkpoints in random order. Three runs, each on freshly started simulators:
-  1. batchgen's scheduler (run_batch);
+Four simulator endpoints (speeds 1, 1, 2, 4; a switch costs 20 rows at speed 1), a sheet whose
+rows name 4 checkpoints in random order; --scale 5 makes every time 5x longer. Runs, each on
+freshly started simulators:
+  1. batchgen with the planner (policy "plan", the default) and with the one-row-at-a-time
+     scheduler it replaced (policy "greedy"), --repeat times each, alternately;
   2. a naive baseline in the same process: rows in sheet order, round robin, 2 in flight each;
   3. batchgen again, with the fastest endpoint killed mid-run and restarted later.
 Makespan is measured from the manifest (first row sent to last row back); switches are read from
@@ -32,13 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchhelp import free_port
+from benchhelp import exact_bound, free_port
 
+from batchgen import placement
 from batchgen.client import EndpointClient, resolve_endpoint
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
 from batchgen.payload import PayloadBuilder
 from batchgen.records import Task
 from batchgen.runner import RunOptions, run_batch
+from batchgen.scheduler import Policy
 from batchgen.sheet import read_headers, read_rows
 
 MODELS = ("alpha.safetensors", "beta.safetensors", "gamma.safetensors", "delta.safetensors")
@@ -162,9 +166,12 @@ def clients_for(
     ]
 
 
-async def run_batchgen(args: argparse.Namespace, sheet: Path, out: Path) -> Figures:
+async def run_batchgen(
+    args: argparse.Namespace, sheet: Path, out: Path, policy: Policy = "plan"
+) -> Figures:
     async with simulators(args) as sims:
-        await run_batch(job_for(sheet, out, [sim.url for sim in sims]), RunOptions())
+        job = job_for(sheet, out, [sim.url for sim in sims])
+        await run_batch(job, RunOptions(policy=policy))
         makespan, ok = manifest_figures(out)
         return Figures(makespan, await switches(sims), ok)
 
@@ -276,16 +283,33 @@ def lower_bound(rows: int, loaded_rows: int, rates: Sequence[float], switch_s: f
     return best
 
 
+def exact_optimum(sheet: Path, rates: Sequence[float], switch_s: float) -> float | None:
+    """The best makespan if every row took exactly its endpoint's measured time (or None
+    without scipy): the same lower bound as `lower_bound`, without letting work split freely."""
+    counts: dict[str, float] = {}
+    for row in read_rows(sheet, None):
+        counts[row.cells["model"]] = counts.get(row.cells["model"], 0.0) + 1
+    first = MODELS[0][:-12]
+    workers = tuple(placement.Worker(rate, switch_s, frozenset({first})) for rate in rates)
+    return exact_bound(placement.Snapshot(tuple(counts.items()), workers), seconds=30.0)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=800)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ms-per-step", type=float, default=2.0)  # 40 ms a row at speed 1
-    parser.add_argument("--switch-s", type=float, default=0.2)  # 5 rows at speed 1, 20 at 4
+    parser.add_argument("--switch-rows", type=float, default=20.0)  # a load, in rows at speed 1
+    parser.add_argument("--scale", type=float, default=1.0, help="every time this many x longer")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each policy")
     parser.add_argument("--down-s", type=float, default=1.5)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-kill", action="store_true")
     parser.add_argument("--keep", help="write the outputs here instead of a temporary folder")
     args = parser.parse_args()
+    args.ms_per_step *= args.scale
+    args.switch_s = args.switch_rows * STEPS * args.ms_per_step / 1000
+    args.down_s *= args.scale
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger().handlers[0].setLevel(logging.ERROR)
     bound = len(MODELS) + len(SPEEDS)
@@ -308,16 +332,32 @@ async def main() -> None:
         loaded = sum(1 for row in read_rows(sheet, None) if row.cells["model"] == "alpha")
         best = lower_bound(args.rows, loaded, rates, args.switch_s)
         naive_best = lower_bound(args.rows, loaded, nominal, args.switch_s)
+        exact = exact_optimum(sheet, rates, args.switch_s)
         print(
             f"ideal makespan: {best:.2f} s at the measured rates ({naive_best:.2f} s at the "
             f"time model's); switch bound: {len(MODELS)} checkpoints + {len(SPEEDS)} endpoints "
             f"= {bound}"
         )
-        ours = await run_batchgen(args, sheet, base / "ours")
-        print(
-            f"batchgen: makespan {ours.makespan:.2f} s ({ours.makespan / best:.3f} x ideal), "
-            f"{ours.switches} switches (bound {bound}), {ours.ok} rows ok"
-        )
+        if exact is not None:
+            print(
+                f"exact ideal: {exact:.2f} s at the measured rates: the fluid optimum when an "
+                "endpoint must load a checkpoint before its rows (a mixed-integer program)"
+            )
+            best = max(best, exact)
+        figures: dict[Policy, list[Figures]] = {"greedy": [], "plan": []}
+        for attempt in range(args.repeat):
+            for policy in figures:
+                out = base / f"{policy}-{attempt}"
+                figures[policy].append(await run_batchgen(args, sheet, out, policy))
+        for policy, runs in figures.items():
+            name = "before (greedy)" if policy == "greedy" else "after (plan)"
+            for run in runs:
+                print(
+                    f"batchgen {name:<16} makespan {run.makespan:.2f} s "
+                    f"({run.makespan / best:.3f} x ideal), {run.switches} switches "
+                    f"(bound {bound}), {run.ok} rows ok"
+                )
+        ours = figures["plan"][0]
         if not args.skip_naive:
             naive = await run_naive(args, sheet)
             print(
@@ -328,6 +368,8 @@ async def main() -> None:
                 f"batchgen vs naive: makespan {naive.makespan / ours.makespan:.1f}x shorter, "
                 f"{naive.switches / max(ours.switches, 1):.0f}x fewer switches"
             )
+        if args.skip_kill:
+            return
         killed = await run_with_kill(args, sheet, base / "killed")
         print(
             f"fastest endpoint killed after 1/8 of the rows, back {args.down_s:g} s later: "

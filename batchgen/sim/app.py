@@ -274,6 +274,13 @@ class SimApp:
         return await self._generate(request, "img2img")
 
     async def _generate(self, request: web.Request, route: str) -> web.StreamResponse:
+        self.stats.request_started()
+        try:
+            return await self._generate_counted(request, route)
+        finally:
+            self.stats.request_ended()
+
+    async def _generate_counted(self, request: web.Request, route: str) -> web.StreamResponse:
         body = self.validator.parse_json(await request.read(), request.headers.get("Content-Type"))
         self.stats.record_body(route, body)
         req = self.validator.validate(body, fields_for(route, self.config.flavor))

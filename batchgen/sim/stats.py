@@ -21,6 +21,15 @@ class SimStats:
     faults: Counter[str] = field(default_factory=Counter)
     history: list[dict[str, Any]] = field(default_factory=list)
     routes: list[str] = field(default_factory=list)
+    in_flight: int = 0  # generation requests received and not yet answered
+    peak_in_flight: int = 0  # the most there ever were at once
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def request_ended(self) -> None:
+        self.in_flight -= 1
 
     def record_body(self, route: str, body: Any) -> None:
         self.history.append(body if isinstance(body, dict) else {"_raw": body})
@@ -45,5 +54,6 @@ class SimStats:
             "switches": self.switches,
             "per_checkpoint": dict(self.per_checkpoint),
             "faults": dict(self.faults),
+            "peak_in_flight": self.peak_in_flight,
             "received": received,
         }
