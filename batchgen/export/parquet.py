@@ -1,0 +1,86 @@
+"""parquet: shards NNNNNN.parquet with an `image` column in the `datasets` Image layout.
+
+The layout is a struct of `bytes` and `path`, and the schema carries the `datasets` features
+(key b"huggingface"), so `load_dataset("parquet", ...)` decodes the column to PIL images.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchgen.export.dest import Destination
+from batchgen.export.options import ExportOptions, Progress, Written
+from batchgen.export.samples import ExportPlan, Sample
+from batchgen.export.shards import Shard, cut_shards
+
+ROW_GROUP_BYTES = 32 << 20  # images held in memory at once, whatever the number of images
+ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def write_parquet(
+    plan: ExportPlan, dest: Destination, options: ExportOptions, progress: Progress
+) -> Written:
+    schema = _schema(plan)
+    shards = cut_shards(
+        plan.samples,
+        ".parquet",
+        max_count=options.max_per_shard,
+        max_bytes=options.max_shard_bytes,
+        weight=lambda sample: sample.size,
+    )
+    written = kept = 0
+    for shard in shards:
+        if dest.exists(shard.name):  # shards appear only whole
+            kept += 1
+            progress(len(shard.samples))
+            continue
+        with dest.open_whole(shard.name) as handle:
+            _write_shard(shard, schema, handle, progress)
+        written += 1
+    return Written(written, kept)
+
+
+def _schema(plan: ExportPlan) -> pa.Schema:
+    columns = plan.columns
+    fields = [pa.field("image", IMAGE)]
+    fields += [pa.field(name, ARROW_TYPES[kind]) for name, kind in columns.items()]
+    features: dict[str, Any] = {"image": {"_type": "Image"}}
+    features.update({name: {"dtype": kind, "_type": "Value"} for name, kind in columns.items()})
+    info = json.dumps({"info": {"features": features}}, sort_keys=True)
+    return pa.schema(fields, metadata={b"huggingface": info.encode()})
+
+
+def _write_shard(shard: Shard, schema: pa.Schema, handle: IO[bytes], progress: Progress) -> None:
+    names = [name for name in schema.names if name != "image"]
+    with pq.ParquetWriter(
+        handle,
+        schema,
+        compression="snappy",
+        use_dictionary=names,  # not the image bytes: each is unique
+        write_statistics=names,
+    ) as writer:
+        for group in _row_groups(shard):
+            images = [{"bytes": s.source.read_bytes(), "path": s.file_name} for s in group]
+            columns: dict[str, list[Any]] = {"image": images}
+            columns.update({name: [s.metadata[name] for s in group] for name in names})
+            writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+            progress(len(group))
+
+
+def _row_groups(shard: Shard) -> Iterator[list[Sample]]:
+    group: list[Sample] = []
+    size = 0
+    for sample in shard.samples:
+        if group and size + sample.size > ROW_GROUP_BYTES:
+            yield group
+            group, size = [], 0
+        group.append(sample)
+        size += sample.size
+    if group:
+        yield group
