@@ -91,7 +91,7 @@ def dataset_card(plan: ExportPlan, options: ExportOptions, fingerprint: str) -> 
     ]
     lines += [
         "",
-        f"Export fingerprint (the samples, their metadata and the export settings): `{fingerprint}`",
+        f"Export fingerprint (samples, metadata and export settings): `{fingerprint}`",
         "",
         "## Columns",
         "",

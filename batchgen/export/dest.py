@@ -7,7 +7,7 @@ import os
 import posixpath
 import shutil
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, Any
 
 from batchgen.errors import ConfigError
@@ -89,7 +89,7 @@ class Destination:
             handle.write(data)
 
     def copy_in(self, source: str, name: str, *, sync: bool = True) -> None:
-        """An image file copied whole; locally without fsync when `sync` is off (see imagefolder)."""
+        """A file copied in whole; locally without fsync when `sync` is off (see imagefolder)."""
         if not self.local:
             self.fs.put_file(source, self.path(name))
             return
@@ -124,10 +124,8 @@ class Destination:
 
 
 def _remove(path: str) -> None:
-    try:
+    with suppress(FileNotFoundError):
         os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _first_line(error: BaseException) -> str:

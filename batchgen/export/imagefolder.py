@@ -1,4 +1,4 @@
-"""imagefolder: the images, metadata.jsonl per split (file_name first), optional NAME.txt captions."""
+"""imagefolder: the images, metadata.jsonl per split (file_name first), NAME.txt captions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Run folders in, the samples to export out: one frozen `Sample` per image of a row that ended ok."""
+"""Run folders in, samples out: one frozen `Sample` per image of a row that ended ok."""
 
 from __future__ import annotations
 
