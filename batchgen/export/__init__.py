@@ -5,7 +5,7 @@ of a row that ended ok; a format writer (imagefolder, webdataset, parquet) puts 
 folder or an fsspec URL, one whole file at a time; the dataset card (README.md) is written last.
 """
 
-from batchgen.export.options import FORMATS, ExportOptions
+from batchgen.export.options import FORMATS, ExportOptions, parse_size
 from batchgen.export.run import ExportSummary, export_runs
 
-__all__ = ["FORMATS", "ExportOptions", "ExportSummary", "export_runs"]
+__all__ = ["FORMATS", "ExportOptions", "ExportSummary", "export_runs", "parse_size"]

@@ -107,7 +107,7 @@ def dataset_card(plan: ExportPlan, options: ExportOptions, fingerprint: str) -> 
         "## Make it again",
         "",
         "```",
-        options.command,
+        options.command(),
         "```",
         "",
     ]

@@ -12,7 +12,7 @@ from batchgen.errors import BatchgenError, ConfigError
 from batchgen.export.card import dataset_card
 from batchgen.export.dest import PARTIAL, STATE_FILE, Destination
 from batchgen.export.imagefolder import write_imagefolder
-from batchgen.export.options import ExportOptions, FormatWriter, Progress, Written
+from batchgen.export.options import ExportOptions, FormatWriter, Progress, Watcher, Written
 from batchgen.export.parquet import write_parquet
 from batchgen.export.samples import ExportPlan, plan_export
 from batchgen.export.webdataset import write_webdataset
@@ -26,6 +26,18 @@ WRITERS: dict[str, FormatWriter] = {
     "parquet": write_parquet,
 }
 SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
+
+
+def _dest_errors() -> tuple[type[BaseException], ...]:
+    """What a DEST backend raises: OSError, and botocore's own errors (no credentials...)."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return (OSError, ValueError)
+    return (OSError, ValueError, BotoCoreError)
+
+
+DEST_ERRORS = _dest_errors()
 
 
 class ExportWriteError(BatchgenError):
@@ -56,7 +68,7 @@ class ExportSummary:
         )
 
 
-def export_runs(options: ExportOptions, progress: Progress | None = None) -> ExportSummary:
+def export_runs(options: ExportOptions, watch: Watcher | None = None) -> ExportSummary:
     """Export the ok images of the runs to DEST; every problem found before writing raises."""
     started = time.monotonic()
     plan = plan_export(options.runs, options.split_by)
@@ -70,9 +82,10 @@ def export_runs(options: ExportOptions, progress: Progress | None = None) -> Exp
     log.info("exporting %d images to %s as %s", len(plan.samples), options.to, options.format)
     try:
         dest.remove_partials()
-        written = WRITERS[options.format](plan, dest, options, progress or _no_progress)
+        progress = _counter(len(plan.samples), watch) if watch else _no_progress
+        written = WRITERS[options.format](plan, dest, options, progress)
         dest.put_bytes(CARD, dataset_card(plan, options, fingerprint).encode())
-    except OSError as error:
+    except DEST_ERRORS as error:
         raise ExportWriteError(
             f"--to {options.to}: writing failed ({_scrubbed(error)}); the files there are "
             "whole, run the same command again to finish"
@@ -100,7 +113,7 @@ def _claim(dest: Destination, options: ExportOptions, fingerprint: str) -> None:
         if state is None:
             data = {"fingerprint": fingerprint, "format": options.format}
             dest.put_bytes(STATE_FILE, json.dumps(data, sort_keys=True).encode() + b"\n")
-    except (OSError, ValueError) as error:
+    except DEST_ERRORS as error:
         raise ConfigError(
             f"--to {options.to}: cannot write there ({_scrubbed(error)}); check that the folder "
             "or bucket exists and that you may write to it; nothing was exported"
@@ -115,6 +128,17 @@ def _scrubbed(error: BaseException) -> str:
         if value:
             text = text.replace(value, "***")
     return text
+
+
+def _counter(total: int, watch: Watcher) -> Progress:
+    done = 0
+
+    def progress(count: int) -> None:
+        nonlocal done
+        done += count
+        watch(done, total)
+
+    return progress
 
 
 def _no_progress(_: int) -> None:
