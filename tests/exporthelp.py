@@ -32,10 +32,15 @@ def rows(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def make_run(folder: Path, count: int, config: SimConfig | None = None) -> Path:
+def make_run(
+    folder: Path,
+    count: int,
+    config: SimConfig | None = None,
+    sheet_rows: list[dict[str, Any]] | None = None,
+) -> Path:
     """A run folder made by a real run against an in-process simulator; its output folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    sheet = write_sheet(folder / "rows.csv", rows(count))
+    sheet = write_sheet(folder / "rows.csv", sheet_rows or rows(count))
 
     async def run() -> None:
         async with SimServer(config or SimConfig()) as sim:
