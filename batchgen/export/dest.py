@@ -68,8 +68,16 @@ class Destination:
         """A file to write `name` into; it appears under its name only if the block ends cleanly."""
         target = self.path(name)
         if not self.local:
-            with self.fs.open(target, "wb") as handle:
+            handle = self.fs.open(target, "wb")
+            try:
                 yield handle
+            except BaseException:
+                # fsspec's close (run by __exit__ and __del__ too) would upload the half written:
+                # abort the upload and mark the file closed so that nothing commits it.
+                handle.discard()
+                handle.closed = True
+                raise
+            handle.close()
             return
         folder, base = os.path.split(target)
         os.makedirs(folder, exist_ok=True)

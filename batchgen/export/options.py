@@ -32,7 +32,7 @@ class ExportOptions:
     captions: bool = False  # imagefolder: NAME.txt beside each image
     split_by: str | None = None
     max_per_shard: int = 10_000
-    max_shard_bytes: int = 1 << 30
+    max_shard_bytes: int = 1_000_000_000  # the CLI's 1GB
 
     def __post_init__(self) -> None:
         if self.captions and self.format != "imagefolder":
@@ -48,6 +48,9 @@ class ExportOptions:
         data = asdict(self)
         for name in ("runs", "to"):
             data.pop(name)
+        if self.format == "imagefolder":  # one file per image: shard limits change nothing
+            data.pop("max_per_shard")
+            data.pop("max_shard_bytes")
         return data
 
     def command(self) -> str:
