@@ -100,3 +100,37 @@ def test_exporting_a_finished_export_again_rewrites_only_the_card(
 
     assert files(dest) == before
     assert (again.written.written, again.written.kept) == (1, first.written.written - 1)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "victim"), [("webdataset", "000001.tar"), ("parquet", "000001.parquet")]
+)
+def test_a_shard_cut_short_by_a_power_cut_is_written_again(
+    run_dir: Path, tmp_path: Path, fmt: str, victim: str
+) -> None:
+    dest = tmp_path / "ds"
+    options = ExportOptions((run_dir,), fmt, str(dest), max_per_shard=3)  # type: ignore[arg-type]
+    export_runs(options)
+    whole = files(dest)
+    # Nothing is fsynced: after a power cut a renamed shard may be shorter than it was written.
+    with (dest / victim).open("r+b") as shard:
+        shard.truncate(len(whole[victim]) // 2)
+    (dest / "README.md").unlink()
+
+    summary = export_runs(options)
+
+    assert files(dest) == whole
+    assert summary.written.written == 2  # the shard and the card
+
+
+def test_an_image_cut_short_is_copied_again(run_dir: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "ds"
+    options = ExportOptions((run_dir,), "imagefolder", str(dest))
+    export_runs(options)
+    whole = files(dest)
+    victim = sorted(dest.glob("*.png"))[3]
+    victim.write_bytes(victim.read_bytes()[:100])
+
+    export_runs(options)
+
+    assert files(dest) == whole

@@ -20,7 +20,9 @@ class Destination:
     """DEST as a file system and a root; a file shows under its name only once it is whole.
 
     Local files are written beside their name and renamed; object stores make an object visible
-    only when its upload completes, so there a file is written straight to its name.
+    only when its upload completes, so there a file is written straight to its name. Like
+    `tar cf`, nothing is fsynced: an export is derived data, and after a power cut the writers
+    check each file they would keep (its size, or its footer) before trusting it.
     """
 
     def __init__(self, url: str) -> None:
@@ -85,8 +87,6 @@ class Destination:
         try:
             with open(partial, "wb") as handle:
                 yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
             os.replace(partial, target)
         except BaseException:
             _remove(partial)
@@ -96,8 +96,8 @@ class Destination:
         with self.open_whole(name) as handle:
             handle.write(data)
 
-    def copy_in(self, source: str, name: str, *, sync: bool = True) -> None:
-        """A file copied in whole; locally without fsync when `sync` is off (see imagefolder)."""
+    def copy_in(self, source: str, name: str) -> None:
+        """A file copied in whole."""
         if not self.local:
             self.fs.put_file(source, self.path(name))
             return
@@ -107,9 +107,6 @@ class Destination:
         partial = os.path.join(folder, PARTIAL + base)
         try:
             shutil.copyfile(source, partial)  # sendfile on Linux: no copy through Python
-            if sync:
-                with open(partial, "rb") as written:
-                    os.fsync(written.fileno())
             os.replace(partial, target)
         except BaseException:
             _remove(partial)

@@ -16,12 +16,10 @@ def write_imagefolder(
     written = kept = 0
     for sample in plan.samples:
         name = _in_split(sample, sample.file_name)
-        # Each image is renamed into place whole but not fsynced one by one (tar cf does not
-        # either); a resumed export trusts a file only if its size is the source's.
-        if dest.size(name) == sample.size:
+        if dest.size(name) == sample.size:  # kept from an earlier attempt
             kept += 1
         else:
-            dest.copy_in(str(sample.source), name, sync=False)
+            dest.copy_in(str(sample.source), name)
             written += 1
         if options.captions:
             caption = _in_split(sample, sample.key + ".txt")

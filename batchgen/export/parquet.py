@@ -7,6 +7,7 @@ The layout is a struct of `bytes` and `path`, and the schema carries the `datase
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -36,7 +37,7 @@ def write_parquet(
     )
     written = kept = 0
     for shard in shards:
-        if dest.exists(shard.name):  # shards appear only whole
+        if _is_whole(dest, shard):  # kept from an earlier attempt
             kept += 1
             progress(len(shard.samples))
             continue
@@ -44,6 +45,18 @@ def write_parquet(
             _write_shard(shard, schema, handle, progress)
         written += 1
     return Written(written, kept)
+
+
+def _is_whole(dest: Destination, shard: Shard) -> bool:
+    """The shard is there with its footer and every row (a power cut may leave less)."""
+    if not dest.exists(shard.name):
+        return False
+    try:
+        with dest.fs.open(dest.path(shard.name), "rb") as handle:
+            rows: int = pq.ParquetFile(handle).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return False
+    return rows == len(shard.samples)
 
 
 def _schema(plan: ExportPlan) -> pa.Schema:
@@ -61,16 +74,37 @@ def _write_shard(shard: Shard, schema: pa.Schema, handle: IO[bytes], progress: P
     with pq.ParquetWriter(
         handle,
         schema,
-        compression="snappy",
+        compression={"image.bytes": "NONE", **dict.fromkeys(["image.path", *names], "SNAPPY")},
         use_dictionary=names,  # not the image bytes: each is unique
         write_statistics=names,
     ) as writer:
         for group in _row_groups(shard):
-            images = [{"bytes": s.source.read_bytes(), "path": s.file_name} for s in group]
-            columns: dict[str, list[Any]] = {"image": images}
-            columns.update({name: [s.metadata[name] for s in group] for name in names})
-            writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+            # Arrays built column by column: from_pydict over dicts of bytes is 3x slower.
+            images = pa.StructArray.from_arrays(
+                [_read_images(group), pa.array([s.file_name for s in group], pa.string())],
+                fields=list(IMAGE),
+            )
+            columns = [images] + [
+                pa.array([s.metadata[name] for s in group], schema.field(name).type)
+                for name in names
+            ]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
             progress(len(group))
+
+
+def _read_images(group: list[Sample]) -> pa.Array:
+    """The group's image files read straight into one arrow buffer (no copy per image)."""
+    data = bytearray(sum(sample.size for sample in group))
+    view = memoryview(data)
+    offsets = [0]
+    for sample in group:
+        end = offsets[-1] + sample.size
+        with sample.source.open("rb", buffering=0) as image:
+            if image.readinto(view[offsets[-1] : end]) != sample.size or image.read(1):
+                raise OSError(f"{sample.source} changed size while being exported")
+        offsets.append(end)
+    bounds = pa.py_buffer(array("i", offsets).tobytes())
+    return pa.Array.from_buffers(pa.binary(), len(group), [None, bounds, pa.py_buffer(data)])
 
 
 def _row_groups(shard: Shard) -> Iterator[list[Sample]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import tarfile
 from typing import IO
 
@@ -27,7 +26,7 @@ def write_webdataset(
     )
     written = kept = 0
     for shard in shards:
-        if dest.exists(shard.name):  # shards appear only whole
+        if dest.size(shard.name) == _shard_bytes(shard):  # kept from an earlier attempt
             kept += 1
         else:
             with dest.open_whole(shard.name) as handle:
@@ -39,29 +38,48 @@ def write_webdataset(
 
 
 def _write_tar(shard: Shard, handle: IO[bytes], progress: Progress) -> None:
-    with tarfile.open(fileobj=handle, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-        for sample in shard.samples:
-            with sample.source.open("rb") as image:
-                tar.addfile(_member(sample.file_name, sample.size), image)
-            for suffix, data in _texts(sample):
-                tar.addfile(_member(sample.key + suffix, len(data)), io.BytesIO(data))
-            progress(1)
+    """A tar archive written one member at a time in one write each, as tar lays it out.
+
+    (tarfile's stream mode copies in 10 KB records, at half the speed of `tar cf`.)
+    """
+    size = 0
+    for sample in shard.samples:
+        for name, data in ((sample.file_name, sample.source.read_bytes()), *_texts(sample)):
+            header = _header(name, len(data))
+            handle.write(header)
+            handle.write(data)
+            handle.write(bytes(-len(data) % BLOCK))
+            size += len(header) + len(data) + (-len(data) % BLOCK)
+        progress(1)
+    end = 2 * BLOCK  # two zero blocks, then zeros up to a whole record, as tar writes them
+    handle.write(bytes(end + (-(size + end) % tarfile.RECORDSIZE)))
 
 
 def _texts(sample: Sample) -> tuple[tuple[str, bytes], ...]:
-    return ((".json", metadata_line(sample)), (".txt", sample.text.encode()))
+    return (
+        (f"{sample.key}.json", metadata_line(sample)),
+        (f"{sample.key}.txt", sample.text.encode()),
+    )
 
 
-def _member(name: str, size: int) -> tarfile.TarInfo:
+def _header(name: str, size: int) -> bytes:
+    """A ustar header (pax only for a name ustar cannot hold), with no clock or owner in it."""
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = FIXED_MTIME
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+def _shard_bytes(shard: Shard) -> int:
+    """The shard's exact size: a resumed export keeps a shard only if it has this size."""
+    size = sum(_tar_bytes(sample) for sample in shard.samples) + 2 * BLOCK
+    return size + -size % tarfile.RECORDSIZE
 
 
 def _tar_bytes(sample: Sample) -> int:
-    sizes = [sample.size, *(len(data) for _, data in _texts(sample))]
-    return sum(BLOCK + -(-size // BLOCK) * BLOCK for size in sizes)
+    members = [(sample.file_name, sample.size)]
+    members += [(name, len(data)) for name, data in _texts(sample)]
+    return sum(len(_header(name, size)) + -(-size // BLOCK) * BLOCK for name, size in members)
