@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from array import array
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 import pyarrow as pa
@@ -78,10 +79,10 @@ def _write_shard(shard: Shard, schema: pa.Schema, handle: IO[bytes], progress: P
         use_dictionary=names,  # not the image bytes: each is unique
         write_statistics=names,
     ) as writer:
-        for group in _row_groups(shard):
+        for group, image_bytes in _read_ahead(_row_groups(shard)):
             # Arrays built column by column: from_pydict over dicts of bytes is 3x slower.
             images = pa.StructArray.from_arrays(
-                [_read_images(group), pa.array([s.file_name for s in group], pa.string())],
+                [image_bytes, pa.array([s.file_name for s in group], pa.string())],
                 fields=list(IMAGE),
             )
             columns = [images] + [
@@ -90,6 +91,20 @@ def _write_shard(shard: Shard, schema: pa.Schema, handle: IO[bytes], progress: P
             ]
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
             progress(len(group))
+
+
+def _read_ahead(groups: Iterator[list[Sample]]) -> Iterator[tuple[list[Sample], pa.Array]]:
+    """Each group with its images, the next group read while this one is written (both calls
+    release the GIL); two groups in memory at most."""
+    with ThreadPoolExecutor(1, thread_name_prefix="batchgen-export") as reader:
+        group = next(groups, None)
+        pending = reader.submit(_read_images, group) if group else None
+        while group is not None and pending is not None:
+            following = next(groups, None)
+            images = pending.result()
+            pending = reader.submit(_read_images, following) if following else None
+            yield group, images
+            group = following
 
 
 def _read_images(group: list[Sample]) -> pa.Array:
