@@ -126,3 +126,11 @@ def test_a_split_value_that_is_a_path_exits_2_naming_row_and_column(tmp_path: Pa
     assert result.exit_code == 2
     assert "row 3, column 'split': split '../../escape' is not a plain name" in result.output
     assert not (tmp_path / "ds").exists() and not (tmp_path / "escape").exists()
+
+
+def test_a_password_in_the_dest_url_is_never_shown(run_dir: Path) -> None:
+    result = export(run_dir, "--format", "parquet", "--to", "http://user:hunter2@127.0.0.1:9/ds")
+
+    assert result.exit_code == 2
+    assert "--to http://127.0.0.1:9/ds: cannot write there" in result.output
+    assert "hunter2" not in result.output

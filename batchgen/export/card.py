@@ -101,7 +101,7 @@ def dataset_card(plan: ExportPlan, options: ExportOptions, fingerprint: str) -> 
         "",
         "```python",
         "from datasets import load_dataset",
-        LOADS[options.format].replace("DEST", options.to),
+        LOADS[options.format].replace("DEST", options.shown_to),
         "```",
         "",
         "## Make it again",

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import IO, Any
 
+from batchgen.client import redact_url
 from batchgen.errors import ConfigError
 
 STATE_FILE = ".batchgen-export.json"  # hidden: dataset loaders skip names starting with a dot
@@ -30,14 +31,16 @@ class Destination:
             import fsspec
             from fsspec.implementations.local import LocalFileSystem
         except ImportError as error:  # pragma: no cover - fsspec is a dependency
-            raise ConfigError(f"--to {url}: fsspec is not installed ({error})") from None
+            raise ConfigError(
+                f"--to {redact_url(url)}: fsspec is not installed ({error})"
+            ) from None
         try:
             fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as error:
-            extra = url.split("://", 1)[0]
+            scheme = url.split("://", 1)[0]
             raise ConfigError(
-                f"--to {url}: no file system for it ({_first_line(error)}); for s3:// install "
-                f"'batchgen[s3]', for {extra}:// the fsspec backend for it"
+                f"--to {redact_url(url)}: no file system for it ({_first_line(error)}); for "
+                f"s3:// install 'batchgen[s3]', for {scheme}:// the fsspec backend for it"
             ) from None
         self.url = url
         self.fs = fs

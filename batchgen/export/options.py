@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from batchgen.client import redact_url
 from batchgen.errors import ConfigError
 from batchgen.export.dest import Destination
 from batchgen.export.samples import ExportPlan
@@ -53,10 +54,15 @@ class ExportOptions:
             data.pop("max_shard_bytes")
         return data
 
+    @property
+    def shown_to(self) -> str:
+        """DEST as it may be shown: a URL's user:password part left out."""
+        return redact_url(self.to)
+
     def command(self) -> str:
         """The command line that makes this export again."""
         words = ["batchgen", "export", *map(str, self.runs), "--format", self.format]
-        words += ["--to", self.to]
+        words += ["--to", self.shown_to]
         if self.captions:
             words.append("--captions")
         if self.split_by:

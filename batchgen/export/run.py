@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from batchgen.errors import BatchgenError, ConfigError
 from batchgen.export.card import dataset_card
@@ -29,12 +30,14 @@ SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
 
 
 def _dest_errors() -> tuple[type[BaseException], ...]:
-    """What a DEST backend raises: OSError, and botocore's own errors (no credentials...)."""
+    """What a DEST backend raises: OSError, NotImplementedError (a backend that cannot write, such
+    as http://), and botocore's own errors (no credentials...)."""
+    found: tuple[type[BaseException], ...] = (OSError, ValueError, NotImplementedError)
     try:
         from botocore.exceptions import BotoCoreError
     except ImportError:
-        return (OSError, ValueError)
-    return (OSError, ValueError, BotoCoreError)
+        return found
+    return (*found, BotoCoreError)
 
 
 DEST_ERRORS = _dest_errors()
@@ -79,7 +82,7 @@ def export_runs(options: ExportOptions, watch: Watcher | None = None) -> ExportS
     dest = Destination(options.to)
     fingerprint = plan.fingerprint(options.settings())
     _claim(dest, options, fingerprint)
-    log.info("exporting %d images to %s as %s", len(plan.samples), options.to, options.format)
+    log.info("exporting %d images to %s as %s", len(plan.samples), options.shown_to, options.format)
     try:
         dest.remove_partials()
         progress = _counter(len(plan.samples), watch) if watch else _no_progress
@@ -87,11 +90,11 @@ def export_runs(options: ExportOptions, watch: Watcher | None = None) -> ExportS
         dest.put_bytes(CARD, dataset_card(plan, options, fingerprint).encode())
     except DEST_ERRORS as error:
         raise ExportWriteError(
-            f"--to {options.to}: writing failed ({_scrubbed(error)}); the files there are "
-            "whole, run the same command again to finish"
+            f"{_failed(options, 'writing failed', error)}; the files there are whole, run the "
+            "same command again to finish"
         ) from None
     return ExportSummary(
-        options.to,
+        options.shown_to,
         options.format,
         plan,
         Written(written.written + 1, written.kept),
@@ -106,8 +109,8 @@ def _claim(dest: Destination, options: ExportOptions, fingerprint: str) -> None:
         state = dest.read_state()
         if names and (state is None or state.get("fingerprint") != fingerprint):
             raise ConfigError(
-                f"--to {options.to}: it already holds {len(names):,} file(s) of something else "
-                "(another export, or other settings); choose an empty folder or prefix, or "
+                f"--to {options.shown_to}: it already holds {len(names):,} file(s) of something "
+                "else (another export, or other settings); choose an empty folder or prefix, or "
                 "remove it first"
             )
         if state is None:
@@ -115,19 +118,19 @@ def _claim(dest: Destination, options: ExportOptions, fingerprint: str) -> None:
             dest.put_bytes(STATE_FILE, json.dumps(data, sort_keys=True).encode() + b"\n")
     except DEST_ERRORS as error:
         raise ConfigError(
-            f"--to {options.to}: cannot write there ({_scrubbed(error)}); check that the folder "
-            "or bucket exists and that you may write to it; nothing was exported"
+            f"{_failed(options, 'cannot write there', error)}; check that the folder or bucket "
+            "exists and that you may write to it; nothing was exported"
         ) from None
 
 
-def _scrubbed(error: BaseException) -> str:
-    """The error's text without any credential from the environment in it."""
+def _failed(options: ExportOptions, what: str, error: BaseException) -> str:
+    """`--to DEST: what (why)`, without a credential from the environment or DEST's URL."""
     text = str(error) or type(error).__name__
-    for name in SECRETS:
-        value = os.environ.get(name)
-        if value:
-            text = text.replace(value, "***")
-    return text
+    secrets = [os.environ.get(name) for name in SECRETS] + [urlsplit(options.to).password]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return f"--to {options.shown_to}: {what} ({text})"
 
 
 def _counter(total: int, watch: Watcher) -> Progress:
