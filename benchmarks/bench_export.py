@@ -33,6 +33,7 @@ from pathlib import Path
 
 FORMATS = ("imagefolder", "webdataset", "parquet")
 DISTINCT = 64
+FIVE_BITS = bytes(value & 0x1F for value in range(256))  # 5 random bits a channel: ~0.6 MB a PNG
 
 
 def main() -> None:
@@ -95,7 +96,7 @@ def _make_run(run: Path, count: int) -> Path:
     images.mkdir(parents=True)
     distinct = []
     for index in range(DISTINCT):
-        noise = bytes(b & 0x1F for b in os.urandom(512 * 512 * 3))  # 5 bits a channel
+        noise = os.urandom(512 * 512 * 3).translate(FIVE_BITS)  # barely compresses
         buffer = io.BytesIO()
         Image.frombytes("RGB", (512, 512), noise).save(buffer, "PNG", compress_level=1)
         data = buffer.getvalue()

@@ -134,3 +134,15 @@ def test_a_password_in_the_dest_url_is_never_shown(run_dir: Path) -> None:
     assert result.exit_code == 2
     assert "--to http://127.0.0.1:9/ds: cannot write there" in result.output
     assert "hunter2" not in result.output
+
+
+def test_runs_without_an_ok_row_exit_2(tmp_path: Path) -> None:
+    from batchgen.sim import SimConfig
+
+    run = make_run(tmp_path / "run", 2, SimConfig(fail_rate=1.0))
+
+    result = export(run, "--format", "webdataset", "--to", tmp_path / "ds")
+
+    assert result.exit_code == 2
+    assert "nothing to export: no row of" in result.output
+    assert not (tmp_path / "ds").exists()

@@ -32,7 +32,7 @@ SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
 def _dest_errors() -> tuple[type[BaseException], ...]:
     """What a DEST backend raises: OSError, NotImplementedError (a backend that cannot write, such
     as http://), and botocore's own errors (no credentials...)."""
-    found: tuple[type[BaseException], ...] = (OSError, ValueError, NotImplementedError)
+    found: tuple[type[BaseException], ...] = (OSError, NotImplementedError)
     try:
         from botocore.exceptions import BotoCoreError
     except ImportError:
