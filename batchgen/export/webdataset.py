@@ -75,11 +75,17 @@ def _header(name: str, size: int) -> bytes:
 
 def _shard_bytes(shard: Shard) -> int:
     """The shard's exact size: a resumed export keeps a shard only if it has this size."""
-    size = sum(_tar_bytes(sample) for sample in shard.samples) + 2 * BLOCK
+    size = shard.weight + 2 * BLOCK  # cut_shards summed _tar_bytes
     return size + -size % tarfile.RECORDSIZE
 
 
 def _tar_bytes(sample: Sample) -> int:
     members = [(sample.file_name, sample.size)]
     members += [(name, len(data)) for name, data in _texts(sample)]
-    return sum(len(_header(name, size)) + -(-size // BLOCK) * BLOCK for name, size in members)
+    return sum(_header_bytes(name, size) + -(-size // BLOCK) * BLOCK for name, size in members)
+
+
+def _header_bytes(name: str, size: int) -> int:
+    if name.isascii() and len(name) < 100:  # fits ustar's name field: one block, no pax
+        return BLOCK
+    return len(_header(name, size))
