@@ -196,3 +196,37 @@ def test_exporting_twice_gives_byte_identical_files(
 
     assert files(dest) == first
     assert len(first) > 4
+
+
+def test_prompts_seeds_and_schedule_the_server_reported_win_over_the_request(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """A newer manifest records what the server used per image; export prefers it."""
+    import dataclasses
+    import shutil
+
+    from batchgen.manifest import MANIFEST, latest_records
+
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    lines = []
+    for record in latest_records(copy).values():
+        count = len(record.images)
+        used = {
+            "all_prompts": [f"{record.payload['prompt']}, styled {i}" for i in range(count)],
+            "all_negative_prompts": [f"bad hands {i}" for i in range(count)],
+            "all_subseeds": [1000 + i for i in range(count)],
+            "infotexts": ["x\nSteps: 3, Sampler: Euler a, Schedule type: Karras"] * count,
+        }
+        lines.append(dataclasses.replace(record, unknown=used).to_line())
+    (copy / MANIFEST).write_bytes(b"".join(lines))
+
+    export_runs(ExportOptions((copy,), "parquet", str(tmp_path / "ds")))
+
+    table = pq.read_table(tmp_path / "ds" / "000000.parquet").to_pylist()
+    assert len(table) == len(ok_images(run_dir))
+    for item in table:
+        index = int(item["text"].rsplit(" ", 1)[1])
+        assert item["text"].endswith(f", styled {index}")
+        assert item["negative_prompt"] == f"bad hands {index}"
+        assert item["subseed"] == 1000 + index
+        assert item["scheduler"] == "Karras"

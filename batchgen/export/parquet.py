@@ -42,8 +42,8 @@ def write_parquet(
             kept += 1
             progress(len(shard.samples))
             continue
-        with dest.open_whole(shard.name) as handle:
-            _write_shard(shard, schema, handle, progress)
+        with dest.whole_sink(shard.name) as sink:  # a local path: 2x faster than a Python file
+            _write_shard(shard, schema, sink, progress)
         written += 1
     return Written(written, kept)
 
@@ -70,10 +70,12 @@ def _schema(plan: ExportPlan) -> pa.Schema:
     return pa.schema(fields, metadata={b"huggingface": info.encode()})
 
 
-def _write_shard(shard: Shard, schema: pa.Schema, handle: IO[bytes], progress: Progress) -> None:
+def _write_shard(
+    shard: Shard, schema: pa.Schema, sink: str | IO[bytes], progress: Progress
+) -> None:
     names = [name for name in schema.names if name != "image"]
     with pq.ParquetWriter(
-        handle,
+        sink,
         schema,
         compression={"image.bytes": "NONE", **dict.fromkeys(["image.path", *names], "SNAPPY")},
         use_dictionary=names,  # not the image bytes: each is unique
@@ -108,8 +110,12 @@ def _read_ahead(groups: Iterator[list[Sample]]) -> Iterator[tuple[list[Sample], 
 
 
 def _read_images(group: list[Sample]) -> pa.Array:
-    """The group's image files read straight into one arrow buffer (no copy per image)."""
-    data = bytearray(sum(sample.size for sample in group))
+    """The group's image files read straight into one arrow buffer (no copy per image).
+
+    The buffer comes from arrow's pool, which reuses its memory: a fresh bytearray per group
+    costs page faults and zeroing that made reading slower than all of `tar cf`.
+    """
+    data = pa.allocate_buffer(sum(sample.size for sample in group))
     view = memoryview(data)
     offsets = [0]
     for sample in group:
@@ -119,7 +125,7 @@ def _read_images(group: list[Sample]) -> pa.Array:
                 raise OSError(f"{sample.source} changed size while being exported")
         offsets.append(end)
     bounds = pa.py_buffer(array("i", offsets).tobytes())
-    return pa.Array.from_buffers(pa.binary(), len(group), [None, bounds, pa.py_buffer(data)])
+    return pa.Array.from_buffers(pa.binary(), len(group), [None, bounds, data])
 
 
 def _row_groups(shard: Shard) -> Iterator[list[Sample]]:
