@@ -1,5 +1,11 @@
 """`python -m batchgen` is the `batchgen` command."""
 
-from batchgen.cli import main
+import sys
+
+try:
+    from batchgen.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python loads: a line, not a traceback
+    sys.stderr.write("interrupted; run the same command again to resume\n")
+    sys.exit(130)
 
 main()

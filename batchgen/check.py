@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from batchgen.errors import InputError, Problem
+from batchgen.expand import EXPAND_COLUMNS, Expander
 from batchgen.fields import normalize_name
 from batchgen.inventory import (
     Inventory,
@@ -31,8 +32,10 @@ from batchgen.inventory import (
 )
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder
-from batchgen.records import Task
+from batchgen.records import SheetRow, Task
+from batchgen.shards import keeps
 from batchgen.sheet import read_headers, read_rows
+from batchgen.words import counted
 
 __all__ = [
     "Finding",
@@ -164,21 +167,27 @@ class Finding:
 
 
 def collect_uses(job: JobSpec) -> Usage:
-    """Read the sheet and note which names each buildable row uses (broken rows: payload's job)."""
-    builder = PayloadBuilder(job, read_headers(job.sheet, job.sheet_name))
+    """Read the sheet and note which names each row uses; a row with other problems (payload's
+    to report) is checked as far as it builds, so that every problem is said in one round."""
+    builder = PayloadBuilder(job, read_headers(job.sheet, **job.sheet_options))
+    expander = Expander(job, builder.target_of)  # a list of names is checked name by name
     uses: dict[Use, RowSet] = {}
     count = 0
-    for row in read_rows(job.sheet, job.sheet_name):
+    for sheet_row in read_rows(job.sheet, **job.sheet_options):
         try:
-            task = builder.build(row)
+            rows: Iterable[SheetRow] = expander.plan(sheet_row).rows()
         except InputError:
-            continue
-        count += 1
-        for use in uses_of(task):
-            rowset = uses.get(use)
-            if rowset is None:
-                rowset = uses[use] = RowSet()
-            rowset.add(task.row)
+            rows = (sheet_row,)  # a bad template or range: its other cells are still checked
+        for row in rows:
+            task, problems = builder.draft(row)
+            if not problems and not keeps(job.shard, task):
+                continue
+            count += not problems
+            for use in uses_of(task):
+                rowset = uses.get(use)
+                if rowset is None:
+                    rowset = uses[use] = RowSet()
+                rowset.add(task.row)
     return Usage(uses, count, builder.metadata_columns)
 
 
@@ -481,10 +490,10 @@ async def check_usage(
             if finding is not None:
                 grouped.setdefault((use, finding), []).append(inv.endpoint)
     log.info(
-        "checked %d name(s) used by %d row(s) on %d endpoint(s)",
-        len(usage.uses),
-        usage.rows,
-        len(inventories),
+        "checked %s used by %s on %s",
+        counted(len(usage.uses), "name"),
+        counted(usage.rows, "row"),
+        counted(len(inventories), "endpoint"),
     )
     everyone = len(inventories) if len(inventories) == len(clients) else -1
     problems = [
@@ -520,12 +529,18 @@ def _problem(
 def _warn_sheet(job: JobSpec, usage: Usage) -> None:
     """Columns that are never sent, unless the job maps them to "" (a note column on purpose)."""
     chosen = {normalize_name(header) for header, field in job.columns.items() if not field.strip()}
+    chosen |= {normalize_name(name) for name in EXPAND_COLUMNS}  # read by the expansion
     unsent = [name for name in usage.metadata_columns if normalize_name(name) not in chosen]
     if unsent:
+        names = ", ".join(f"'{name}'" for name in unsent)
+        what = (
+            f"column {names} is not a request field; it is"
+            if len(unsent) == 1
+            else f"columns {names} are not request fields; they are"
+        )
         log.warning(
-            "%s: column(s) %s are not request fields; they are kept in the results, not sent "
-            '(to say so in the job: [columns] "%s" = "")',
+            '%s: %s kept in the results, not sent (to say so in the job: [columns] "%s" = "")',
             job.sheet,
-            ", ".join(f"'{name}'" for name in unsent),
+            what,
             unsent[0],
         )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import dataclasses
+import email.utils
 import json
 import os
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,16 +24,32 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError
+from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError, RowError
 from batchgen.job import EndpointSpec, RetrySpec, TimeoutSpec
 from batchgen.payload import adapt_for, encode_body
 from batchgen.records import Generation, Task
 
 Flavor = Literal["a1111", "forge"]
 
-# Deterministic server-side failures that A1111 reports as 500: sending them again cannot help.
-_FATAL_500_ERRORS = frozenset({"ValidationError", "KeyError", "TypeError", "AssertionError"})
-_FATAL_500_PHRASES = ("could not find", "not found", "not a valid")
+# A 500 that names an exception was raised while the server processed this one request: the
+# server is well, the request fails there (a1111-api.md §8, §15). Running out of memory is the
+# exception: it depends on what else the GPU holds, so it is worth sending again.
+_OUT_OF_MEMORY = ("OutOfMemoryError", "out of memory")
+# 500s without an exception name (Forge drops A1111's error shape) that are still the request's.
+_ROW_500_PHRASES = ("could not find", "not found", "not a valid", "invalid encoded image")
+# Known row errors and what the user can do about them, by exception name or message phrase.
+_ROW_ERROR_HINTS = (
+    (
+        "NansException",
+        "the model produced NaNs for this request; start that server with --no-half-vae "
+        "(or --no-half), or with --disable-nan-check",
+    ),
+    ("UniPC order must be < sampling steps", "UniPC needs at least 3 sampling steps"),
+    ("Invalid encoded image", "the image sent is not a readable PNG/JPEG; check its file"),
+)
+# Sent by batchgen's simulator on every answer, never by a real web UI (README, "The simulator").
+SIMULATOR_HEADER = "X-Batchgen-Simulator"
+RETRY_AFTER_MAX = 60.0  # seconds: a longer Retry-After is waited this long, then asked again
 
 
 class _TlsError(FatalEndpointError):
@@ -62,6 +82,7 @@ class Endpoint:
     in_flight: int
     headers: Mapping[str, _Secret] = field(default_factory=dict)  # basic auth included
     ssl: ssl.SSLContext | bool = True  # aiohttp's `ssl=`: True verifies against the system CAs
+    backend: Literal["a1111", "comfy"] = "a1111"
 
     @property
     def is_sim(self) -> bool:
@@ -73,10 +94,12 @@ class Endpoint:
 
 def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
     """Split credentials out of the URL and the environment; only the display name is ever shown."""
-    parts = urlsplit(spec.url)
+    url = "http" + spec.url[len("comfy") :] if spec.url.startswith("comfy://") else spec.url
+    parts = urlsplit(url)
     if parts.scheme not in {"http", "https", "sim"}:
         raise ConfigError(
-            f"endpoint {redact_url(spec.url)}: use http://host:port, https://... or sim://"
+            f"endpoint {redact_url(spec.url)}: use http://host:port, https://..., "
+            "comfy://host:port or sim://"
         )
     if parts.scheme != "sim" and not parts.hostname:
         raise ConfigError(f"endpoint {redact_url(spec.url)}: the URL has no host")
@@ -87,7 +110,7 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
         value = os.environ.get(spec.auth_env)
         if value is None or ":" not in value:
             raise ConfigError(
-                f"endpoint {redact_url(spec.url)}: set the environment variable {spec.auth_env} "
+                f"endpoint {redact_url(url)}: set the environment variable {spec.auth_env} "
                 "to user:password"
             )
         username, _, password = value.partition(":")
@@ -104,7 +127,7 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
                 f"variable {variable}, which is not set"
             )
         headers[header] = _Secret(value)
-    clean = redact_url(spec.url)
+    clean = redact_url(url)
     if parts.scheme != "sim":
         clean = clean.rstrip("/")
     return Endpoint(
@@ -113,6 +136,7 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
         in_flight=spec.in_flight or default_in_flight,
         headers=headers,
         ssl=_tls(spec, clean),
+        backend=spec.kind,
     )
 
 
@@ -149,12 +173,26 @@ def redact_url(url: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """One HTTP answer, before it is judged."""
+
+    status: int
+    body: bytes
+    retry_after: str | None  # the Retry-After header, if any
+
+    def error(self) -> RetryableEndpointError | FatalEndpointError:
+        """The endpoint error a non-200 answer means."""
+        return _status_error(self.status, self.body, self.retry_after)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerState:
     """What a probe learned about a server."""
 
-    flavor: Flavor
+    flavor: Flavor | Literal["comfy"]
     checkpoint: str | None  # opts.sd_model_checkpoint
     vae: str | None
+    simulator: bool = False  # batchgen's simulator: placeholder images, not a model
 
 
 class EndpointClient:
@@ -167,6 +205,7 @@ class EndpointClient:
             raise ValueError("start the simulator and resolve its URL before making a client")
         self.endpoint = endpoint
         self.flavor: Flavor = "a1111"
+        self.simulator = False  # as its last answer said
         self._session = session
         # Images are base64 PNG, which gzip shrinks by a quarter at best, while A1111 compresses
         # each answer at level 9 on its own CPU: on a LAN the bytes are cheaper. A job's own
@@ -216,6 +255,7 @@ class EndpointClient:
             flavor=self.flavor,
             checkpoint=_text_or_none(options.get("sd_model_checkpoint")),
             vae=_text_or_none(options.get("sd_vae")),
+            simulator=self.simulator,
         )
 
     async def generate(self, task: Task) -> Generation:
@@ -224,7 +264,7 @@ class EndpointClient:
         payload = await self._request(
             "POST", f"/sdapi/v1/{task.route}", body, self._generation_timeout
         )
-        return parse_generation(payload)
+        return dataclasses.replace(parse_generation(payload), simulated=self.simulator)
 
     async def _detect_flavor(self) -> Flavor:
         # Forge replaced /sd-vae by /sd-modules; A1111 v1.10 has no /sd-modules (a1111-api.md §11).
@@ -237,19 +277,31 @@ class EndpointClient:
     async def _request(
         self, method: str, path: str, body: Any, timeout: aiohttp.ClientTimeout
     ) -> Any:
+        answer = await self._exchange(method, path, timeout, json=body)
+        if answer.status != 200:
+            raise answer.error()
+        try:
+            return json.loads(answer.body)
+        except ValueError:
+            raise RetryableEndpointError("the answer was not JSON") from None
+
+    async def _exchange(
+        self, method: str, path: str, timeout: aiohttp.ClientTimeout, **send: Any
+    ) -> Answer:
+        """One request: the status and the body, transport failures mapped to endpoint errors."""
         try:
             async with self._session.request(
                 method,
                 self.endpoint.url + path,
-                json=body,
                 headers=self._headers,
                 timeout=timeout,
                 ssl=self.endpoint.ssl,
+                **send,
             ) as response:
                 raw = await response.read()
-                if response.status != 200:
-                    raise _status_error(response.status, raw)
-        except TimeoutError:
+                self.simulator = SIMULATOR_HEADER in response.headers
+                return Answer(response.status, raw, response.headers.get("Retry-After"))
+        except (TimeoutError, asyncio.TimeoutError):  # not the same class before Python 3.11
             limit = timeout.total
             raise RetryableEndpointError(
                 f"no answer within {limit:g} s" if limit else "timed out"
@@ -269,10 +321,6 @@ class EndpointClient:
             raise RetryableEndpointError(f"cannot connect: {error.os_error}") from None
         except aiohttp.ClientError as error:
             raise RetryableEndpointError(f"{type(error).__name__}: {error}") from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise RetryableEndpointError("the answer was not JSON") from None
 
 
 def _tls_reason(error: aiohttp.ClientError) -> str:
@@ -318,17 +366,45 @@ def _decode_image(item: Any) -> bytes:
         raise FatalEndpointError("the answer holds an image that is not base64") from None
 
 
-def _status_error(status: int, raw: bytes) -> RetryableEndpointError | FatalEndpointError:
+def _status_error(
+    status: int, raw: bytes, retry_after: str | None = None
+) -> RetryableEndpointError | FatalEndpointError:
     message, error_name = _server_message(raw)
     text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
-    if status == 500 and (
-        error_name in _FATAL_500_ERRORS
-        or any(phrase in message.lower() for phrase in _FATAL_500_PHRASES)
-    ):
-        return FatalEndpointError(text, status)
+    if status == 500 and _raised_by_the_request(message, error_name):
+        hint = next((hint for mark, hint in _ROW_ERROR_HINTS if mark in message), None)
+        return RowError(text, status, hint=hint)
+    if status in (429, 503) and retry_after is not None:
+        wait = _seconds_from(retry_after)
+        if wait is not None:
+            return RetryableEndpointError(
+                f"{text} (asked to wait {wait:g} s)", status, retry_after=wait
+            )
     if status == 429 or status >= 500:
         return RetryableEndpointError(text, status)
     return FatalEndpointError(text, status)
+
+
+def _raised_by_the_request(message: str, error_name: str | None) -> bool:
+    if any(mark in message for mark in _OUT_OF_MEMORY):
+        return False
+    return error_name is not None or any(p in message.lower() for p in _ROW_500_PHRASES)
+
+
+def _seconds_from(retry_after: str) -> float | None:
+    """A Retry-After value (seconds or an HTTP date) as seconds from now, capped."""
+    text = retry_after.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
 def _server_message(raw: bytes) -> tuple[str, str | None]:

@@ -35,6 +35,7 @@ class Unresolved:
     message: str
     hint: str | None
     misspelled: bool  # close to a known name: never treated as a metadata column
+    suggestion: str | None = None  # the field it is probably meant to be
 
 
 def resolve(name: str) -> Target | Unresolved:
@@ -56,6 +57,7 @@ def resolve(name: str) -> Target | Unresolved:
             f"'{name}' is not a request field (A1111 would silently ignore it)",
             f"did you mean '{suggestion}'?",
             misspelled=True,
+            suggestion=suggestion,
         )
     return Unresolved(f"'{name}' is not a request field", None, misspelled=False)
 

@@ -61,12 +61,48 @@ class EndpointError(BatchgenError):
 
 
 class RetryableEndpointError(EndpointError):
-    """Worth sending again (timeouts, dropped connections, 429, 5xx)."""
+    """Worth sending again (timeouts, dropped connections, 429, 5xx).
+
+    `retry_after`: the seconds the server asked to wait (a 429 or 503 with Retry-After); such
+    an answer is the server pacing its clients, not a sign of trouble.
+    """
+
+    def __init__(
+        self, message: str, status: int | None = None, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
 
 
 class FatalEndpointError(EndpointError):
     """Sending the same request again cannot help (422, 404, 401, a bad response)."""
 
 
+class RowError(FatalEndpointError):
+    """The server raised an error while processing this request (a 500 in its error shape).
+
+    It says nothing about the server's health, and the same request fails the same way on the
+    same server; another server (other hardware or precision) may succeed.
+    """
+
+    def __init__(self, message: str, status: int | None = None, *, hint: str | None = None) -> None:
+        super().__init__(message, status)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} ({self.hint})" if self.hint else text
+
+
 class NoEndpointError(BatchgenError):
     """No endpoint could be reached for longer than the job allows."""
+
+
+class NothingAnswersError(NoEndpointError):
+    """No endpoint has answered since the start: a wrong address or a server not started.
+
+    Waiting would not help (wait_all_down is for servers that answered and went away), and
+    nothing was sent.
+    """
+
+    exit_code = 2

@@ -7,12 +7,13 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from batchgen.backends import make_clients
 from batchgen.client import Endpoint, EndpointClient, open_session, resolve_endpoint
-from batchgen.errors import ConfigError, EndpointError
+from batchgen.errors import ConfigError, EndpointError, NothingAnswersError
 from batchgen.inventory import CheckpointIndex
 from batchgen.job import JobSpec
 from batchgen.records import EndpointView
@@ -29,9 +30,39 @@ class Fleet:
 
     endpoints: tuple[Endpoint, ...]
     slots: tuple[EndpointSlot, ...]
+    silent: Mapping[str, str]  # endpoint -> why no HTTP answer came (refused, timed out...)
 
     def answering(self) -> list[EndpointClient]:
         return [slot.client for slot in self.slots if slot.up]
+
+    def simulators(self) -> list[str]:
+        """The endpoints that said they are batchgen's simulator (sim://, or `batchgen sim`)."""
+        return [slot.name for slot in self.slots if slot.state and slot.state.simulator]
+
+    def require_an_answer(self, nothing_done: str, *, defaulted: bool = False) -> None:
+        """Raise NothingAnswersError if no endpoint gave any HTTP answer to its probe.
+
+        One that answered with an error (a 503 while it starts) is waited for instead.
+        `defaulted`: the job named no endpoint, so A1111's default address was tried.
+        """
+        if len(self.silent) < len(self.slots):
+            return
+        lines = [f"no endpoint answers; {nothing_done}"]
+        lines += [f"  - {name}: {reason}" for name, reason in self.silent.items()]
+        if defaulted:
+            lines.append(
+                "No endpoint is named in the job or on the command line, so batchgen tried "
+                "A1111's default address."
+            )
+        lines += [
+            "Start A1111 with its API on: ./webui.sh --api (Windows: add --api to "
+            "COMMANDLINE_ARGS in webui-user.bat); Forge serves it as is.",
+            "Name your server with --endpoint http://host:7860 (or [[endpoints]] in the job), "
+            "checking the address and port.",
+            "To rehearse without a server: --endpoint sim:// runs batchgen's built-in simulator "
+            "(placeholder images, not a model).",
+        ]
+        raise NothingAnswersError("\n".join(lines))
 
 
 @contextlib.asynccontextmanager
@@ -39,8 +70,10 @@ async def open_fleet(job: JobSpec) -> AsyncIterator[Fleet]:
     """Start the job's sim:// endpoints, open one HTTP session for all, and probe each one."""
     endpoints = [resolve_endpoint(spec, job.in_flight) for spec in job.endpoints]
     async with started_endpoints(endpoints) as live, open_session() as session:
-        clients = [EndpointClient(endpoint, session, job.timeout) for endpoint in live]
-        yield Fleet(tuple(live), tuple(await probe_all(clients)))
+        clients = make_clients(job, live, session)
+        silent: dict[str, str] = {}
+        slots = await probe_all(clients, silent)
+        yield Fleet(tuple(live), tuple(slots), silent)
 
 
 @contextlib.asynccontextmanager
@@ -67,14 +100,19 @@ async def started_endpoints(endpoints: list[Endpoint]) -> AsyncIterator[list[End
         yield live
 
 
-async def probe_all(clients: list[EndpointClient]) -> list[EndpointSlot]:
-    """A slot per endpoint; one that does not answer starts out of rotation."""
+async def probe_all(
+    clients: list[EndpointClient], silent: dict[str, str] | None = None
+) -> list[EndpointSlot]:
+    """A slot per endpoint; one that does not answer starts out of rotation. `silent` gets
+    those that gave no HTTP answer at all, with the reason."""
 
     async def probe(client: EndpointClient) -> EndpointSlot:
         slot = EndpointSlot(client, None)
         try:
             slot.learn(await inspect(client))
         except EndpointError as error:
+            if error.status is None and silent is not None:
+                silent[client.name] = str(error)
             log.warning("%s does not answer (%s); left out until it does", client.name, error)
             slot.up = False
             slot.down_since = time.monotonic()
@@ -141,4 +179,5 @@ def endpoint_views(slots: list[EndpointSlot]) -> Iterator[EndpointView]:
             loaded=slot.loaded,
             vae=slot.vae,
             down_s=None if slot.down_since is None else now - slot.down_since,
+            simulator=slot.client.simulator,
         )

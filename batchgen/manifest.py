@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from batchgen.records import Expansion
 
 MANIFEST = "manifest.jsonl"
 
@@ -27,6 +30,7 @@ class ManifestRecord:
     extras: tuple[str, ...] = ()  # ControlNet detected maps: images past the generated ones
     seeds: tuple[int, ...] = ()  # the real seed of each image, from the server's info
     endpoint: str = ""
+    simulator: bool = False  # made by batchgen's simulator: placeholder images, not a real server's
     attempts: int = 0
     error: str | None = None
     route: str = "txt2img"
@@ -39,6 +43,25 @@ class ManifestRecord:
     finished_at: float = 0.0
     metadata: Mapping[str, Any] = field(default_factory=dict)  # the row's note columns
     payload: Mapping[str, Any] = field(default_factory=dict)  # the body as sent, blobs by path+sha
+    # What the server made of the request, per image (styles and wildcards change the prompt).
+    prompts: tuple[str, ...] = ()  # info.all_prompts
+    negative_prompts: tuple[str, ...] = ()  # info.all_negative_prompts
+    subseeds: tuple[int, ...] = ()  # info.all_subseeds
+    infotexts: tuple[str, ...] = ()  # info.infotexts, the grid's left out
+    started: str = ""  # started_at and finished_at in ISO 8601, UTC
+    finished: str = ""
+    # A row that expands (templates, sweeps): which expansion this is, of how many, the cells as
+    # written and the values this one got. Left out of the line for a plain row.
+    expansion: int | None = None
+    expansions: int | None = None
+    templates: Mapping[str, Any] = field(default_factory=dict)
+    resolved: Mapping[str, Any] = field(default_factory=dict)
+    # ComfyUI rows only (left out of A1111 lines): the backend, the workflow template's sha256,
+    # the values bound into it ("prompt", "KSampler.denoise", ...) and the server's prompt id.
+    backend: str | None = None
+    workflow_sha256: str | None = None
+    bound: Mapping[str, Any] = field(default_factory=dict)
+    prompt_id: str | None = None
     # Fields this version does not know (a newer writer's): kept so that a rewrite loses nothing.
     unknown: Mapping[str, Any] = field(default_factory=dict)
 
@@ -46,10 +69,21 @@ class ManifestRecord:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    def expansion_of(self) -> Expansion | None:
+        """Which expansion of its row the record is (None: a plain row), as the Task had it."""
+        if self.expansion is None:
+            return None
+        count = self.expansions if self.expansions is not None else self.expansion + 1
+        return Expansion(self.expansion, count, dict(self.templates), dict(self.resolved))
+
     def to_json(self) -> dict[str, Any]:
         """The line's JSON object, keys in the order the manifest has always had them."""
         line: dict[str, Any] = {
-            name: _plain(getattr(self, name)) for name in _FIELDS if name != "unknown"
+            name: _plain(getattr(self, name))
+            for name in _FIELDS
+            if name != "unknown"
+            and (self.expansion is not None or name not in _EXPANSION)
+            and (name not in _BACKEND_ONLY or getattr(self, name))
         }
         line.update(self.unknown)
         return line
@@ -63,12 +97,18 @@ class ManifestRecord:
         known = {name: data[name] for name in _FIELDS if name in data and name != "unknown"}
         for name in ("images", "image_sha256", "extras"):
             known[name] = tuple(str(item) for item in known.get(name) or ())
-        known["seeds"] = tuple(int(seed) for seed in known.get("seeds") or ())
+        for name in ("prompts", "negative_prompts", "infotexts"):
+            known[name] = tuple(str(item) for item in known.get(name) or ())
+        for name in ("seeds", "subseeds"):
+            known[name] = tuple(int(seed) for seed in known.get(name) or ())
         known["row"] = int(data["row"]) if data.get("row") is not None else 0
         known["key"] = str(data["key"])
         known["status"] = str(data["status"])
         known["metadata"] = dict(known.get("metadata") or {})
         known["payload"] = dict(known.get("payload") or {})
+        known["templates"] = dict(known.get("templates") or {})
+        known["resolved"] = dict(known.get("resolved") or {})
+        known["bound"] = dict(known.get("bound") or {})
         unknown = {name: value for name, value in data.items() if name not in _FIELDS}
         return cls(**known, unknown=unknown)
 
@@ -82,6 +122,14 @@ class ManifestRecord:
 
 
 _FIELDS = tuple(ManifestRecord.__dataclass_fields__)
+_EXPANSION = frozenset({"expansion", "expansions", "templates", "resolved"})
+_BACKEND_ONLY = frozenset({"backend", "workflow_sha256", "bound", "prompt_id"})
+
+
+def iso_utc(epoch: float) -> str:
+    """An epoch time as ISO 8601 in UTC, to the millisecond: 2026-01-31T23:59:59.123Z."""
+    moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _plain(value: Any) -> Any:

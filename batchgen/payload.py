@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from batchgen import controlnet as cn
 from batchgen.columns import LOWER_OVERRIDES, FieldPath, Target, Unresolved, coerce_auto, resolve
+from batchgen.comfy.workflow import Binding, bind_job
 from batchgen.errors import InputError, Problem
 from batchgen.fields import FIELDS, KIND_HINTS, coerce, normalize_name
 from batchgen.images import ImageError, ImageResolver, decode_inline, encode_file
@@ -46,6 +47,9 @@ class PayloadBuilder:
         self._twins = RowIndex()  # distinct row contents: moves to disk once there are many
         self._columns: dict[str, _Column] = {}
         self._bad_headers: set[str] = set()
+        self._meant: set[str] = set()  # fields a misspelt header was probably meant to set
+        # A ComfyUI job: `Title.input` headers set node inputs; the template's hash joins the key.
+        self.binding: Binding | None = bind_job(job) if job.backend == "comfy" else None
         header_problems: list[Problem] = []
         self._plan_columns(headers, header_problems)
         self.header_problems: tuple[Problem, ...] = tuple(header_problems)
@@ -119,10 +123,13 @@ class PayloadBuilder:
                 )
                 return None
             return _Column(header, target)
-        target = resolve(header)
+        node = self.binding.column_target(header) if self.binding is not None else None
+        target = node or resolve(header)
         if isinstance(target, Target):
             return _Column(header, target)
         if target.misspelled:
+            if target.suggestion:
+                self._meant.add(target.suggestion)
             hint = target.hint
             if "." not in header:
                 note = f'to keep it as a note, map it in the job: [columns] "{header}" = ""'
@@ -286,12 +293,34 @@ class PayloadBuilder:
 
     # ---- build ----------------------------------------------------------------------------
 
+    def target_of(self, header: str) -> Target | None:
+        """The field a header sets; None for a note column or a header already reported."""
+        column = self._columns.get(header)
+        return column.target if column is not None else None
+
+    @property
+    def sent_fields(self) -> dict[str, str]:
+        """Each field a column or default sets (dotted) -> the header (or "defaults") setting it."""
+        found = {".".join(path): "defaults" for path in self._defaults}
+        for header, column in self._columns.items():
+            if column.target is not None:
+                found[column.target.dotted] = header
+        return found
+
     def default_problems(self) -> tuple[Problem, ...]:
         """Problems in the job's defaults, [[controlnet]] units and --set values (checked once)."""
         return self._default_problems
 
     def build(self, row: SheetRow) -> Task:
         """The Task for one row, or InputError listing every problem of this row."""
+        task, problems = self.draft(row)
+        if problems:
+            raise InputError(problems)
+        return task
+
+    def draft(self, row: SheetRow) -> tuple[Task, list[Problem]]:
+        """The row's Task as far as it builds (cells with problems left out), and its problems:
+        the names it uses can be checked against the servers in the same round."""
         problems: list[Problem] = []
         values = dict(self._defaults)
         units = copy.deepcopy(self._default_units)
@@ -350,19 +379,20 @@ class PayloadBuilder:
             if body.get(name) == -1:
                 del body[name]  # -1 and an empty cell ask for the same thing: a new seed
         key = self._key(body)
-        if problems:
-            raise InputError(problems)
-        self._fix_seeds(body, key)
+        if not problems:
+            self._fix_seeds(body, key)
         settings = body.get("override_settings")
         checkpoint = settings.get("sd_model_checkpoint") if isinstance(settings, dict) else None
-        return Task(
+        task = Task(
             row=row.row,
             key=key,
             route=route,
             body=body,
             checkpoint=checkpoint if isinstance(checkpoint, str) else None,
             metadata=metadata,
+            expansion=row.expansion,
         )
+        return task, problems
 
     def _check_route(
         self,
@@ -396,7 +426,8 @@ class PayloadBuilder:
         problems: list[Problem],
     ) -> None:
         prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
+        # A misspelt prompt header is reported once, with a did-you-mean; not again per row.
+        if (not isinstance(prompt, str) or not prompt.strip()) and "prompt" not in self._meant:
             problems.append(
                 Problem(
                     self._sheet_file,
@@ -451,8 +482,13 @@ class PayloadBuilder:
         policy = (
             {"mode": seed.mode, "base": seed.base} if seed.mode == "derived" else {"mode": "random"}
         )
+        workflow = self.binding.workflow.sha256 if self.binding is not None else None
         canonical = json.dumps(
-            {"body": _hashable(body), "seed": policy},
+            {
+                "body": _hashable(body),
+                "seed": policy,
+                **({"workflow": workflow} if workflow else {}),
+            },
             sort_keys=True,
             ensure_ascii=False,
             separators=(",", ":"),

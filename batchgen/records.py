@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from batchgen.words import counted
+
 Route = Literal["txt2img", "img2img"]
 Status = Literal["ok", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Expansion:
+    """Which of a row's expansions a SheetRow or Task is: what was written, what it became."""
+
+    index: int  # 0-based, in the order the row expands
+    count: int  # how many the row expands into
+    templates: Mapping[str, Any]  # column -> the cell as written, for each column that expanded
+    values: Mapping[str, Any]  # column -> this expansion's value (the prompt as sent, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +30,13 @@ class SheetRow:
 
     row: int  # the row number the spreadsheet program shows; the header is row 1
     cells: Mapping[str, Any]
+    expansion: Expansion | None = None  # set when a template or sweep cell made this row
+
+    @property
+    def slot(self) -> int:
+        """Where its outcome goes in the results sheet: the row number, or for an expansion a
+        number no plain row has (row << 32 | index)."""
+        return self.row if self.expansion is None else self.row << 32 | self.expansion.index
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +65,7 @@ class Task:
     body: Mapping[str, Any]
     checkpoint: str | None  # the checkpoint the row asks for, if any (scheduling affinity)
     metadata: Mapping[str, Any] = field(default_factory=dict)  # columns that are not sent
+    expansion: Expansion | None = None  # one of a row's expansions (templates, sweeps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +80,9 @@ class Generation:
     vae: str | None
     version: str | None
     info: Mapping[str, Any]
+    simulated: bool = False  # made by batchgen's simulator: placeholders, not a model's images
+    # Manifest fields a backend adds (ComfyUI: backend, workflow_sha256, bound, prompt_id).
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +97,7 @@ class Result:
     generation: Generation | None
     started_at: float  # unix time of the first attempt
     duration_s: float
+    simulated: bool = False  # sent to batchgen's simulator (the last endpoint tried)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +109,78 @@ class RunPlan:
     to_retry: int  # failed last time, sent again
     to_go: int  # never finished
     skipped: int  # not sent this time (--retry-failed leaves new rows for later)
+    simulated: int = 0  # of `done`: made by a simulator
+    simulators: tuple[str, ...] = ()  # this run's endpoints that are simulators
+    remade: int = 0  # rows a simulator made that this run sends to real servers
+    sheet_rows: int = 0  # rows of the sheet; fewer than `total` when rows expand
+    images: int = 0  # images the requests ask for (batch_size x n_iter each)
+    expanded: tuple[RowCount, ...] = ()  # the rows that expand, the first EXPANDED_SHOWN of them
+    expanded_rows: int = 0  # how many rows expand in all
 
     def describe(self) -> str:
+        head = counted(self.total, "row")
+        if self.expanded_rows:
+            head = (
+                f"{counted(self.total, 'request')} ({counted(self.images, 'image')}) "
+                f"from {counted(self.sheet_rows, 'row')}, {self.expanded_rows:,} of them expanding"
+            )
         return (
-            f"{self.total:,} rows: {self.done:,} done, {self.to_retry:,} failed to retry, "
+            f"{head}: {self.done:,} done, {self.to_retry:,} failed to retry, "
             f"{self.to_go:,} to go" + (f", {self.skipped:,} left for later" if self.skipped else "")
         )
+
+    def expansion_lines(self) -> list[str]:
+        """One line per expanding row (the first EXPANDED_SHOWN), for --dry-run and check."""
+        lines = [f"row {c.row}: {counted(c.requests, 'request')}" for c in self.expanded]
+        if self.expanded_rows > len(self.expanded):
+            lines.append(f"... and {self.expanded_rows - len(self.expanded):,} more rows expand")
+        return lines
+
+    def on(self, simulators: Sequence[str], *, retry_failed: bool) -> RunPlan:
+        """The plan for these endpoints: with none a simulator, rows a simulator made are not
+        done (placeholder images must never pass for a real server's)."""
+        if simulators or not self.simulated:
+            return dataclasses.replace(self, simulators=tuple(simulators))
+        moved = self.simulated
+        return dataclasses.replace(
+            self,
+            done=self.done - moved,
+            to_go=self.to_go + (0 if retry_failed else moved),
+            skipped=self.skipped + (moved if retry_failed else 0),
+            simulated=0,
+            remade=moved,
+        )
+
+    def notes(self) -> list[str]:
+        """What the user must not miss about where this run's images come from."""
+        lines = []
+        if self.simulators:
+            lines.append(simulator_note(self.simulators))
+        if self.remade:
+            lines.append(
+                f"{counted(self.remade, 'row')} in this folder made by a simulator; this run's "
+                "endpoints are real servers, so they are not counted as done"
+            )
+        return lines
+
+
+def simulator_note(names: Sequence[str]) -> str:
+    """The plain warning every run on a simulator shows, in progress, summary and run log."""
+    return (
+        f"SIMULATOR: {', '.join(names)} is batchgen's built-in simulator; its images are "
+        "placeholders, not a model's (for real images: --endpoint http://host:7860)"
+    )
+
+
+EXPANDED_SHOWN = 1000  # rows listed by expansion_lines; the count of the others is kept
+
+
+@dataclass(frozen=True, slots=True)
+class RowCount:
+    """How many requests one sheet row expands into."""
+
+    row: int
+    requests: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +198,15 @@ class EndpointView:
     loaded: str | None = None  # the checkpoint in memory, as last seen
     vae: str | None = None
     down_s: float | None = None  # how long it has been out of rotation
+    simulator: bool = False  # batchgen's simulator, not a real web UI
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRow:
+    """A row that failed in this run, for the summary."""
+
+    row: int  # spreadsheet row number, header = 1
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +223,7 @@ class RunSummary:
     endpoints: tuple[EndpointView, ...]
     outputs: tuple[Path, ...]
     stopped_reason: str | None = None
+    failed_rows: tuple[FailedRow, ...] = ()  # the first ones, in the order they failed
 
     @property
     def not_run(self) -> int:

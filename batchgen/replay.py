@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ from batchgen.manifest import MANIFEST, ManifestRecord, latest_records
 from batchgen.payload import manifest_body
 from batchgen.records import Generation, ImageRef, Result, Route, Task
 from batchgen.store import OutputStore
+from batchgen.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,13 @@ class ReplayRow:
     key: str
     verdict: Verdict
     detail: str
+    expansion: int | None = None  # which of the row's expansions (sweeps); None: a plain row
 
     def describe(self) -> str:
-        return f"row {self.row}: {self.verdict} ({self.detail})"
+        which = f"row {self.row}" + (
+            f", expansion {self.expansion}" if self.expansion is not None else ""
+        )
+        return f"{which}: {self.verdict} ({self.detail})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +73,8 @@ class ReplaySummary:
 
     def describe(self) -> str:
         return (
-            f"{self.identical:,} of {len(self.rows):,} rows identical; new images in {self.out_dir}"
+            f"{self.identical:,} of {counted(len(self.rows), 'row')} identical; "
+            f"new images in {self.out_dir}"
         )
 
 
@@ -136,8 +143,8 @@ def _set_up(
     ok = [record for record in records if record.ok]
     if len(ok) < len(records):
         log.info(
-            "%d selected row(s) failed in %s; nothing to compare them with",
-            len(records) - len(ok),
+            "%s failed in %s; nothing to compare them with",
+            counted(len(records) - len(ok), "selected row"),
             source,
         )
     if not ok:
@@ -175,7 +182,11 @@ def _judge(setup: _Setup, source: Path, out_dir: Path, errors: Mapping[str, str]
             outcome.append(ReplayRow(row, key, "failed", str(error)))
             continue
         outcome.append(_compare(row, key, plan.record, source, new, out_dir))
-    outcome.sort(key=lambda row: row.row)
+    outcome = [
+        dataclasses.replace(one, expansion=plan.record.expansion)
+        for one, plan in zip(outcome, setup.planned, strict=True)
+    ]
+    outcome.sort(key=lambda row: (row.row, -1 if row.expansion is None else row.expansion))
     return ReplaySummary(source, out_dir, tuple(outcome))
 
 
@@ -254,6 +265,7 @@ class _Sender:
                 generation,
                 started,
                 time.monotonic() - clock,
+                simulated=client.simulator,
             )
             payload = manifest_body(task.body, self._store.payload_base)
             loop = asyncio.get_running_loop()
@@ -328,6 +340,7 @@ def _plan(record: ManifestRecord, base: Path) -> _Planned:
         body=body,
         checkpoint=checkpoint if isinstance(checkpoint, str) else None,
         metadata=dict(record.metadata),
+        expansion=record.expansion_of(),
     )
     return _Planned(record, task, None)
 
@@ -358,7 +371,7 @@ def _compare(
     """Bytes first (against the sha256 recorded at the time, else the file); then pixels."""
     old_paths, new_paths = old.images, new.images
     if len(old_paths) != len(new_paths):
-        detail = f"{len(old_paths)} image(s) then, {len(new_paths)} now"
+        detail = f"{counted(len(old_paths), 'image')} then, {len(new_paths)} now"
         return ReplayRow(row, key, "different", detail)
     if old.seeds != new.seeds:
         detail = f"seeds {list(old.seeds)} then, {list(new.seeds)} now"
@@ -382,7 +395,7 @@ def _compare(
             return ReplayRow(row, key, "different", "; ".join([f"image {index} differs", *notes]))
         how = "same pixels, other metadata"
     return ReplayRow(
-        row, key, "identical", "; ".join([f"{len(old_paths)} image(s), {how}", *notes])
+        row, key, "identical", "; ".join([f"{counted(len(old_paths), 'image')}, {how}", *notes])
     )
 
 

@@ -11,7 +11,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from batchgen.records import EndpointView, Result, RunPlan, RunSummary
+from batchgen.records import EndpointView, Result, RunPlan, RunSummary, simulator_note
+from batchgen.words import counted
 
 log = logging.getLogger(__name__)
 # Lines the terminal already shows in its own way: the run log gets them, the console does not.
@@ -61,7 +62,7 @@ class _Tally:
 
     def line(self) -> str:
         return (
-            f"{self.ok + self.failed:,}/{self.to_send:,} rows ({self.failed:,} failed), "
+            f"{self.ok + self.failed:,}/{counted(self.to_send, 'row')} ({self.failed:,} failed), "
             f"{self.rate():.1f} images/s, ETA {self.eta()}"
         )
 
@@ -77,6 +78,8 @@ class LogReporter:
     def started(self, plan: RunPlan, out_dir: Path) -> None:
         self._tally.start(plan)
         log.warning("%s; output in %s", plan.describe(), out_dir)
+        for note in plan.notes():
+            log.warning("%s", note)
 
     def row_finished(self, result: Result) -> None:
         self._tally.add(result)
@@ -109,6 +112,9 @@ class RichReporter:
         line = f"{plan.describe()}; output in {out_dir}"
         self._console.print(line, highlight=False)
         log.info("%s", line, extra=FILE_ONLY)
+        for note in plan.notes():
+            self._console.print(Text(note, style="bold yellow"))
+            log.warning("%s", note, extra=FILE_ONLY)
         self._live.start()
         self._refresh()
 
@@ -166,10 +172,19 @@ def summary_lines(summary: RunSummary) -> list[str]:
     lines.append(
         f"{state} in {_duration(summary.elapsed_s)}: {summary.ok:,} ok, {summary.failed:,} failed, "
         f"{summary.not_run:,} not run, {summary.plan.done:,} done earlier; "
-        f"{summary.images:,} images ({rate:.1f}/s)"
+        f"{counted(summary.images, 'image')} ({rate:.1f}/s)"
     )
     for view in summary.endpoints:
         lines.append(f"  {_endpoint_text(view, summary.elapsed_s)}")
+    simulators = [view.name for view in summary.endpoints if view.simulator]
+    if simulators:
+        lines.append(simulator_note(simulators))
+    if summary.failed_rows:
+        lines.append("failed rows:")
+        lines += [f"  row {failed.row}: {failed.error}" for failed in summary.failed_rows]
+        more = summary.failed - len(summary.failed_rows)
+        if more > 0:
+            lines.append(f"  and {more:,} more (see manifest.jsonl)")
     if summary.failed or summary.not_run:
         lines.append("run the same command again to resume; --retry-failed sends only failed rows")
     lines.append(f"outputs: {', '.join(str(path) for path in summary.outputs)}")
@@ -179,8 +194,10 @@ def summary_lines(summary: RunSummary) -> list[str]:
 def _endpoint_text(view: EndpointView, elapsed_s: float) -> str:
     rate = view.images / elapsed_s if elapsed_s > 0 else 0.0
     return (
-        f"{view.name} ({_state(view)}): {view.done:,} done, {view.failed:,} failed, "
-        f"{view.images:,} images ({rate:.2f}/s), {view.switches} checkpoint switches"
+        f"{view.name} ({_state(view)}): {view.done:,} done, "
+        f"{counted(view.failed, 'failed attempt')}, "
+        f"{counted(view.images, 'image')} ({rate:.2f}/s), "
+        f"{counted(view.switches, 'checkpoint switch', 'checkpoint switches')}"
     )
 
 
@@ -192,9 +209,10 @@ def _model(view: EndpointView) -> str:
 
 
 def _state(view: EndpointView) -> str:
+    suffix = ", simulator" if view.simulator else ""
     if view.up:
-        return "up"
-    return "down" if view.down_s is None else f"down {_duration(view.down_s)}"
+        return "up" + suffix
+    return ("down" if view.down_s is None else f"down {_duration(view.down_s)}") + suffix
 
 
 def _all_down(views: list[EndpointView]) -> str:

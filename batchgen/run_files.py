@@ -11,6 +11,7 @@ from typing import Any
 from batchgen.client import Endpoint, resolve_endpoint
 from batchgen.errors import ConfigError
 from batchgen.job import JobSpec
+from batchgen.shards import fingerprint
 from batchgen.store import folder_in_use
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ def public_job(job: JobSpec, live: tuple[Endpoint, ...]) -> dict[str, Any]:
         {
             "name": endpoint.name,
             "url": resolve_endpoint(spec, job.in_flight).url,  # credentials split off
+            "backend": spec.kind,
             "auth_env": spec.auth_env,
             "headers": sorted(spec.headers) + sorted(spec.headers_env),
             "headers_env": dict(spec.headers_env),  # header -> variable name, not its value
@@ -32,6 +34,7 @@ def public_job(job: JobSpec, live: tuple[Endpoint, ...]) -> dict[str, Any]:
         for endpoint, spec in zip(live, job.endpoints, strict=True)
     ]
     data["payload_base"] = str(job.sheet.parent.resolve())  # where the payload's paths start
+    data["fingerprint"] = fingerprint(job)  # merge refuses folders of another job or sheet
     return data
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -11,29 +12,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from batchgen.changes import DIGEST, ChangeTracker
 from batchgen.client import row_backoff
 from batchgen.errors import (
     EndpointError,
     FatalEndpointError,
+    InputError,
     NoEndpointError,
     RetryableEndpointError,
+    RowError,
 )
+from batchgen.expand import expanded_rows
 from batchgen.fleet import endpoint_views, open_fleet, watch
 from batchgen.interrupts import catch_interrupts
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder, manifest_body
-from batchgen.plan import check_endpoints, validate
-from batchgen.records import EndpointView, Generation, Reporter, Result, RunPlan, RunSummary, Task
+from batchgen.plan import all_tasks, check_endpoints, validate
+from batchgen.publish import published
+from batchgen.records import (
+    EndpointView,
+    FailedRow,
+    Generation,
+    Reporter,
+    Result,
+    RunPlan,
+    RunSummary,
+    Task,
+)
 from batchgen.rowindex import RowKeys
 from batchgen.run_files import close_run_log, move_aside, open_run_log, public_job
 from batchgen.scheduler import Lease, Scheduler
-from batchgen.sheet import read_headers, read_rows
-from batchgen.store import OutputStore, ResumeState, peek_state
+from batchgen.shards import keeps, write_shard_plan
+from batchgen.sheet import read_headers
+from batchgen.store import DONE, SIMULATED, OutputStore, ResumeState, peek_state
+from batchgen.words import counted
 from batchgen.writer import GroupWriter
 
 log = logging.getLogger(__name__)
+
+FAILED_ROWS_SHOWN = 20  # failed rows the summary lists (a screenful), then "and N more"
+ROW_ERROR_ENDPOINTS = 2  # endpoints a request that raises an error on a server is tried on
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +70,8 @@ class RunOptions:
 class _Quiet:
     def started(self, plan: RunPlan, out_dir: Path) -> None:
         log.info("%s; output in %s", plan.describe(), out_dir)
+        for note in plan.notes():
+            log.warning("%s", note)
 
     def row_finished(self, result: Result) -> None:
         pass
@@ -82,37 +104,64 @@ class _Run:
     def __init__(self, job: JobSpec, options: RunOptions, reporter: Reporter) -> None:
         self.job = job
         self.options = options
-        self.reporter = reporter
+        self.reporter = published(reporter, job.out_dir)  # + status.json and the HTML report
         self.store = OutputStore(
             job.out_dir, job.name, job.output.filename, payload_base=job.sheet.parent
         )
         self.ok = self.failed = self.images = 0
+        self.failed_rows: list[FailedRow] = []
         self.stopping = False
         self.interrupted = False
         self.stopped_reason: str | None = None
         self.sending: set[asyncio.Task[None]] = set()  # rows on an endpoint right now
         self.rows: set[asyncio.Task[None]] = set()
-        self.row_keys = RowKeys()  # row -> key for results.csv; on disk once there are many
+        self.row_keys = RowKeys()  # row slot -> key for results.csv; on disk once there are many
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store")
         self.group = GroupWriter(self.store, self.writer)
 
     async def run(self) -> RunSummary:
         past = None if self.options.fresh else peek_state(self.job.out_dir)
-        plan = validate(self.job, past, retry_failed=self.options.retry_failed)
+        changes = None if self.options.fresh else ChangeTracker(self.job.out_dir)
+        checking = self.options.check and self.job.check
+        try:
+            plan = validate(
+                self.job,
+                past,
+                retry_failed=self.options.retry_failed,
+                seen=changes.see if changes else None,
+            )
+        except InputError as error:
+            if not checking:
+                raise
+            sheet_problems = list(error.problems)  # said with the endpoints' in one round
+        else:
+            sheet_problems = []
         started = time.monotonic()
         async with open_fleet(self.job) as fleet:
+            if sheet_problems and not fleet.answering():
+                raise InputError(sheet_problems)  # the sheet's own problems stand without a server
+            fleet.require_an_answer("nothing was sent", defaulted=self.job.endpoints_defaulted)
+            if checking:  # raises with the sheet's problems, if any, beside the servers'
+                await check_endpoints(self.job, fleet.answering(), sheet_problems)
+            plan = plan.on(fleet.simulators(), retry_failed=self.options.retry_failed)
             scheduler = Scheduler(fleet.slots, wait_all_down=self.job.wait_all_down)
-            if self.options.check and self.job.check:
-                await check_endpoints(self.job, fleet.answering())
             if self.options.fresh:  # only now: an invalid job leaves the folder as it was
                 move_aside(self.job.out_dir)
             state = self.store.open()
             handler = open_run_log(self.job.out_dir)
             try:
-                self.store.write_json("job.json", public_job(self.job, fleet.endpoints))
+                said = changes.describe(self.job.model_dump(mode="json")) if changes else None
+                if said:  # before job.json is replaced: it is what the folder's last run used
+                    log.warning("%s", said)
+                written = public_job(self.job, fleet.endpoints)
+                if changes is not None:
+                    written[DIGEST] = changes.digest
+                self.store.write_json("job.json", written)
+                if self.job.shard is not None:
+                    write_shard_plan(self.job, self.job.shard, all_tasks(self.job))
                 self.reporter.started(plan, self.job.out_dir)
                 with catch_interrupts(self._interrupted):
-                    await self._send_all(scheduler, state)
+                    await self._send_all(scheduler, state, plan)
             except BaseException:
                 self.writer.shutdown(wait=True)  # a row being written is finished first
                 self.store.close()  # and the folder is free for the next run at once
@@ -126,7 +175,7 @@ class _Run:
             close_run_log(handler)
 
     def _finish(self, plan: RunPlan, started: float, scheduler: Scheduler) -> RunSummary:
-        outputs = self._write_results()
+        outputs = self._write_results(expanding=plan.expanded_rows > 0)
         self.store.close()
         summary = RunSummary(
             out_dir=self.job.out_dir,
@@ -139,19 +188,22 @@ class _Run:
             endpoints=tuple(endpoint_views(scheduler.slots)),
             outputs=outputs,
             stopped_reason=self.stopped_reason,
+            failed_rows=tuple(self.failed_rows),
         )
         self.reporter.finished(summary)
         return summary
 
-    async def _send_all(self, scheduler: Scheduler, state: ResumeState) -> None:
+    async def _send_all(self, scheduler: Scheduler, state: ResumeState, plan: RunPlan) -> None:
         window = asyncio.Semaphore(self.options.window)
         watcher = asyncio.create_task(watch(scheduler, self.reporter.endpoints))
-        builder = PayloadBuilder(self.job, read_headers(self.job.sheet, self.job.sheet_name))
+        builder = PayloadBuilder(self.job, read_headers(self.job.sheet, **self.job.sheet_options))
         try:
-            for row in read_rows(self.job.sheet, self.job.sheet_name):
+            for row in expanded_rows(self.job, builder.target_of):
                 task = builder.build(row)
-                self.row_keys[task.row] = task.key
-                if not self._wanted(task, state):
+                if not keeps(self.job.shard, task):
+                    continue
+                self.row_keys[row.slot] = task.key
+                if not self._wanted(task, state, plan):
                     continue
                 await window.acquire()  # backpressure before a row coroutine exists
                 if self.stopping:
@@ -177,22 +229,30 @@ class _Run:
 
         return done
 
-    def _wanted(self, task: Task, state: ResumeState) -> bool:
+    def _wanted(self, task: Task, state: ResumeState, plan: RunPlan) -> bool:
         past = state.rows.get(task.key)
-        if past is None:
-            return not self.options.retry_failed
-        return past.status != "ok"
+        if past is None or (past.status == SIMULATED and plan.remade):
+            return not self.options.retry_failed  # as if never sent
+        return past.status not in DONE
 
     async def _send_row(self, task: Task, scheduler: Scheduler) -> None:
         started = time.time()
         clock = time.monotonic()
         attempts = 0
         avoid: set[str] = set()
+        simulated = False
+        row_failed: dict[str, RowError] = {}  # endpoint -> the error this request raised there
         endpoint = ""
+
+        def worth_another(error: BaseException) -> bool:
+            if isinstance(error, RowError):  # once more, on another endpoint
+                return len(row_failed) < ROW_ERROR_ENDPOINTS and scheduler.others_up(row_failed)
+            return isinstance(error, RetryableEndpointError)
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.job.retry.attempts),
             wait=_retry_wait(self.job),
-            retry=retry_if_exception_type(RetryableEndpointError),
+            retry=retry_if_exception(worth_another),
             reraise=True,
             sleep=self.options.sleep,
         )
@@ -202,8 +262,12 @@ class _Run:
                 with attempt:
                     if self.stopping:
                         raise _Stop
-                    lease = await scheduler.lease(task, avoid)
+                    lease = await scheduler.lease(task, avoid | row_failed.keys())
                     endpoint = lease.slot.name
+                    simulated = lease.slot.client.simulator
+                    if endpoint in row_failed:  # no other endpoint took it: not sent again here
+                        scheduler.release(lease, None)
+                        raise row_failed[endpoint]
                     attempts += 1
                     if current is not None:
                         self.sending.add(current)
@@ -214,10 +278,21 @@ class _Run:
                         if isinstance(error, RetryableEndpointError):
                             # Only the last one: avoiding all that failed could leave no taker.
                             avoid = {endpoint}
+                        elif isinstance(error, RowError):
+                            row_failed[endpoint] = error
                         raise
                     generation, endpoint = answer.generation, answer.lease.slot.name
+            elapsed = time.monotonic() - clock
             result = Result(
-                task, "ok", endpoint, attempts, None, generation, started, time.monotonic() - clock
+                task,
+                "ok",
+                endpoint,
+                attempts,
+                None,
+                generation,
+                started,
+                elapsed,
+                generation.simulated,
             )
         except _Stop:
             return
@@ -226,7 +301,9 @@ class _Run:
             return
         except EndpointError as error:
             elapsed = time.monotonic() - clock
-            result = Result(task, "failed", endpoint, attempts, str(error), None, started, elapsed)
+            result = Result(
+                task, "failed", endpoint, attempts, str(error), None, started, elapsed, simulated
+            )
         if current is not None:  # a stop must not cancel a row being written
             self.sending.add(current)
         try:
@@ -281,17 +358,22 @@ class _Run:
         lost.cancel()
         if not sending.done():
             sending.cancel()
-            scheduler.release(lease, None)
+            scheduler.release(lease, None, failed="request")
             raise RetryableEndpointError(f"{slot.name} is out of rotation")
         try:
             generation = sending.result()
         except RetryableEndpointError as error:
-            scheduler.release(lease, None, endpoint_failed=True)
+            # A server that asks to be called later (Retry-After) is pacing, not failing.
+            paced = error.retry_after is not None
+            scheduler.release(lease, None, failed="request" if paced else "endpoint")
             log.info("row %d on %s: %s (will retry)", lease.task.row, slot.name, error)
             raise
-        except FatalEndpointError:
-            scheduler.release(lease, None)
-            slot.failed += 1
+        except FatalEndpointError as error:
+            scheduler.release(lease, None, failed="request")
+            if isinstance(error, RowError):
+                log.info(
+                    "row %d on %s: %s (not sent there again)", lease.task.row, slot.name, error
+                )
             raise
         except BaseException:
             scheduler.release(lease, None)
@@ -303,19 +385,23 @@ class _Run:
         payload = manifest_body(result.task.body, self.job.sheet.parent)
         # Shielded: once the images are being written, the manifest line follows them.
         try:
-            await asyncio.shield(self.group.write(result, payload))
+            line = await asyncio.shield(self.group.write(result, payload))
         except OSError as error:  # a full disk: the row is not done; stop rather than fail them all
             self._stop(f"cannot write to {self.job.out_dir}: {error}; the row is sent next run")
             return
+        if line.status != result.status:  # the file system refused this row's file names
+            result = dataclasses.replace(result, status="failed", error=line.error, generation=None)
         if result.status == "ok":
             self.ok += 1
             self.images += len(result.generation.images) if result.generation else 0
         else:
             self.failed += 1
+            if len(self.failed_rows) < FAILED_ROWS_SHOWN:
+                self.failed_rows.append(FailedRow(result.task.row, result.error or "failed"))
             log.warning(
-                "row %d failed after %d attempt(s): %s",
+                "row %d failed after %s: %s",
                 result.task.row,
-                result.attempts,
+                counted(result.attempts, "attempt"),
                 result.error,
             )
         self.reporter.row_finished(result)
@@ -335,14 +421,14 @@ class _Run:
         self.interrupted = True
         self._stop("interrupted: finishing the rows in flight (again to stop now)")
 
-    def _write_results(self) -> tuple[Path, ...]:
-        headers = read_headers(self.job.sheet, self.job.sheet_name)
-        rows = read_rows(self.job.sheet, self.job.sheet_name)
+    def _write_results(self, *, expanding: bool) -> tuple[Path, ...]:
+        headers = read_headers(self.job.sheet, **self.job.sheet_options)
+        rows = expanded_rows(self.job, PayloadBuilder(self.job, headers).target_of)
         xlsx = self.job.sheet.suffix.lower() == ".xlsx"
         try:
             return (
                 self.store.manifest_path,
-                *self.store.write_results(rows, headers, self.row_keys, xlsx),
+                *self.store.write_results(rows, headers, self.row_keys, xlsx, expanding=expanding),
             )
         finally:
             self.row_keys.close()
@@ -357,8 +443,10 @@ def _retry_wait(job: JobSpec) -> Callable[[RetryCallState], float]:
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(error, EndpointError) and error.status is None:
-            return 0.0  # the endpoint failed, not the row: another endpoint takes it at once
+        if isinstance(error, RetryableEndpointError) and error.retry_after is not None:
+            return error.retry_after  # as the server asked (capped by the client)
+        if isinstance(error, RowError) or (isinstance(error, EndpointError) and not error.status):
+            return 0.0  # the endpoint failed, or the row did there: another one takes it at once
         return backoff(state)
 
     return wait

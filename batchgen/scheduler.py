@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from batchgen.client import EndpointClient, ServerState
 from batchgen.errors import NoEndpointError
@@ -32,6 +32,7 @@ DEFAULT_SEC_PER_UNIT = 0.05  # a 20-step 512x512 image in 1 s, until an endpoint
 SWITCH_PRIOR_ROWS = 5.0  # a checkpoint switch costs this many rows until one is measured
 SPECULATE_MARGIN = 2.0  # copy a late row only if the copy would be back this many times sooner
 
+Failure = Literal["endpoint", "request"]
 Group = str | None  # canonical checkpoint name; None: the row names none (or one no server has)
 
 
@@ -215,6 +216,7 @@ class Scheduler:
         self._groups: dict[Group, deque[_Waiter]] = {}
         self._pending: dict[Group, float] = {}  # cost of the rows waiting, by group
         self._expected: set[int] = set()
+        self._retries: list[_Waiter] = []  # waiters that avoid an endpoint: sent again elsewhere
         self._aliases: dict[str, Group] = {}
         self._means: dict[str, float | None] = {}
         self._handle: asyncio.Handle | None = None
@@ -240,6 +242,8 @@ class Scheduler:
         group = self.group_of(task.checkpoint)
         waiter = _Waiter(task, frozenset(avoid), loop.create_future(), group, row_cost(task.body))
         self._groups.setdefault(group, deque()).append(waiter)
+        if waiter.avoid:
+            self._retries.append(waiter)
         self._pending[group] = self._pending.get(group, 0.0) + waiter.cost
         self._expected.discard(task.row)
         self._soon()
@@ -248,6 +252,11 @@ class Scheduler:
         except asyncio.CancelledError:
             self._forget(waiter)
             raise
+
+    def others_up(self, names: Iterable[str]) -> bool:
+        """Whether an endpoint not named is in rotation."""
+        excluded = set(names)
+        return any(slot.up and slot.name not in excluded for slot in self.slots)
 
     def group_of(self, checkpoint: str | None) -> Group:
         """A row's checkpoint group. A name no endpoint knows is ignored by A1111, as is none."""
@@ -260,9 +269,10 @@ class Scheduler:
         return self._aliases[checkpoint]
 
     def release(
-        self, lease: Lease, generation: Generation | None, *, endpoint_failed: bool = False
+        self, lease: Lease, generation: Generation | None, *, failed: Failure | None = None
     ) -> None:
-        """The row is back. `endpoint_failed`: the endpoint, not the request, was at fault."""
+        """The row is back. `failed`: the attempt failed, and whether the endpoint was at fault
+        ("endpoint": it counts towards leaving rotation) or only the request ("request")."""
         slot = lease.slot
         now = self._clock()
         if lease in slot.held:
@@ -270,12 +280,14 @@ class Scheduler:
         began = max(lease.started, slot.last_done)
         slot.last_done = now
         slot.busy_s += now - began
+        if failed is not None:
+            slot.failed += 1  # every failed attempt, whatever becomes of the row
         if generation is not None:
             slot.done += 1
             slot.images += len(generation.images)
             slot.failures = 0
             self._learn_from(slot, lease, generation, now - began)
-        elif endpoint_failed:
+        elif failed == "endpoint":
             slot.failures += 1
             if slot.failures >= DOWN_AFTER_FAILURES and slot.up:
                 log.warning(
@@ -399,6 +411,11 @@ class Scheduler:
         )
 
     def _choose(self, slot: EndpointSlot, outlook: _Outlook) -> _Waiter | None:
+        # A row that failed elsewhere goes to the first free endpoint it does not avoid: the
+        # estimates below would often leave it to the endpoint it must not go back to.
+        retry = next((w for w in self._retries if slot.name not in w.avoid), None)
+        if retry is not None:
+            return retry
         mine = outlook.busy[slot]
         speed = outlook.speed[slot]
         own: list[Group] = [slot.target] + ([None] if slot.target == slot.default else [])
@@ -472,11 +489,12 @@ class Scheduler:
 
     def _fallback(self, up: list[EndpointSlot]) -> tuple[EndpointSlot, _Waiter] | None:
         """Nobody takes a row while every endpoint is idle: the estimates are off; send anyway."""
-        for slot in sorted(up, key=self._sec_per_unit):
-            for queue in self._groups.values():
-                waiter = next(iter(queue), None)
-                if waiter is not None:
-                    return slot, waiter
+        fastest = sorted(up, key=self._sec_per_unit)
+        for queue in self._groups.values():
+            waiter = next(iter(queue), None)
+            if waiter is not None:
+                allowed = [slot for slot in fastest if slot.name not in waiter.avoid]
+                return (allowed or fastest)[0], waiter
         return None
 
     def _speculate(self, up: list[EndpointSlot], now: float) -> None:
@@ -548,6 +566,8 @@ class Scheduler:
             slot.held.remove(lease)
 
     def _forget(self, waiter: _Waiter) -> None:
+        if waiter.avoid and waiter in self._retries:
+            self._retries.remove(waiter)
         queue = self._groups.get(waiter.group)
         if queue is not None and waiter in queue:
             queue.remove(waiter)
@@ -576,6 +596,7 @@ class Scheduler:
                     waiter.future.set_exception(error)
         self._groups.clear()
         self._pending.clear()
+        self._retries.clear()
 
 
 def _blend(old: float | None, sample: float) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -12,6 +14,7 @@ import re
 import string
 import sys
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,9 +22,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from batchgen.errors import ConfigError
-from batchgen.manifest import MANIFEST, ManifestRecord, scan
-from batchgen.records import Result, SheetRow
+from batchgen.fields import FIELDS
+from batchgen.manifest import MANIFEST, ManifestRecord, iso_utc, scan
+from batchgen.records import Generation, Result, SheetRow, Task
 from batchgen.rowindex import RowIndex
+from batchgen.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +37,43 @@ EXTRAS_DIR = "controlnet"
 TMP_SUFFIX = ".tmp"
 IMAGE_WRITERS = 8  # threads writing one batch's images
 RESULT_COLUMNS = ("row", "status", "images", "seeds", "error")
+EXPANSION_COLUMN = ("expansion",)  # after "row", when rows expand
+FORMULA_STARTS = ("=", "+", "-", "@")  # what Excel reads as the start of a formula
+SIDE_FILES = ("results.csv", "results.xlsx", "job.json")  # written atomically beside the manifest
 _TEMPLATE_FIELDS = {"row", "index", "seed", "key", "job"}
+# Values a sweep may vary, by field name, for file names: {cfg_scale}, {checkpoint}, {expansion}.
+SWEPT_NAME_FIELDS = (
+    "steps",
+    "cfg_scale",
+    "sampler_name",
+    "scheduler",
+    "width",
+    "height",
+    "denoising_strength",
+)
 _INDEX_BATCH = 4096  # manifest lines read per insert into the index
-_UNSAFE = re.compile(r"[^\w.\-+=@]+")
+_UNSAFE = re.compile(r"[^\w.\-+=@]+")  # also drops Windows' <>:"|?* and control characters
+# File systems count bytes per name (255 on most): room is left for "~123456", ".webp" and ".tmp".
+NAME_BYTES = 255 - len("~123456") - len(".webp") - len(TMP_SUFFIX)
+# Windows refuses these as a name, with any extension: CON, NUL.png, com1.txt.
+_RESERVED = re.compile(r"(?i)(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?")
+# Only these stop a run: every later row would fail the same way. Any other write error is
+# that row's alone (a name the file system refuses, a file where a folder should be).
+DISK_FULL = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if code
+)
 
 
 MISSING = "missing"  # a PastRow status: the record says ok, but an image file is gone
+SIMULATED = "simulated"  # a PastRow status: ok, but made by the simulator (placeholder images)
+DONE = frozenset({"ok", SIMULATED})  # a run on real servers sends SIMULATED rows again
 
 
 @dataclass(frozen=True, slots=True)
 class PastRow:
     """The latest manifest record of a row key, as found when the folder was opened."""
 
-    status: str  # "ok", "failed", or MISSING (sent again, like a failed row)
+    status: str  # "ok", "failed", MISSING (sent again, like a failed row), or SIMULATED
     offset: int  # byte offset of the record in the manifest
 
 
@@ -79,16 +108,17 @@ class ResumeState:
 
     @property
     def done(self) -> frozenset[str]:
-        return frozenset(key for key, past in self.rows.items() if past.status == "ok")
+        return frozenset(key for key, past in self.rows.items() if past.status in DONE)
 
     @property
     def failed(self) -> frozenset[str]:
-        return frozenset(key for key, past in self.rows.items() if past.status != "ok")
+        return frozenset(key for key, past in self.rows.items() if past.status not in DONE)
 
 
 def check_template(template: str, metadata_columns: Iterable[str]) -> None:
     """Reject a file-name template that names an unknown field or reaches into objects."""
-    allowed = _TEMPLATE_FIELDS | set(metadata_columns)
+    allowed = _TEMPLATE_FIELDS | {*SWEPT_NAME_FIELDS, "checkpoint", "expansion"}
+    allowed |= set(metadata_columns)
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as error:
@@ -165,21 +195,22 @@ class OutputStore:
         if self._manifest is None:
             raise RuntimeError("open the store first")
         lines = []
-        files: list[tuple[Path, bytes]] = []
-        for result, manifest_payload in finished:
-            images, extras = self._name_files(result, files)
+        files: list[tuple[int, Path, bytes]] = []  # (line index, target, data)
+        for number, (result, manifest_payload) in enumerate(finished):
+            named: list[tuple[Path, bytes]] = []
+            images, extras = self._name_files(result, named)
             lines.append(self._line(result, manifest_payload, images, extras))
-        folders = {target.parent for target, _ in files}
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-        if len(files) > 1:  # fsyncs in parallel share the file system's journal commits
-            list(self._image_pool().map(_write_atomic_file, files))
-        else:
-            for file in files:
-                _write_atomic_file(file)
-        # The renames must be on disk before the line that says they are done (power cuts).
-        for folder in folders:
-            _fsync_dir(folder)
+            files.extend((number, target, data) for target, data in named)
+        refused = self._write_files(files)
+        for number, message in refused.items():
+            lines[number] = dataclasses.replace(
+                lines[number],
+                status="failed",
+                images=(),
+                image_sha256=(),
+                extras=(),
+                error=message,
+            )
         offset = self._manifest.tell()
         chunks = [line.to_line() for line in lines]
         try:
@@ -195,6 +226,44 @@ class OutputStore:
             offset += len(chunk)
         self._opened().put_offsets(offsets)
         return lines
+
+    def _write_files(self, files: list[tuple[int, Path, bytes]]) -> dict[int, str]:
+        """Write every file; a line whose file the system refuses gets a message, not a stop.
+
+        A full disk or quota raises: no later row could be written either.
+        """
+        refused: dict[int, str] = {}
+        folders: dict[Path, OSError | None] = {}
+        for _, target, _ in files:
+            if target.parent not in folders:
+                folders[target.parent] = _make_folder(target.parent)
+        writable = []
+        for number, target, data in files:
+            error = folders[target.parent]
+            if error is None:
+                writable.append((number, target, data))
+            else:
+                refused.setdefault(number, self._refusal(target, error))
+        if len(writable) > 1:  # fsyncs in parallel share the file system's journal commits
+            outcomes = list(self._image_pool().map(_try_write, writable))
+        else:
+            outcomes = [_try_write(file) for file in writable]
+        for (number, target, _), error in zip(writable, outcomes, strict=True):
+            if error is not None:
+                refused.setdefault(number, self._refusal(target, error))
+        # The renames must be on disk before the line that says they are done (power cuts).
+        for folder, error in folders.items():
+            if error is None:
+                _fsync_dir(folder)
+        return refused
+
+    def _refusal(self, target: Path, error: OSError) -> str:
+        shown = target.relative_to(self.out_dir).as_posix()
+        reason = error.strerror or str(error)
+        return (
+            f"cannot write {shown}: {reason} (errno {error.errno}); the row is not done; "
+            "change output.filename or the cells it uses, then run again"
+        )
 
     def _opened(self) -> RowIndex:
         if self._index is None:
@@ -246,6 +315,7 @@ class OutputStore:
     ) -> ManifestRecord:
         task = result.task
         generation = result.generation
+        finished_at = time.time()
         return ManifestRecord(
             row=task.row,
             key=task.key,
@@ -257,6 +327,7 @@ class OutputStore:
             extras=tuple(extras),
             seeds=generation.seeds if generation else (),
             endpoint=result.endpoint,
+            simulator=result.simulated,
             attempts=result.attempts,
             error=result.error,
             route=task.route,
@@ -266,9 +337,14 @@ class OutputStore:
             version=generation.version if generation else None,
             started_at=round(result.started_at, 3),
             duration_s=round(result.duration_s, 3),
-            finished_at=round(time.time(), 3),
+            finished_at=round(finished_at, 3),
             metadata=dict(task.metadata),
             payload=dict(manifest_payload),
+            **_as_used(generation),
+            started=iso_utc(result.started_at),
+            finished=iso_utc(finished_at),
+            **_expansion_fields(task),
+            **(dict(generation.provenance) if generation else {}),
         )
 
     def record_at(self, key: str) -> ManifestRecord | None:
@@ -281,10 +357,24 @@ class OutputStore:
             return ManifestRecord.from_line(handle.readline())
 
     def write_results(
-        self, rows: Iterable[SheetRow], headers: list[str], row_keys: Mapping[int, str], xlsx: bool
+        self,
+        rows: Iterable[SheetRow],
+        headers: list[str],
+        keys: Mapping[int, str],
+        xlsx: bool,
+        *,
+        expanding: bool = False,
     ) -> list[Path]:
-        """The input sheet plus each row's outcome: results.csv, and results.xlsx for XLSX input."""
-        columns = [*headers, *(c for c in RESULT_COLUMNS if c not in headers)]
+        """The input sheet plus each request's outcome: results.csv, and results.xlsx for XLSX
+        input. `rows` are the requests' rows (a row per expansion); `keys` by SheetRow.slot.
+        `expanding`: rows expand, and an `expansion` column says which one a line is."""
+        outcome_columns = [
+            *RESULT_COLUMNS[:1],
+            *(EXPANSION_COLUMN if expanding else ()),
+            *RESULT_COLUMNS[1:],
+        ]
+        outcome_columns = [c for c in outcome_columns if c not in headers]
+        columns = [*headers, *outcome_columns]
         csv_path = self.out_dir / "results.csv"
         written = [csv_path]
         tmp = csv_path.with_name(csv_path.name + TMP_SUFFIX)
@@ -294,7 +384,7 @@ class OutputStore:
             writer.writerow(columns)
             for row in rows:
                 values = [row.cells.get(header, "") for header in headers]
-                values += self._outcome(row.row, row_keys.get(row.row), headers)
+                values += self._outcome(row, keys.get(row.slot), outcome_columns)
                 writer.writerow(values)
                 if sheet is not None:
                     sheet.append(values)
@@ -303,19 +393,22 @@ class OutputStore:
             written.append(sheet.close())
         return written
 
-    def _outcome(self, row: int, key: str | None, headers: list[str]) -> list[Any]:
+    def _outcome(self, sheet_row: SheetRow, key: str | None, columns: list[str]) -> list[Any]:
         record = self.record_at(key) if key else None
+        row = sheet_row.row
+        expansion = sheet_row.expansion.index if sheet_row.expansion else ""
         if record is None:
-            outcome: dict[str, Any] = {"row": row, "status": "not run"}
+            outcome: dict[str, Any] = {"row": row, "expansion": expansion, "status": "not run"}
         else:
             outcome = {
                 "row": row,
+                "expansion": expansion,
                 "status": record.status,
                 "images": ";".join(record.images),
                 "seeds": ";".join(str(seed) for seed in record.seeds),
                 "error": record.error or "",
             }
-        return [outcome.get(column, "") for column in RESULT_COLUMNS if column not in headers]
+        return [outcome.get(column, "") for column in columns]
 
     def _name_image(
         self, folder: str, result: Result, index: int, seed: int | str, data: bytes
@@ -328,6 +421,7 @@ class OutputStore:
             "seed": seed,
             "key": result.task.key,
             "job": self._job_name,
+            **_swept_fields(result.task),
         }
         try:
             rendered = self._template.format_map(fields)
@@ -344,13 +438,17 @@ class OutputStore:
         candidate = f"{folder}/{name}"
         counter = 1
         index = self._opened()
-        while not index.take(candidate):
+        while not index.take(_name_key(candidate)):
             candidate = f"{folder}/{stem}~{counter}{dot}{suffix}"
             counter += 1
         return candidate
 
     def _remove_temporary_files(self) -> None:
-        for path in self.out_dir.rglob(f"*{TMP_SUFFIX}"):
+        """Half-written files of batchgen's own, and nothing else a user keeps under --out."""
+        own_folders = [self.out_dir / IMAGES_DIR, self.out_dir / EXTRAS_DIR]
+        leftovers = [path for folder in own_folders for path in folder.rglob(f"*{TMP_SUFFIX}")]
+        leftovers += [self.out_dir / f"{name}{TMP_SUFFIX}" for name in SIDE_FILES]
+        for path in leftovers:
             if path.is_file():
                 log.info("removing %s, left half-written by an earlier run", path)
                 path.unlink()
@@ -373,13 +471,15 @@ class OutputStore:
             present = [path for path in files if (self.out_dir / path).is_file()]
             if status == "ok" and len(present) < len(files):
                 log.warning(
-                    "row %s: recorded as done, but %d image file(s) are gone; sending it again",
+                    "row %s: recorded as done, but %s gone; sending it again",
                     record.row,
-                    len(files) - len(present),
+                    counted(len(files) - len(present), "image file is", "image files are"),
                 )
                 status = MISSING
+            elif status == "ok" and record.simulator:
+                status = SIMULATED
             past.append((record.key, status, offset))  # in file order: the latest one wins
-            taken.extend(present)
+            taken.extend(_name_key(path) for path in present)
             if len(past) >= _INDEX_BATCH:
                 index.put_past(past)
                 index.take_all(taken)
@@ -450,18 +550,81 @@ class _FormatAnything:
             return str(self.value)
 
 
+def _swept_fields(task: Task) -> dict[str, Any]:
+    """File-name fields for the values a sweep varies; one the request leaves out: the server's
+    default, or '' if it has none."""
+    fields: dict[str, Any] = {}
+    for name in SWEPT_NAME_FIELDS:
+        value = task.body.get(name, FIELDS[name].default)
+        fields[name] = "" if value is None else _no_separators(value)
+    fields["checkpoint"] = _no_separators(task.checkpoint or "")
+    fields["expansion"] = task.expansion.index if task.expansion else 0
+    return fields
+
+
+def _expansion_fields(task: Task) -> dict[str, Any]:
+    expansion = task.expansion
+    if expansion is None:
+        return {}
+    return {
+        "expansion": expansion.index,
+        "expansions": expansion.count,
+        "templates": dict(expansion.templates),
+        "resolved": dict(expansion.values),
+    }
+
+
 def _no_separators(value: Any) -> Any:
     return value.replace("/", "_").replace("\\", "_") if isinstance(value, str) else value
 
 
 def _safe_relative(rendered: str) -> str:
-    """Each part of the rendered name made harmless: no '..', no separators from cell values."""
+    """Each part of the rendered name made harmless: no '..', no separators from cell values,
+    no name Windows or macOS refuses, and short enough in bytes for any file system."""
     parts = []
     for part in rendered.replace("\\", "/").split("/"):
-        cleaned = _UNSAFE.sub("_", part).strip("._")[:120]
+        part = unicodedata.normalize("NFC", part)  # as macOS would store it, and shorter
+        cleaned = _fit_bytes(_UNSAFE.sub("_", part).strip("._"), NAME_BYTES).rstrip("._")
+        if _RESERVED.fullmatch(cleaned):
+            cleaned = f"_{cleaned}"
         if cleaned:
             parts.append(cleaned)
     return "/".join(parts) or "image"
+
+
+def _name_key(relative: str) -> str:
+    """Two names that are one file on macOS or Windows (case, Unicode forms) are one name."""
+    return unicodedata.normalize("NFC", relative).casefold()
+
+
+def _fit_bytes(text: str, limit: int) -> str:
+    """The longest start of `text` whose UTF-8 form fits `limit` bytes (whole characters)."""
+    return text.encode()[:limit].decode("utf-8", errors="ignore")
+
+
+def _as_used(generation: Generation | None) -> dict[str, Any]:
+    """Per generated image, what the server's info says it used (a grid's infotext dropped)."""
+    if generation is None:
+        return {}
+    info = generation.info
+    first = info.get("index_of_first_image")
+    first = first if isinstance(first, int) else 0
+    count = len(generation.images)
+
+    def per_image(name: str, start: int = 0) -> list[Any]:
+        values = info.get(name)
+        return values[start : start + count] if isinstance(values, list) else []
+
+    subseeds = []
+    for value in per_image("all_subseeds"):
+        with contextlib.suppress(TypeError, ValueError):
+            subseeds.append(int(value))
+    return {
+        "prompts": tuple(str(v) for v in per_image("all_prompts")),
+        "negative_prompts": tuple(str(v) for v in per_image("all_negative_prompts")),
+        "subseeds": tuple(subseeds),
+        "infotexts": tuple(str(v) for v in per_image("infotexts", first)),
+    }
 
 
 def _extension(data: bytes) -> str:
@@ -474,8 +637,26 @@ def _extension(data: bytes) -> str:
     return ".bin"
 
 
-def _write_atomic_file(file: tuple[Path, bytes]) -> None:
-    _write_atomic(*file)
+def _make_folder(folder: Path) -> OSError | None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if error.errno in DISK_FULL:
+            raise
+        return error
+    return None
+
+
+def _try_write(file: tuple[int, Path, bytes]) -> OSError | None:
+    """Write one file; return the error the system gave unless the disk is full (raised)."""
+    _, target, data = file
+    try:
+        _write_atomic(target, data)
+    except OSError as error:
+        if error.errno in DISK_FULL:
+            raise
+        return error
+    return None
 
 
 def _write_atomic(target: Path, data: bytes) -> None:
@@ -516,7 +697,17 @@ class _XlsxWriter:
         self._sheet.append(columns)
 
     def append(self, values: list[Any]) -> None:
-        self._sheet.append(values)
+        self._sheet.append([self._text_stays_text(value) for value in values])
+
+    def _text_stays_text(self, value: Any) -> Any:
+        """A cell like '=HYPERLINK(...)' is a prompt, not a formula for whoever opens the file."""
+        if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+            return value
+        from openpyxl.cell import WriteOnlyCell
+
+        cell = WriteOnlyCell(self._sheet, value=value)
+        cell.data_type = "s"
+        return cell
 
     def close(self) -> Path:
         tmp = self._path.with_name(self._path.name + TMP_SUFFIX)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any
 
+from batchgen.manifest import ManifestRecord
 from batchgen.records import Result
 from batchgen.store import OutputStore
 
@@ -23,13 +24,15 @@ class GroupWriter:
     def __init__(self, store: OutputStore, executor: Executor) -> None:
         self._store = store
         self._executor = executor
-        self._pending: list[tuple[Result, Mapping[str, Any], asyncio.Future[None]]] = []
+        self._pending: list[tuple[Result, Mapping[str, Any], asyncio.Future[ManifestRecord]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
-    def write(self, result: Result, manifest_payload: Mapping[str, Any]) -> asyncio.Future[None]:
-        """A future that is done once the row's images and manifest line are on disk."""
+    def write(
+        self, result: Result, manifest_payload: Mapping[str, Any]
+    ) -> asyncio.Future[ManifestRecord]:
+        """The row's manifest line, once it and the row's images are on disk."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[ManifestRecord] = loop.create_future()
         self._pending.append((result, manifest_payload, done))
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
@@ -41,12 +44,12 @@ class GroupWriter:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             items = [(result, payload) for result, payload, _ in batch]
             try:
-                await loop.run_in_executor(self._executor, self._store.record_many, items)
+                lines = await loop.run_in_executor(self._executor, self._store.record_many, items)
             except Exception as error:
                 for *_, done in batch:
                     if not done.done():
                         done.set_exception(error)
                 continue
-            for *_, done in batch:
+            for (*_, done), line in zip(batch, lines, strict=True):
                 if not done.done():
-                    done.set_result(None)
+                    done.set_result(line)

@@ -357,6 +357,7 @@ def test_a_full_disk_stops_the_run_and_the_folder_resumes(tmp_path: Path) -> Non
     )
 
     args = [sys.executable, "-m", "batchgen", "run", "sheet.csv", "--out", "out"]
+    args += ["--endpoint", "sim://"]
     full = subprocess.run(
         [sys.executable, "-c", _SMALL_DISK, *args],
         cwd=tmp_path,

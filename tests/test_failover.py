@@ -102,8 +102,8 @@ async def test_when_every_endpoint_is_down_the_run_waits_instead_of_failing_rows
     assert fresh.generations >= 25
 
 
-async def test_no_endpoint_answering_at_the_start_is_waited_for(tmp_path: Path) -> None:
-    late = dataclasses.replace(FAST, refuse_s=0.5)
+async def test_an_endpoint_answering_503_at_the_start_is_waited_for(tmp_path: Path) -> None:
+    late = dataclasses.replace(FAST, unavailable_s=0.5)  # it answers, but is not ready yet
     async with simulators(late) as sims:
         job = make_job(tmp_path, [sims[0].url], ["a", "b"] * 10, check=True)
         summary = await run(job)
@@ -142,6 +142,6 @@ def test_progress_shows_each_endpoint_and_the_all_down_wait(
         reporter.endpoints([dataclasses.replace(views[0], up=True, down_s=None), views[1]])
     first, second = (record.getMessage() for record in caplog.records)
     assert "waiting: every endpoint is down (for 4s)" in first
-    assert "e0 (down 1m15s): 12 done, 1 failed, 12 images" in first
+    assert "e0 (down 1m15s): 12 done, 1 failed attempt, 12 images" in first
     assert "2 checkpoint switches" in first
     assert "waiting" not in second and "e0 (up)" in second

@@ -90,6 +90,7 @@ async def test_replay_says_identical_and_resumes_itself(tmp_path: Path) -> None:
         assert [row.verdict for row in summary.rows] == ["identical"] * 5
         assert summary.exit_code == 0
         assert "same bytes" in summary.rows[0].detail
+        assert all(line.simulator for line in latest_records(tmp_path / "again").values())
         replayed = server.stats.history[sent:]
         assert canonical(replayed) == canonical(server.stats.history[:sent])
         # The new folder has its own manifest: replaying into it again sends nothing.
@@ -113,8 +114,8 @@ def test_replay_command_with_the_recorded_sim_endpoint(tmp_path: Path) -> None:
     )
     assert rows.exit_code == 0
     assert rows.stdout.splitlines() == [
-        "row 3: identical (2 image(s), same bytes)",
-        "row 4: identical (1 image(s), same bytes)",
+        "row 3: identical (2 images, same bytes)",
+        "row 4: identical (1 image, same bytes)",
     ]
     saved = json.loads((tmp_path / "r" / "job.json").read_text(encoding="utf-8"))
     assert saved["replay_of"] == str((tmp_path / "out").resolve())

@@ -83,9 +83,9 @@ def test_the_store_resumes_the_same_through_an_index_on_disk(
     store = OutputStore(tmp_path, "job", "same-name", tmp_path)
     store.open()
     lines = store.record_many([(_result(2), {}), (_result(3), {})])
-    assert [line["images"] for line in lines] == [
-        ["images/same-name.png"],
-        ["images/same-name~1.png"],
+    assert [line.images for line in lines] == [
+        ("images/same-name.png",),
+        ("images/same-name~1.png",),
     ]
     assert (tmp_path / ".batchgen" / "index.sqlite").exists()
     store.close()
@@ -95,5 +95,5 @@ def test_the_store_resumes_the_same_through_an_index_on_disk(
     state = again.open()
     assert state.rows["k3-0"].status == "ok" and state.rows.get("k4-0") is None
     assert again.record_at("k2-0") == lines[0]
-    assert again.record(_result(4), {})["images"] == ["images/same-name~2.png"]
+    assert again.record(_result(4), {}).images == ("images/same-name~2.png",)
     again.close()

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from batchgen.errors import ConfigError
-from batchgen.sheet import NO_HEADER, read_headers, read_rows
+from batchgen.sheet import NO_HEADER, read_headers, read_rows, sheet_problems
 
 PANDA = "一只在竹林里的大熊猫\uff0c水墨画 🐼🎋"  # \uff0c: a full-width comma
 MULTILINE = "line one\nline two, with a comma <lora:ink:0.7>"
@@ -109,12 +109,18 @@ def test_jsonl_rows_are_line_numbers(tmp_path: Path) -> None:
     assert rows[1].cells == {"prompt": "b", "override_settings": {"sd_vae": "None"}}
 
 
-@pytest.mark.parametrize(("line", "message"), [("{oops", "not valid JSON"), ("[1]", "JSON object")])
-def test_jsonl_bad_line(tmp_path: Path, line: str, message: str) -> None:
+def test_every_bad_jsonl_line_is_reported_with_its_number(tmp_path: Path) -> None:
     sheet = tmp_path / "s.jsonl"
-    sheet.write_text('{"prompt": "a"}\n' + line + "\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=rf"line 2: .*{message}"):
-        list(read_rows(sheet))
+    lines = ['{"prompt": "a"}', "{oops", "[1]", '{"prompt": "b"}', '{"prompt": "c",}']
+    sheet.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    problems = [str(p) for p in sheet_problems(sheet)]
+
+    assert len(problems) == 3
+    assert "line 2: not valid JSON" in problems[0]
+    assert "line 3: each line must be a JSON object" in problems[1]
+    assert "line 5: not valid JSON" in problems[2]
+    assert [row.row for row in read_rows(sheet)] == [1, 4]  # the good lines, numbered as shown
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
@@ -124,8 +130,8 @@ def test_unreadable_files(tmp_path: Path) -> None:
         read_headers(tmp_path / "old.xls")
     latin = tmp_path / "latin.csv"
     latin.write_bytes("prompt\ncafé\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match="UTF-8"):
-        list(read_rows(latin))
+    with pytest.raises(ConfigError, match="not utf-8 text; set encoding"):
+        list(read_rows(latin, encoding="utf-8"))
     fake = tmp_path / "fake.xlsx"
     fake.write_text("not a workbook", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"fake\.xlsx.*Excel"):
@@ -170,3 +176,32 @@ def test_100k_row_csv_streams_in_bounded_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert (count, last) == (100_000, 100_001)
     assert peak < 4_000_000  # the whole file as rows would be tens of MB
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        ("prompt;steps;note\r\ncafé, crème;20;été\r\n".encode("cp1252"), "excel-de.csv"),
+        ("\ufeffprompt;steps;note\r\ncafé, crème;20;été\r\n".encode(), "excel-utf8.csv"),
+        ("prompt\tsteps\tnote\ncafé, crème\t20\tété\n".encode(), "tabs.csv"),
+    ],
+)
+def test_csv_as_european_excel_and_other_tools_save_it(
+    tmp_path: Path, data: bytes, name: str
+) -> None:
+    sheet = tmp_path / name
+    sheet.write_bytes(data)
+
+    assert read_headers(sheet) == ["prompt", "steps", "note"]
+    (row,) = read_rows(sheet)
+    assert row.row == 2
+    assert row.cells == {"prompt": "café, crème", "steps": "20", "note": "été"}
+
+
+def test_the_job_can_name_the_separator_and_encoding(tmp_path: Path) -> None:
+    sheet = tmp_path / "pipes.csv"
+    sheet.write_bytes("prompt|note\nmünze;x|a\n".encode("cp1252"))
+
+    (row,) = read_rows(sheet, delimiter="|", encoding="cp1252")
+
+    assert row.cells == {"prompt": "münze;x", "note": "a"}

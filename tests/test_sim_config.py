@@ -35,7 +35,7 @@ def test_from_query_converts_types() -> None:
         ("sped=2", "unknown simulator option 'sped'"),
         ("speed=fast", "simulator option 'speed'"),
         ("speed=0", "speed must be > 0"),
-        ("flavor=comfy", "flavor"),
+        ("flavor=sdnext", "flavor"),
         ("webui=maybe", "webui"),
         ("fail_rate=0.6&drop_rate=0.6", "must be <= 1"),
         ("api_auth=nocolon", "api_auth"),

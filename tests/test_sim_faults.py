@@ -23,7 +23,7 @@ async def outcome(http: aiohttp.ClientSession, url: str, timeout: float = 2.0) -
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
             return resp.status
-    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:  # 3.10: not builtin
         return type(exc).__name__
 
 

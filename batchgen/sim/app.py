@@ -36,14 +36,18 @@ RUNTIME_KNOBS = frozenset(
         "fail_rate",
         "drop_rate",
         "hang_rate",
+        "busy_rate",
+        "retry_after",
         "die_after",
         "unavailable_s",
         "fault_seed",
+        "nan_marker",
         "ms_per_step",
         "switch_s",
         "speed",
     }
 )
+SIMULATOR_HEADER = "X-Batchgen-Simulator"
 _NO_AUTH = frozenset({"/sdapi/v1/loras", "/sdapi/v1/refresh-loras"})
 _MEMORY = {
     "ram": {"free": 24_000_000_000, "used": 8_000_000_000, "total": 32_000_000_000},
@@ -141,6 +145,9 @@ class SimApp:
             self._tasks.discard(task)
         if not self.forge:
             response.headers["X-Process-Time"] = f"{time.perf_counter() - began:.4f}"
+        # No real web UI sends this: a client can tell a simulator's placeholder images apart.
+        if self.config.marked:
+            response.headers[SIMULATOR_HEADER] = self.config.flavor
         # Starlette's GZipMiddleware(minimum_size=1000), installed by A1111 and Forge.
         accepts_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
         if accepts_gzip and isinstance(response, web.Response):
@@ -149,10 +156,16 @@ class SimApp:
 
     def _gate(self, request: web.Request) -> None:
         if time.monotonic() - self.started < self.config.unavailable_s:
-            raise ApiError(503, "HTTPException", detail="Service Unavailable")
+            raise ApiError(
+                503, "HTTPException", detail="Service Unavailable", headers=self._retry_after()
+            )
         path = request.path
         if self._credentials and path.startswith("/sdapi/v1/") and path not in _NO_AUTH:
             self._check_auth(request.headers.get("Authorization"))
+
+    def _retry_after(self) -> dict[str, str] | None:
+        seconds = self.config.retry_after
+        return {"Retry-After": str(seconds)} if seconds else None
 
     def _check_auth(self, header: str | None) -> None:
         scheme, _, param = (header or "").partition(" ")
@@ -176,12 +189,13 @@ class SimApp:
                 "body": exc.body,
                 "errors": exc.errors,
             }
-            return json_response(body, status=exc.status)
+            return json_response(body, status=exc.status, headers=exc.headers)
         if exc.is_http:
-            headers = {"WWW-Authenticate": "Basic"} if exc.status == 401 else None
+            headers = {"WWW-Authenticate": "Basic"} if exc.status == 401 else {}
+            headers.update(exc.headers or {})
             return json_response({"detail": exc.detail}, status=exc.status, headers=headers)
         body = {"error": exc.error, "detail": exc.detail, "body": exc.body, "message": exc.errors}
-        return json_response(body, status=exc.status)
+        return json_response(body, status=exc.status, headers=exc.headers)
 
     # ----- routes -----
 
@@ -200,6 +214,10 @@ class SimApp:
             "/sdapi/v1/schedulers": inv.schedulers,
             "/sdapi/v1/loras": inv.loras,
             "/sdapi/v1/upscalers": inv.upscalers,
+            "/sdapi/v1/prompt-styles": lambda: [
+                {"name": name, "prompt": text, "negative_prompt": ""}
+                for name, text in self.config.style_texts().items()
+            ],
             "/sdapi/v1/latent-upscale-modes": lambda: [{"name": n} for n in LATENT_UPSCALE_MODES],
             "/sdapi/v1/progress": st.progress_json,
             "/sdapi/v1/memory": lambda: _MEMORY,
@@ -271,6 +289,10 @@ class SimApp:
         if verdict == "hang":
             await self._stopping.wait()
             return _abort(request)
+        if verdict == "busy":
+            raise ApiError(
+                429, "HTTPException", detail="Too Many Requests", headers=self._retry_after()
+            )
         result = await self.engine.generate(route, req, fail=verdict == "fail")
         if verdict == "drop":
             return _abort(request)

@@ -9,9 +9,16 @@ class ApiError(Exception):
     """An exception as A1111's `api_middleware` sees it: class name, status, detail, str(e)."""
 
     def __init__(
-        self, status: int, error: str, detail: str = "", errors: str = "", body: str = ""
+        self,
+        status: int,
+        error: str,
+        detail: str = "",
+        errors: str = "",
+        body: str = "",
+        headers: dict[str, str] | None = None,  # sent as they are (Retry-After from a proxy)
     ) -> None:
         super().__init__(errors or detail)
+        self.headers = headers
         self.status = status
         self.error = error
         self.detail = detail

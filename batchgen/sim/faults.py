@@ -7,7 +7,7 @@ from typing import Literal
 
 from .config import SimConfig
 
-Verdict = Literal["ok", "fail", "drop", "hang", "die"]
+Verdict = Literal["ok", "fail", "drop", "hang", "busy", "die"]
 
 
 class FaultPlan:
@@ -33,4 +33,6 @@ class FaultPlan:
             return "drop"
         if r < config.fail_rate + config.drop_rate + config.hang_rate:
             return "hang"
+        if r < config.fail_rate + config.drop_rate + config.hang_rate + config.busy_rate:
+            return "busy"
         return "ok"

@@ -31,6 +31,11 @@ OOM_MESSAGE = (
     "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 8.00 GiB total capacity; "
     "6.93 GiB already allocated; 0 bytes free; 7.12 GiB reserved in total by PyTorch)"
 )
+# modules/devices.py test_for_nans, as a real A1111 v1.10.1 answered (a1111-api.md §15).
+NAN_MESSAGE = (
+    "A tensor with NaNs was produced in Unet. Use --disable-nan-check commandline argument "
+    "to disable this check."
+)
 
 
 class Engine:
@@ -104,6 +109,10 @@ class Engine:
         init_digest = self._init_images(route, req, job)
         if fail:
             raise ApiError.internal("OutOfMemoryError", OOM_MESSAGE)
+        marker = state.config.nan_marker
+        if marker and marker in str(req.get("prompt") or ""):
+            state.stats.faults["nan"] += 1
+            raise ApiError.internal("NansException", NAN_MESSAGE)
         batches = await self._work(route, req, job, out_size)
         return self._respond(route, req, job, out_size, map_sizes, init_digest, batches)
 

@@ -57,8 +57,9 @@ def build_job(
     vae = str(state.opts.get("sd_vae", "Automatic"))
     # An unknown VAE falls back to the checkpoint's own, as A1111 logs and carries on.
     known_vae = vae in {v.rsplit("/", 1)[-1] for v in state.config.vaes}
+    styles = list(req["styles"] or [])
     job = Job(
-        prompt=req["prompt"] or "",
+        prompt=apply_styles(state.config.style_texts(), styles, req["prompt"] or ""),
         negative_prompt=req["negative_prompt"] or "",
         seed=seed,
         subseed=subseed,
@@ -85,7 +86,7 @@ def build_job(
         job_timestamp=state.progress.job_timestamp,
         restore_faces=bool(req["restore_faces"]),
         tiling=bool(req["tiling"]),
-        styles=list(req["styles"] or []),
+        styles=styles,
         image_cfg_scale=req.get("image_cfg_scale"),
         extra=extra,
         is_img2img=route == "img2img",
@@ -156,3 +157,18 @@ def _lora_hashes(state: ServerState, req: dict[str, Any], extra: dict[str, Any])
         extra["Lora hashes"] = ", ".join(
             f"{n}: {hashlib.sha256(n.encode()).hexdigest()[:12]}" for n in names
         )
+
+
+def apply_styles(known: dict[str, str], names: list[str], prompt: str) -> str:
+    """A1111's `apply_styles_to_prompt`: {prompt} is replaced, else the style is appended."""
+    for name in names:
+        text = known.get(name)
+        if text is None:  # unknown names are ignored, as on the real server
+            continue
+        if "{prompt}" in text:
+            prompt = text.replace("{prompt}", prompt)
+        elif prompt:
+            prompt = f"{prompt}, {text}"
+        else:
+            prompt = text
+    return prompt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -12,6 +13,7 @@ from types import TracebackType
 from aiohttp import web
 
 from .app import SimApp
+from .comfy import ComfyApp
 from .config import SimConfig
 from .stats import SimStats
 
@@ -19,13 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class SimServer:
-    """A simulated A1111/Forge server on 127.0.0.1; an async context manager."""
+    """A simulated A1111/Forge/ComfyUI server on 127.0.0.1; an async context manager."""
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self._config = config or SimConfig()
         self.stats = SimStats()
         self.url = ""
-        self._sim: SimApp | None = None
+        self._sim: SimApp | ComfyApp | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.SockSite | None = None
         self._bind_task: asyncio.Task[None] | None = None
@@ -36,14 +38,15 @@ class SimServer:
         return self._sim.config if self._sim is not None else self._config
 
     @property
-    def app(self) -> SimApp:
+    def app(self) -> SimApp | ComfyApp:
         if self._sim is None:
             raise RuntimeError("SimServer is not started")
         return self._sim
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Bind (after `refuse_s` seconds, refusing connections until then); return the base URL."""
-        self._sim = SimApp(self.config, self.stats, self._die)
+        flavor = ComfyApp if self.config.flavor == "comfy" else SimApp
+        self._sim = flavor(self.config, self.stats, self._die)
         self._runner = web.AppRunner(self._sim.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -124,7 +127,10 @@ class SimServer:
 
 
 def serve(port: int, config: SimConfig, host: str = "127.0.0.1") -> None:
-    """Run a simulator until SIGINT/SIGTERM; prints the URL line (the CLI's `batchgen sim`)."""
+    """Run a simulator until SIGINT/SIGTERM; prints the URL line (the CLI's `batchgen sim`).
+
+    Raises OSError with a message to show as it is when the address cannot be used.
+    """
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -133,7 +139,10 @@ def serve(port: int, config: SimConfig, host: str = "127.0.0.1") -> None:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         server = SimServer(config)
-        url = await server.start(host, port)
+        try:
+            url = await server.start(host, port)
+        except OSError as error:
+            raise OSError(error.errno, cannot_listen(error, host, port)) from None
         print(
             f"batchgen simulator ({config.flavor}) serving at {url}  (Ctrl-C to stop)", flush=True
         )
@@ -144,3 +153,12 @@ def serve(port: int, config: SimConfig, host: str = "127.0.0.1") -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+
+
+def cannot_listen(error: OSError, host: str, port: int) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use (a web UI or another simulator?); "
+            "give another with --port, or --port 0 for any free port"
+        )
+    return f"cannot listen on {host}:{port}: {error.strerror or error}"
