@@ -201,7 +201,7 @@ def test_exporting_twice_gives_byte_identical_files(
 def test_prompts_seeds_and_schedule_the_server_reported_win_over_the_request(
     run_dir: Path, tmp_path: Path
 ) -> None:
-    """A newer manifest records what the server used per image; export prefers it."""
+    """The manifest records what the server used per image; export prefers it to the request."""
     import dataclasses
     import shutil
 
@@ -211,13 +211,14 @@ def test_prompts_seeds_and_schedule_the_server_reported_win_over_the_request(
     lines = []
     for record in latest_records(copy).values():
         count = len(record.images)
-        used = {
-            "all_prompts": [f"{record.payload['prompt']}, styled {i}" for i in range(count)],
-            "all_negative_prompts": [f"bad hands {i}" for i in range(count)],
-            "all_subseeds": [1000 + i for i in range(count)],
-            "infotexts": ["x\nSteps: 3, Sampler: Euler a, Schedule type: Karras"] * count,
-        }
-        lines.append(dataclasses.replace(record, unknown=used).to_line())
+        used = dataclasses.replace(
+            record,
+            prompts=tuple(f"{record.payload['prompt']}, styled {i}" for i in range(count)),
+            negative_prompts=tuple(f"bad hands {i}" for i in range(count)),
+            subseeds=tuple(1000 + i for i in range(count)),
+            infotexts=("x\nSteps: 3, Sampler: Euler a, Schedule type: Karras",) * count,
+        )
+        lines.append(used.to_line())
     (copy / MANIFEST).write_bytes(b"".join(lines))
 
     export_runs(ExportOptions((copy,), "parquet", str(tmp_path / "ds")))

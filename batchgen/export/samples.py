@@ -187,7 +187,7 @@ def _sample(
         missing.append(f"{run}, row {record.row}: {relative}")
         return None
     key = f"{run_index:02d}-{record.row:06d}-{SAFE.sub('_', record.key)}-{image:02d}"
-    text = str(_per_image(record, "all_prompts", image) or record.payload.get("prompt") or "")
+    text = str(_per_image(record.prompts, image) or record.payload.get("prompt") or "")
     metadata: dict[str, Any] = {
         **_provenance(run, record, image, text),
         "width": width,
@@ -215,11 +215,9 @@ def _size_and_dimensions(path: Path) -> tuple[int, int, int]:
 
 def _provenance(run: Path, record: ManifestRecord, image: int, text: str) -> dict[str, Any]:
     payload = record.payload
-    infotext = str(_per_image(record, "infotexts", image) or "")
-    negative = _per_image(record, "all_negative_prompts", image)
-    subseed = _per_image(record, "all_subseeds", image)
-    if subseed is None:
-        subseed = _per_image(record, "subseeds", image)
+    infotext = str(_per_image(record.infotexts, image) or "")
+    negative = _per_image(record.negative_prompts, image)
+    subseed = _per_image(record.subseeds, image)
     if subseed is None and _number(payload.get("subseed"), int) not in (None, -1):
         subseed = payload.get("subseed")
     return {
@@ -245,14 +243,9 @@ def _provenance(run: Path, record: ManifestRecord, image: int, text: str) -> dic
     }
 
 
-def _per_image(record: ManifestRecord, name: str, image: int) -> Any:
-    """A per-image list a newer manifest may hold (a field, or a key this version keeps unknown)."""
-    values = getattr(record, name, None)
-    if values is None:
-        values = record.unknown.get(name)
-    if isinstance(values, (list, tuple)) and image < len(values):
-        return values[image]
-    return None
+def _per_image(values: tuple[Any, ...], image: int) -> Any:
+    """The image's entry in what the server reported per image; None for an older manifest."""
+    return values[image] if image < len(values) else None
 
 
 def _from_infotext(infotext: str, label: str) -> str | None:
