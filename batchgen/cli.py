@@ -19,6 +19,7 @@ from rich.logging import RichHandler
 from batchgen.errors import BatchgenError
 
 if TYPE_CHECKING:
+    from batchgen.export.options import Format
     from batchgen.job import JobSpec
     from batchgen.records import Reporter
 
@@ -181,6 +182,39 @@ def merge(shard_dirs: Sequence[Path], out: Path, copy: bool) -> None:
     summary = _guarded(lambda: merge_shards(shard_dirs, out, copy=copy))
     click.echo(summary.describe(), err=True)
     sys.exit(summary.exit_code)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--format", "fmt", required=True, type=click.Choice(["imagefolder", "webdataset", "parquet"])
+)
+@click.option("--to", "dest", required=True, metavar="DEST", help="A folder or s3://bucket/prefix.")
+@click.option("--captions", is_flag=True, help="imagefolder: NAME.txt beside each image.")
+@click.option("--split-by", metavar="COLUMN", help="A note column naming each row's split.")
+@click.option("--max-per-shard", default=10_000, show_default=True, help="Images per shard.")
+@click.option("--max-shard-size", default="1GB", show_default=True, help="Bytes per shard.")
+def export(
+    runs: Sequence[Path],
+    fmt: Format,
+    dest: str,
+    captions: bool,
+    split_by: str | None,
+    max_per_shard: int,
+    max_shard_size: str,
+) -> None:
+    """Export the ok images of run folders RUNS as a dataset (with a card) in DEST."""
+
+    def export_all() -> str:
+        from batchgen.export import ExportOptions, parse_size
+        from batchgen.export.view import export_with_progress
+
+        options = ExportOptions(
+            tuple(runs), fmt, dest, captions, split_by, max_per_shard, parse_size(max_shard_size)
+        )
+        return export_with_progress(options, _console).describe()
+
+    click.echo(_guarded(export_all), err=True)
 
 
 @cli.command()

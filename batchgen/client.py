@@ -98,11 +98,11 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https", "sim"}:
         raise ConfigError(
-            f"endpoint {_redact(spec.url)}: use http://host:port, https://..., comfy://host:port "
-            "or sim://"
+            f"endpoint {redact_url(spec.url)}: use http://host:port, https://..., "
+            "comfy://host:port or sim://"
         )
     if parts.scheme != "sim" and not parts.hostname:
-        raise ConfigError(f"endpoint {_redact(spec.url)}: the URL has no host")
+        raise ConfigError(f"endpoint {redact_url(spec.url)}: the URL has no host")
     # urlsplit leaves percent-escapes in place: "p%40ss" is how a URL spells "p@ss".
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
@@ -110,7 +110,7 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
         value = os.environ.get(spec.auth_env)
         if value is None or ":" not in value:
             raise ConfigError(
-                f"endpoint {_redact(url)}: set the environment variable {spec.auth_env} "
+                f"endpoint {redact_url(url)}: set the environment variable {spec.auth_env} "
                 "to user:password"
             )
         username, _, password = value.partition(":")
@@ -123,11 +123,11 @@ def resolve_endpoint(spec: EndpointSpec, default_in_flight: int) -> Endpoint:
         value = os.environ.get(variable)
         if value is None:
             raise ConfigError(
-                f"endpoint {_redact(spec.url)}: header {header} needs the environment "
+                f"endpoint {redact_url(spec.url)}: header {header} needs the environment "
                 f"variable {variable}, which is not set"
             )
         headers[header] = _Secret(value)
-    clean = _redact(url)
+    clean = redact_url(url)
     if parts.scheme != "sim":
         clean = clean.rstrip("/")
     return Endpoint(
@@ -163,7 +163,8 @@ def _tls(spec: EndpointSpec, shown: str) -> ssl.SSLContext | bool:
     return spec.verify
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
+    """The URL without its user:password part, to be shown."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
