@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from batchgen.errors import (
     RowError,
 )
 from batchgen.expand import expanded_rows
-from batchgen.fleet import endpoint_views, open_fleet, watch
+from batchgen.fleet import Fleet, endpoint_views, open_fleet, watch
 from batchgen.interrupts import catch_interrupts
 from batchgen.job import JobSpec
 from batchgen.payload import PayloadBuilder, manifest_body
@@ -98,17 +98,35 @@ async def run_batch(
     job: JobSpec, options: RunOptions | None = None, reporter: Reporter | None = None
 ) -> RunSummary:
     """Run a job to the end (or to an interrupt) and return how it ended."""
-    return await _Run(job, options or RunOptions(), reporter or _Quiet()).run()
+    return await _Run(job, options or RunOptions(), reporter or _Quiet(), job.sheet.parent).run()
+
+
+async def run_tasks(
+    job: JobSpec,
+    tasks: Iterable[Task],
+    plan: RunPlan,
+    job_file: Mapping[str, Any],
+    *,
+    payload_base: Path,
+    options: RunOptions | None = None,
+    reporter: Reporter | None = None,
+) -> RunSummary:
+    """Send tasks made elsewhere (a manifest's, for replay) into job.out_dir as a run sends its
+    sheet's: same fleet, health checks, failover, tail copies, resume and Ctrl-C. No sheet is
+    read; `job_file` becomes the folder's job.json, and no results.csv is written."""
+    run = _Run(job, options or RunOptions(), reporter or _Quiet(), payload_base)
+    return await run.run_given(tasks, plan, job_file)
 
 
 class _Run:
-    def __init__(self, job: JobSpec, options: RunOptions, reporter: Reporter) -> None:
+    def __init__(
+        self, job: JobSpec, options: RunOptions, reporter: Reporter, payload_base: Path
+    ) -> None:
         self.job = job
         self.options = options
         self.reporter = published(reporter, job.out_dir)  # + status.json and the HTML report
-        self.store = OutputStore(
-            job.out_dir, job.name, job.output.filename, payload_base=job.sheet.parent
-        )
+        self.payload_base = payload_base  # where the manifest's relative image paths start
+        self.store = OutputStore(job.out_dir, job.name, job.output.filename, payload_base)
         self.ok = self.failed = self.images = 0
         self.failed_rows: list[FailedRow] = []
         self.stopping = False
@@ -145,40 +163,75 @@ class _Run:
             if checking:  # raises with the sheet's problems, if any, beside the servers'
                 await check_endpoints(self.job, fleet.answering(), sheet_problems)
             plan = plan.on(fleet.simulators(), retry_failed=self.options.retry_failed)
-            scheduler = Scheduler(
-                fleet.slots, wait_all_down=self.job.wait_all_down, policy=self.options.policy
-            )
             if self.options.fresh:  # only now: an invalid job leaves the folder as it was
                 move_aside(self.job.out_dir)
-            state = self.store.open()
-            handler = open_run_log(self.job.out_dir)
-            try:
+
+            def job_file() -> dict[str, Any]:
                 said = changes.describe(self.job.model_dump(mode="json")) if changes else None
                 if said:  # before job.json is replaced: it is what the folder's last run used
                     log.warning("%s", said)
                 written = public_job(self.job, fleet.endpoints)
                 if changes is not None:
                     written[DIGEST] = changes.digest
-                self.store.write_json("job.json", written)
                 if self.job.shard is not None:
                     write_shard_plan(self.job, self.job.shard, all_tasks(self.job))
-                self.reporter.started(plan, self.job.out_dir)
-                with catch_interrupts(self._interrupted):
-                    await self._send_all(scheduler, state, plan)
-            except BaseException:
-                self.writer.shutdown(wait=True)  # a row being written is finished first
-                self.store.close()  # and the folder is free for the next run at once
-                close_run_log(handler)
-                raise
-            finally:
-                self.writer.shutdown(wait=True)
+                return written
+
+            scheduler, handler = await self._send(fleet, plan, self._sheet_tasks(), job_file)
         try:  # the run log keeps the summary too
-            return self._finish(plan, started, scheduler)
+            return self._finish(plan, started, scheduler, results=True)
         finally:
             close_run_log(handler)
 
-    def _finish(self, plan: RunPlan, started: float, scheduler: Scheduler) -> RunSummary:
-        outputs = self._write_results(expanding=plan.expanded_rows > 0)
+    async def run_given(
+        self, tasks: Iterable[Task], plan: RunPlan, job_file: Mapping[str, Any]
+    ) -> RunSummary:
+        started = time.monotonic()
+        async with open_fleet(self.job) as fleet:
+            fleet.require_an_answer("nothing was sent")
+            plan = plan.on(fleet.simulators(), retry_failed=False)
+            scheduler, handler = await self._send(fleet, plan, tasks, lambda: dict(job_file))
+        try:
+            return self._finish(plan, started, scheduler, results=False)
+        finally:
+            close_run_log(handler)
+
+    async def _send(
+        self,
+        fleet: Fleet,
+        plan: RunPlan,
+        tasks: Iterable[Task],
+        job_file: Callable[[], dict[str, Any]],
+    ) -> tuple[Scheduler, logging.Handler]:
+        """Open the folder and its run log, write job.json (`job_file()`, called with the log
+        on), and send every task not done yet; the log handler is the caller's to close."""
+        scheduler = Scheduler(
+            fleet.slots, wait_all_down=self.job.wait_all_down, policy=self.options.policy
+        )
+        state = self.store.open()
+        handler = open_run_log(self.job.out_dir)
+        try:
+            self.store.write_json("job.json", job_file())
+            self.reporter.started(plan, self.job.out_dir)
+            with catch_interrupts(self._interrupted):
+                await self._send_all(scheduler, state, plan, tasks)
+        except BaseException:
+            self.writer.shutdown(wait=True)  # a row being written is finished first
+            self.store.close()  # and the folder is free for the next run at once
+            close_run_log(handler)
+            raise
+        finally:
+            self.writer.shutdown(wait=True)
+        return scheduler, handler
+
+    def _finish(
+        self, plan: RunPlan, started: float, scheduler: Scheduler, *, results: bool
+    ) -> RunSummary:
+        if results:
+            outputs = self._write_results(expanding=plan.expanded_rows > 0)
+        else:
+            self.row_keys.close()
+            outputs = (self.store.manifest_path,)
         self.store.close()
         summary = RunSummary(
             out_dir=self.job.out_dir,
@@ -196,16 +249,22 @@ class _Run:
         self.reporter.finished(summary)
         return summary
 
-    async def _send_all(self, scheduler: Scheduler, state: ResumeState, plan: RunPlan) -> None:
+    def _sheet_tasks(self) -> Iterator[Task]:
+        """The sheet's rows as tasks, in order; each row's key kept for results.csv."""
+        builder = PayloadBuilder(self.job, read_headers(self.job.sheet, **self.job.sheet_options))
+        for row in expanded_rows(self.job, builder.target_of):
+            task = builder.build(row)
+            if keeps(self.job.shard, task):
+                self.row_keys[row.slot] = task.key
+                yield task
+
+    async def _send_all(
+        self, scheduler: Scheduler, state: ResumeState, plan: RunPlan, tasks: Iterable[Task]
+    ) -> None:
         window = asyncio.Semaphore(self.options.window)
         watcher = asyncio.create_task(watch(scheduler, self.reporter.endpoints))
-        builder = PayloadBuilder(self.job, read_headers(self.job.sheet, **self.job.sheet_options))
         try:
-            for row in expanded_rows(self.job, builder.target_of):
-                task = builder.build(row)
-                if not keeps(self.job.shard, task):
-                    continue
-                self.row_keys[row.slot] = task.key
+            for task in tasks:
                 if not self._wanted(task, state, plan):
                     continue
                 await window.acquire()  # backpressure before a row coroutine exists
@@ -385,7 +444,7 @@ class _Run:
         return _Answer(lease, generation)
 
     async def _record(self, result: Result) -> None:
-        payload = manifest_body(result.task.body, self.job.sheet.parent)
+        payload = manifest_body(result.task.body, self.payload_base)
         # Shielded: once the images are being written, the manifest line follows them.
         try:
             line = await asyncio.shield(self.group.write(result, payload))
