@@ -2,39 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import io
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import aiohttp
 from PIL import Image
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-)
+from pydantic import ValidationError
 
-from batchgen.client import EndpointClient, resolve_endpoint, row_backoff
-from batchgen.errors import ConfigError, EndpointError, NoEndpointError, RetryableEndpointError
-from batchgen.job import DEFAULT_FILENAME, EndpointSpec, RetrySpec, TimeoutSpec
+from batchgen.client import resolve_endpoint
+from batchgen.errors import ConfigError
+from batchgen.job import DEFAULT_FILENAME, EndpointSpec, JobSpec
 from batchgen.manifest import MANIFEST, ManifestRecord, latest_records
-from batchgen.payload import manifest_body
-from batchgen.records import Generation, ImageRef, Result, Route, Task
-from batchgen.store import OutputStore
+from batchgen.records import ImageRef, Route, RunPlan, Task
+from batchgen.runner import RunOptions, run_tasks
+from batchgen.store import peek_state
 from batchgen.words import counted
 
 log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
+# What a replay takes over from the recorded job: how to send, not what (the manifest says that).
+_SENDING_SETTINGS = ("in_flight", "retry", "timeout", "wait_all_down", "comfy")
 Verdict = Literal["identical", "different", "failed", "not replayable"]
 
 
@@ -62,6 +56,7 @@ class ReplaySummary:
     source: Path
     out_dir: Path
     rows: tuple[ReplayRow, ...]
+    interrupted: bool = False  # Ctrl-C: rows not sent yet are "failed (not sent)"
 
     @property
     def identical(self) -> int:
@@ -69,12 +64,17 @@ class ReplaySummary:
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
         return 0 if self.rows and self.identical == len(self.rows) else 1
 
     def describe(self) -> str:
-        return (
+        said = (
             f"{self.identical:,} of {counted(len(self.rows), 'row')} identical; "
             f"new images in {self.out_dir}"
+        )
+        return said + (
+            "; interrupted: run the same command again to finish" if self.interrupted else ""
         )
 
 
@@ -109,26 +109,35 @@ async def replay(
     *,
     rows: frozenset[int] | None = None,
     endpoints: Sequence[str] = (),
+    options: RunOptions | None = None,
 ) -> ReplaySummary:
-    """Send the ok rows recorded in `source` again, write them to `out_dir`, compare the images."""
+    """Send the ok rows recorded in `source` again, write them to `out_dir`, compare the images.
+
+    The rows go through the runner as a run's do (health checks, failover, Ctrl-C); a replay
+    into a folder that holds some of them already sends only the rest."""
     setup = _set_up(source, out_dir, rows, endpoints)
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-replay")
-    try:
-        sender = _Sender(setup.job, setup.specs, setup.store, writer)
-        errors = await sender.send_all(list(setup.to_send))
-    finally:
-        writer.shutdown(wait=True)
-        setup.store.close()
-    return _judge(setup, source, out_dir, errors)
+    interrupted = False
+    if setup.plan.to_go:  # all there already: judged without asking any endpoint
+        summary = await run_tasks(
+            setup.job,
+            setup.tasks,
+            setup.plan,
+            setup.job_file,
+            payload_base=setup.payload_base,
+            options=options,
+        )
+        interrupted = summary.interrupted
+    return _judge(setup.planned, source, out_dir, interrupted)
 
 
 @dataclass(frozen=True, slots=True)
 class _Setup:
-    job: Mapping[str, Any]
     planned: tuple[_Planned, ...]
-    specs: list[EndpointSpec]
-    store: OutputStore
-    to_send: tuple[Task, ...]  # rows not already ok in out_dir (a replay resumes too)
+    tasks: tuple[Task, ...]  # the replayable ones
+    job: JobSpec
+    job_file: Mapping[str, Any]  # the new folder's job.json
+    payload_base: Path
+    plan: RunPlan
 
 
 def _set_up(
@@ -138,7 +147,23 @@ def _set_up(
         raise ConfigError("replay writes into a new folder: give --out a different folder")
     if not (source / MANIFEST).exists():
         raise ConfigError(f"{source}: no {MANIFEST} here; is it a batchgen output folder?")
-    job = _read_job(source)
+    recorded = _read_job(source)
+    payload_base = Path(recorded.get("payload_base") or source)
+    planned = _planned_rows(source, rows, payload_base)
+    job = _replay_job(recorded, out_dir, endpoints)
+    tasks = tuple(p.task for p in planned if p.task is not None)
+    done = peek_state(out_dir).done  # a replay resumes too
+    waiting = sum(task.key not in done for task in tasks)
+    plan = RunPlan(len(tasks), len(tasks) - waiting, to_retry=0, to_go=waiting, skipped=0)
+    job_file = {**recorded, "replay_of": str(source.resolve())}
+    if endpoints:
+        job_file["endpoints"] = [{"url": resolve_endpoint(e, 1).url} for e in job.endpoints]
+    return _Setup(planned, tasks, job, job_file, payload_base, plan)
+
+
+def _planned_rows(
+    source: Path, rows: frozenset[int] | None, payload_base: Path
+) -> tuple[_Planned, ...]:
     records = [r for r in latest_records(source).values() if rows is None or r.row in rows]
     ok = [record for record in records if record.ok]
     if len(ok) < len(records):
@@ -149,129 +174,50 @@ def _set_up(
         )
     if not ok:
         raise ConfigError(f"{source}: no finished row matches; nothing to replay")
-    payload_base = Path(job.get("payload_base") or source)
-    planned = tuple(_plan(record, payload_base) for record in ok)
-    specs = _endpoint_specs(job, endpoints)
-    store = OutputStore(
-        out_dir,
-        str(job.get("name") or "replay"),
-        str((job.get("output") or {}).get("filename") or DEFAULT_FILENAME),
-        payload_base,
-    )
-    state = store.open()
-    copied = {**job, "replay_of": str(source.resolve())}
-    if endpoints:
-        copied["endpoints"] = [{"url": resolve_endpoint(spec, 1).url} for spec in specs]
-    store.write_json(JOB_FILE, copied)
-    done = state.done  # once, not per row
-    to_send = tuple(p.task for p in planned if p.task is not None and p.task.key not in done)
-    return _Setup(job, planned, specs, store, to_send)
+    return tuple(_plan(record, payload_base) for record in ok)
 
 
-def _judge(setup: _Setup, source: Path, out_dir: Path, errors: Mapping[str, str]) -> ReplaySummary:
+def _replay_job(recorded: Mapping[str, Any], out_dir: Path, urls: Sequence[str]) -> JobSpec:
+    """The recorded job's sending settings, into `out_dir`: no sheet is read, no shard taken."""
+    kept = {key: recorded[key] for key in _SENDING_SETTINGS if recorded.get(key) is not None}
+    filename = (recorded.get("output") or {}).get("filename") or DEFAULT_FILENAME
+    try:
+        return JobSpec.model_validate(
+            {
+                **kept,
+                "name": recorded.get("name") or "replay",
+                "sheet": out_dir / "replay",  # never read: the tasks come from the manifest
+                "endpoints": _endpoint_specs(recorded, urls),
+                "output": {"dir": out_dir, "filename": filename},
+                "check": False,
+            }
+        )
+    except ValidationError as error:
+        raise ConfigError(f"{JOB_FILE} of the replayed folder: {error}") from None
+
+
+def _judge(
+    planned: Sequence[_Planned], source: Path, out_dir: Path, interrupted: bool
+) -> ReplaySummary:
     done_now = latest_records(out_dir)
     outcome = []
-    for plan in setup.planned:
+    for plan in planned:
         key, row = plan.record.key, plan.record.row
         if plan.problem is not None:
             outcome.append(ReplayRow(row, key, "not replayable", plan.problem))
             continue
         new = done_now.get(key)
         if new is None or not new.ok:
-            error = errors.get(key) or (new.error if new else None) or "not sent"
+            error = (new.error if new else None) or "not sent"
             outcome.append(ReplayRow(row, key, "failed", str(error)))
             continue
         outcome.append(_compare(row, key, plan.record, source, new, out_dir))
     outcome = [
         dataclasses.replace(one, expansion=plan.record.expansion)
-        for one, plan in zip(outcome, setup.planned, strict=True)
+        for one, plan in zip(outcome, planned, strict=True)
     ]
     outcome.sort(key=lambda row: (row.row, -1 if row.expansion is None else row.expansion))
-    return ReplaySummary(source, out_dir, tuple(outcome))
-
-
-class _Sender:
-    """A small pool: each endpoint takes its in_flight share of the rows, with retries."""
-
-    def __init__(
-        self,
-        job: Mapping[str, Any],
-        specs: list[EndpointSpec],
-        store: OutputStore,
-        writer: ThreadPoolExecutor,
-    ) -> None:
-        self._in_flight = int(job.get("in_flight") or 2)
-        self._retry = RetrySpec.model_validate(job.get("retry") or {})
-        self._timeout = TimeoutSpec.model_validate(job.get("timeout") or {})
-        self._specs = specs
-        self._store = store
-        self._writer = writer
-        self._errors: dict[str, str] = {}
-
-    async def send_all(self, tasks: list[Task]) -> dict[str, str]:
-        """Send every task; return the error of each row that failed."""
-        if not tasks:
-            return self._errors
-        from batchgen.fleet import started_endpoints  # starts sim:// endpoints like a run
-
-        endpoints = [resolve_endpoint(spec, self._in_flight) for spec in self._specs]
-        queue: asyncio.Queue[Task] = asyncio.Queue()
-        for task in tasks:
-            queue.put_nowait(task)
-        async with started_endpoints(endpoints) as live, aiohttp.ClientSession() as session:
-            clients = [EndpointClient(endpoint, session, self._timeout) for endpoint in live]
-            up = []
-            for client in clients:
-                try:
-                    await client.probe()  # learns the flavor, as a run does
-                except EndpointError as error:
-                    log.warning("%s does not answer (%s); left out", client.name, error)
-                    continue
-                up.append(client)
-            if not up:
-                raise NoEndpointError("no endpoint answers; nothing was replayed")
-            workers = [
-                self._work(client, queue) for client in up for _ in range(client.endpoint.in_flight)
-            ]
-            await asyncio.gather(*workers)
-        return self._errors
-
-    async def _work(self, client: EndpointClient, queue: asyncio.Queue[Task]) -> None:
-        while not queue.empty():
-            task = queue.get_nowait()
-            started, clock, attempts = time.time(), time.monotonic(), 0
-            generation: Generation | None = None
-            error: str | None = None
-            retrying = AsyncRetrying(
-                stop=stop_after_attempt(self._retry.attempts),
-                wait=row_backoff(self._retry),
-                retry=retry_if_exception_type(RetryableEndpointError),
-                reraise=True,
-            )
-            try:
-                async for attempt in retrying:
-                    with attempt:
-                        attempts += 1
-                        generation = await client.generate(task)
-            except EndpointError as failure:
-                error = str(failure)
-                self._errors[task.key] = error
-            result = Result(
-                task,
-                "ok" if generation is not None else "failed",
-                client.name,
-                attempts,
-                error,
-                generation,
-                started,
-                time.monotonic() - clock,
-                simulated=client.simulator,
-            )
-            payload = manifest_body(task.body, self._store.payload_base)
-            loop = asyncio.get_running_loop()
-            await asyncio.shield(
-                loop.run_in_executor(self._writer, self._store.record, result, payload)
-            )
+    return ReplaySummary(source, out_dir, tuple(outcome), interrupted)
 
 
 def _read_job(source: Path) -> dict[str, Any]:
@@ -302,6 +248,7 @@ def _endpoint_specs(job: Mapping[str, Any], urls: Sequence[str]) -> list[Endpoin
                 name=None if str(item.get("name", "")).startswith("sim://") else item.get("name"),
                 auth_env=item.get("auth_env"),
                 headers_env=item.get("headers_env") or {},
+                backend=item.get("backend"),
             )
         )
     if not specs:
