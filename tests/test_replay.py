@@ -7,13 +7,17 @@ import dataclasses
 import hashlib
 import io
 import json
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from runhelp import no_sleep
+from runhelp import manifest, no_sleep, served_sim, simulators
+from schedhelp import FAST, run
+from schedhelp import make_job as make_sched_job
 
 from batchgen.cli import cli
 from batchgen.errors import ConfigError
@@ -172,3 +176,62 @@ async def test_replay_needs_a_manifest_and_a_new_folder(tmp_path: Path) -> None:
         await replay(tmp_path, tmp_path / "r")
     with pytest.raises(ConfigError, match="new folder"):
         await replay(tmp_path, tmp_path)
+
+
+async def recorded_run(tmp_path: Path, rows: int) -> Path:
+    """A finished run of `rows` rows on a fast simulator; its output folder."""
+    async with simulators(FAST) as (sim,):
+        job = make_sched_job(tmp_path, [sim.url], [None] * rows)
+        assert (await run(job)).exit_code == 0
+    return job.out_dir
+
+
+async def test_replay_survives_an_endpoint_dying_midway(tmp_path: Path) -> None:
+    source = await recorded_run(tmp_path, 40)
+    slower = dataclasses.replace(FAST, ms_per_step=1.0)
+    dying = dataclasses.replace(slower, die_after=5)
+    async with simulators(slower, dying) as (steady, victim):
+        summary = await asyncio.wait_for(
+            replay(source, tmp_path / "again", endpoints=[steady.url, victim.url]), 60
+        )
+    assert victim.stats.faults["die"] == 1
+    assert [row.verdict for row in summary.rows] == ["identical"] * 40, summary.rows
+    assert summary.exit_code == 0
+    lines = manifest(tmp_path / "again")
+    assert sorted(line["row"] for line in lines) == list(range(2, 42)), "each row once"
+    assert steady.stats.generations >= 40 - 5
+
+
+async def replay_process(source: Path, out: Path, url: str) -> asyncio.subprocess.Process:
+    command = ["-m", "batchgen", "replay", str(source), "--out", str(out), "--endpoint", url]
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+
+
+async def test_ctrl_c_during_replay_exits_130_and_running_it_again_finishes(
+    tmp_path: Path,
+) -> None:
+    source = await recorded_run(tmp_path, 20)
+    out = tmp_path / "again"
+    slow = dataclasses.replace(FAST, ms_per_step=15.0)  # 0.3 s a row
+    async with served_sim(slow) as (url, stats):
+        process = await replay_process(source, out, url)
+        for _ in range(600):
+            if (out / "manifest.jsonl").exists() and manifest(out):
+                break
+            await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 130, stderr.decode()
+        assert "interrupted" in stderr.decode() and "Traceback" not in stderr.decode()
+        first, sent = manifest(out), stats.requests["/sdapi/v1/txt2img"]
+        assert 1 <= len(first) < 20 and {line["status"] for line in first} == {"ok"}
+        assert len(first) == sent, "every row sent was finished and written, none dropped"
+
+        again = await replay_process(source, out, url)
+        stdout, stderr = await asyncio.wait_for(again.communicate(), 60)
+    assert again.returncode == 0, stderr.decode()
+    assert stdout.decode().count(": identical (") == 20
+    assert sorted(line["row"] for line in manifest(out)) == list(range(2, 22)), "each row once"
+    assert stats.requests["/sdapi/v1/txt2img"] == 20, "the second run sent only the rest"
