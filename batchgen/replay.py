@@ -117,7 +117,7 @@ async def replay(
     into a folder that holds some of them already sends only the rest."""
     setup = _set_up(source, out_dir, rows, endpoints)
     interrupted = False
-    if setup.plan.to_go:  # all there already: judged without asking any endpoint
+    if setup.plan.to_go:  # else every row is there already: judged without asking an endpoint
         summary = await run_tasks(
             setup.job,
             setup.tasks,
