@@ -58,7 +58,7 @@ class _Tally:
         if finished == 0 or remaining <= 0:
             return "--"
         seconds = (time.monotonic() - self.started) / finished * remaining
-        return _duration(seconds)
+        return duration(seconds)
 
     def line(self) -> str:
         return (
@@ -170,7 +170,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
     state = "interrupted" if summary.interrupted else "finished"
     rate = summary.images / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     lines.append(
-        f"{state} in {_duration(summary.elapsed_s)}: {summary.ok:,} ok, {summary.failed:,} failed, "
+        f"{state} in {duration(summary.elapsed_s)}: {summary.ok:,} ok, {summary.failed:,} failed, "
         f"{summary.not_run:,} not run, {summary.plan.done:,} done earlier; "
         f"{counted(summary.images, 'image')} ({rate:.1f}/s)"
     )
@@ -212,7 +212,7 @@ def _state(view: EndpointView) -> str:
     suffix = ", simulator" if view.simulator else ""
     if view.up:
         return "up" + suffix
-    return ("down" if view.down_s is None else f"down {_duration(view.down_s)}") + suffix
+    return ("down" if view.down_s is None else f"down {duration(view.down_s)}") + suffix
 
 
 def _all_down(views: list[EndpointView]) -> str:
@@ -221,12 +221,12 @@ def _all_down(views: list[EndpointView]) -> str:
         return ""
     since = min((view.down_s for view in views if view.down_s is not None), default=0.0)
     return (
-        f"waiting: every endpoint is down (for {_duration(since)}); rows are kept, not failed, "
+        f"waiting: every endpoint is down (for {duration(since)}); rows are kept, not failed, "
         "until one answers or wait_all_down runs out"
     )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 60:
         return f"{seconds}s"

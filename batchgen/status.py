@@ -18,8 +18,9 @@ from typing import Any
 
 from batchgen.manifest import MANIFEST, latest_records
 from batchgen.records import EndpointView, Result, RunPlan, RunSummary
-from batchgen.report import _duration as duration
+from batchgen.report import duration
 from batchgen.store import folder_in_use
+from batchgen.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class RunStatus:
                 f"  {view.get('name')}: {state}, checkpoint {view.get('checkpoint') or '?'}, "
                 f"{view.get('running', 0)} running, {view.get('done', 0):,} done, "
                 f"{view.get('failed', 0):,} failed, {float(view.get('images_per_s') or 0):.2f} "
-                f"images/s, {view.get('switches', 0)} switches"
+                f"images/s, {counted(int(view.get('switches', 0)), 'switch', 'switches')}"
             )
         return lines
 

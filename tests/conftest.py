@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 
 from batchgen.sim import SimConfig, SimServer
+
+
+@pytest.fixture(autouse=True)
+def _own_log_handlers() -> Iterator[None]:
+    """Each CLI call adds a console handler; drop them so the next call starts clean."""
+    logger = logging.getLogger("batchgen")
+    before = list(logger.handlers)
+    yield
+    for handler in logger.handlers[len(before) :]:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +10,6 @@ from click.testing import CliRunner, Result
 from exporthelp import make_run, rows
 
 from batchgen.cli import cli
-
-
-@pytest.fixture(autouse=True)
-def _own_log_handlers() -> Iterator[None]:
-    logger = logging.getLogger("batchgen")
-    before = list(logger.handlers)
-    yield
-    for handler in logger.handlers[len(before) :]:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")

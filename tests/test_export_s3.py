@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,15 +42,6 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run(tmp_path_factory.mktemp("run"), 6)
-
-
-@pytest.fixture(autouse=True)
-def _own_log_handlers() -> Iterator[None]:
-    logger = logging.getLogger("batchgen")
-    before = list(logger.handlers)
-    yield
-    for handler in logger.handlers[len(before) :]:
-        logger.removeHandler(handler)
 
 
 def objects(prefix: str) -> dict[str, bytes]:

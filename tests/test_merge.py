@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import signal
 import subprocess
@@ -21,15 +20,6 @@ from batchgen.cli import cli
 
 SHARDS = 3
 ROWS = 36
-
-
-@pytest.fixture(autouse=True)
-def _own_log_handlers() -> Iterator[None]:
-    logger = logging.getLogger("batchgen")
-    before = list(logger.handlers)
-    yield
-    for handler in logger.handlers[len(before) :]:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture

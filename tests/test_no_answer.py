@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,16 +11,6 @@ from click.testing import CliRunner
 from runhelp import prompts, write_sheet
 
 from batchgen.cli import cli
-
-
-@pytest.fixture(autouse=True)
-def _own_log_handlers() -> Iterator[None]:
-    """Each CLI call adds a console handler; drop them so the next call starts clean."""
-    logger = logging.getLogger("batchgen")
-    before = list(logger.handlers)
-    yield
-    for handler in logger.handlers[len(before) :]:
-        logger.removeHandler(handler)
 
 
 def free_port() -> int:

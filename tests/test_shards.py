@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +16,6 @@ from batchgen.errors import ConfigError
 from batchgen.job import load_job
 from batchgen.plan import all_tasks
 from batchgen.shards import Shard, resolve_shard, shard_of
-
-
-@pytest.fixture(autouse=True)
-def _own_log_handlers() -> Iterator[None]:
-    logger = logging.getLogger("batchgen")
-    before = list(logger.handlers)
-    yield
-    for handler in logger.handlers[len(before) :]:
-        logger.removeHandler(handler)
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:

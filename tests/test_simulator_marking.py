@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,6 @@ from batchgen.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig
 
 REAL = SimConfig(marked=False)  # stands in for a real A1111: no simulator header
-
-
-@pytest.fixture(autouse=True)
-def _own_log_handlers() -> Iterator[None]:
-    """Each CLI call adds a console handler; drop them so the next call starts clean."""
-    logger = logging.getLogger("batchgen")
-    before = list(logger.handlers)
-    yield
-    for handler in logger.handlers[len(before) :]:
-        logger.removeHandler(handler)
 
 
 def test_with_no_endpoint_named_the_default_is_a1111s_address(tmp_path: Path) -> None:

@@ -348,16 +348,7 @@ class SimApp:
 
     def apply_config(self, config: SimConfig) -> None:
         """Swap time and fault knobs; a new fault_seed restarts the fault sequence."""
-        changed = [
-            f.name
-            for f in dataclasses.fields(config)
-            if getattr(config, f.name) != getattr(self.config, f.name)
-        ]
-        bad = sorted(set(changed) - RUNTIME_KNOBS)
-        if bad:
-            raise ValueError(f"not changeable at run time: {', '.join(bad)}")
-        if "fault_seed" in changed:
-            self.faults.reseed(config.fault_seed)
+        change_at_run_time(self.config, config, self.faults)
         self.config = config
         self.state.config = config
 
@@ -387,3 +378,15 @@ def _abort(request: web.Request) -> web.StreamResponse:
     if transport is not None:
         transport.abort()
     return web.Response(status=499)
+
+
+def change_at_run_time(old: SimConfig, new: SimConfig, faults: FaultPlan) -> None:
+    """Refuse a change of anything but the time and fault knobs; reseed faults on a new seed."""
+    changed = [
+        f.name for f in dataclasses.fields(new) if getattr(new, f.name) != getattr(old, f.name)
+    ]
+    bad = sorted(set(changed) - RUNTIME_KNOBS)
+    if bad:
+        raise ValueError(f"not changeable at run time: {', '.join(bad)}")
+    if "fault_seed" in changed:
+        faults.reseed(new.fault_seed)

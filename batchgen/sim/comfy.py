@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
-from .app import RUNTIME_KNOBS, SIMULATOR_HEADER, _abort
+from .app import SIMULATOR_HEADER, _abort, change_at_run_time
 from .comfy_nodes import (
     Checked,
     PromptRefused,
@@ -79,16 +79,7 @@ class ComfyApp:
                 task.cancel()
 
     def apply_config(self, config: SimConfig) -> None:
-        changed = [
-            f.name
-            for f in dataclasses.fields(config)
-            if getattr(config, f.name) != getattr(self.config, f.name)
-        ]
-        bad = sorted(set(changed) - RUNTIME_KNOBS)
-        if bad:
-            raise ValueError(f"not changeable at run time: {', '.join(bad)}")
-        if "fault_seed" in changed:
-            self.faults.reseed(config.fault_seed)
+        change_at_run_time(self.config, config, self.faults)
         self.config = config
         self.queue.config = config
 
