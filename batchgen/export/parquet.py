@@ -41,13 +41,14 @@ def write_parquet(
         weight=lambda sample: sample.size,
     )
     written = kept = 0
+    buffers: list[pa.Buffer | None] = [None, None]  # what images are read into, every shard
     for shard in shards:
         if _is_whole(dest, shard):  # kept from an earlier attempt
             kept += 1
             progress(len(shard.samples))
             continue
         with dest.whole_sink(shard.name) as sink:  # a local path: 2x faster than a Python file
-            _write_shard(shard, schema, sink, progress)
+            _write_shard(shard, schema, sink, progress, buffers)
         written += 1
     return Written(written, kept)
 
@@ -75,7 +76,11 @@ def _schema(plan: ExportPlan) -> pa.Schema:
 
 
 def _write_shard(
-    shard: Shard, schema: pa.Schema, sink: str | IO[bytes], progress: Progress
+    shard: Shard,
+    schema: pa.Schema,
+    sink: str | IO[bytes],
+    progress: Progress,
+    buffers: list[pa.Buffer | None],
 ) -> None:
     names = [name for name in schema.names if name != "image"]
     with pq.ParquetWriter(
@@ -87,7 +92,7 @@ def _write_shard(
         data_page_size=PAGE_BYTES,
         write_batch_size=_batch_rows(shard),
     ) as writer:
-        for group, image_bytes in _read_ahead(_row_groups(shard)):
+        for group, image_bytes in _read_ahead(_row_groups(shard), buffers):
             # Arrays built column by column: from_pydict over dicts of bytes is 3x slower.
             images = pa.StructArray.from_arrays(
                 [image_bytes, pa.array([s.file_name for s in group], pa.string())],
@@ -106,27 +111,40 @@ def _batch_rows(shard: Shard) -> int:
     return min(1024, max(1, PAGE_BYTES * len(shard.samples) // max(1, shard.weight)))
 
 
-def _read_ahead(groups: Iterator[list[Sample]]) -> Iterator[tuple[list[Sample], pa.Array]]:
+def _read_ahead(
+    groups: Iterator[list[Sample]], buffers: list[pa.Buffer | None]
+) -> Iterator[tuple[list[Sample], pa.Array]]:
     """Each group with its images, the next group read while this one is written (both calls
-    release the GIL); two groups in memory at most."""
+    release the GIL); two groups in memory at most, in the two `buffers` used in turn.
+
+    A group is read into the buffer of the group before the last, whose write has returned
+    (the writer has encoded its values into pages of its own by then). Fresh memory per group
+    costs page faults and zeroing, on every group: the pool hands memory this large back.
+    """
     with ThreadPoolExecutor(1, thread_name_prefix="batchgen-export") as reader:
         group = next(groups, None)
-        pending = reader.submit(_read_images, group) if group else None
+        number = 0
+        pending = reader.submit(_read_images, group, buffers, number) if group else None
         while group is not None and pending is not None:
             following = next(groups, None)
             images = pending.result()
-            pending = reader.submit(_read_images, following) if following else None
+            if following:
+                pending = reader.submit(_read_images, following, buffers, number + 1)
+            else:
+                pending = None
             yield group, images
-            group = following
+            group, number = following, number + 1
 
 
-def _read_images(group: list[Sample]) -> pa.Array:
-    """The group's image files read straight into one arrow buffer (no copy per image).
-
-    The buffer comes from arrow's pool, which reuses its memory: a fresh bytearray per group
-    costs page faults and zeroing that made reading slower than all of `tar cf`.
-    """
-    data = pa.allocate_buffer(sum(sample.size for sample in group))
+def _read_images(group: list[Sample], buffers: list[pa.Buffer | None], number: int) -> pa.Array:
+    """The group's image files read straight into one arrow buffer (no copy per image): the
+    group's turn of `buffers`, replaced by a larger one when the group does not fit."""
+    size = sum(sample.size for sample in group)
+    data = buffers[number % 2]
+    if data is None or data.size < size:
+        # A group's full size whatever this one's, so that the next groups fit; the pages a
+        # small export never touches are never mapped in.
+        data = buffers[number % 2] = pa.allocate_buffer(max(size, ROW_GROUP_BYTES))
     view = memoryview(data)
     offsets = [0]
     for sample in group:
@@ -136,7 +154,7 @@ def _read_images(group: list[Sample]) -> pa.Array:
                 raise OSError(f"{sample.source} changed size while being exported")
         offsets.append(end)
     bounds = pa.py_buffer(array("i", offsets).tobytes())
-    return pa.Array.from_buffers(pa.binary(), len(group), [None, bounds, data])
+    return pa.Array.from_buffers(pa.binary(), len(group), [None, bounds, data.slice(0, size)])
 
 
 def _row_groups(shard: Shard) -> Iterator[list[Sample]]:
