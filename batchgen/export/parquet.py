@@ -141,7 +141,11 @@ def _read_images(group: list[Sample]) -> pa.Array:
 
 
 def _mapped(sample: Sample) -> pa.Buffer:
-    """The image file's bytes, mapped read-only with its pages mapped in up front."""
+    """The image file's bytes, mapped read-only with its pages mapped in up front.
+
+    A file cut short in place while mapped would kill the process (SIGBUS); runs write an image
+    whole beside its name and rename it, so a rerun replaces the file and leaves the mapping be.
+    """
     with sample.source.open("rb") as image:
         if os.fstat(image.fileno()).st_size != sample.size:
             raise OSError(f"{sample.source} changed size since the export was planned")
