@@ -231,3 +231,28 @@ def test_prompts_seeds_and_schedule_the_server_reported_win_over_the_request(
         assert item["negative_prompt"] == f"bad hands {index}"
         assert item["subseed"] == 1000 + index
         assert item["scheduler"] == "Karras"
+
+
+@pytest.mark.parametrize("row_group_bytes", [1_000, 32 << 20])
+def test_parquet_images_mapped_or_read_give_the_same_file(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, row_group_bytes: int
+) -> None:
+    """Large images are mapped from their files, small ones read: the same bytes either way."""
+    from batchgen.export import parquet
+
+    monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", row_group_bytes)
+    written = {}
+    for way, threshold in (("mapped", 0), ("read", 1 << 40)):
+        monkeypatch.setattr(parquet, "MAPPED_IMAGE_BYTES", threshold)
+        export_runs(ExportOptions((run_dir,), "parquet", str(tmp_path / way)))
+        written[way] = {
+            name: data for name, data in files(tmp_path / way).items() if ".parquet" in name
+        }
+
+    assert list(written["mapped"]) == ["000000.parquet"]
+    assert written["mapped"] == written["read"]
+    shard = tmp_path / "mapped" / "000000.parquet"
+    groups = pq.ParquetFile(shard).metadata.num_row_groups
+    assert (groups > 1) == (row_group_bytes == 1_000)
+    exported = [item["image"]["bytes"] for item in pq.read_table(shard).to_pylist()]
+    assert sorted(exported) == sorted((run_dir / path).read_bytes() for path in ok_images(run_dir))
