@@ -337,14 +337,7 @@ class SimApp:
         return json_response(None)
 
     async def _set_config(self, request: web.Request) -> web.StreamResponse:
-        try:
-            values = await request.json()
-            if not isinstance(values, dict):
-                raise ValueError("expected a JSON object")
-            self.apply_config(self.config.replace(values))
-        except ValueError as exc:
-            return json_response({"detail": str(exc)}, status=400)
-        return json_response(dataclasses.asdict(self.config))
+        return await set_config(request, self.apply_config, lambda: self.config)
 
     def apply_config(self, config: SimConfig) -> None:
         """Swap time and fault knobs; a new fault_seed restarts the fault sequence."""
@@ -390,3 +383,19 @@ def change_at_run_time(old: SimConfig, new: SimConfig, faults: FaultPlan) -> Non
         raise ValueError(f"not changeable at run time: {', '.join(bad)}")
     if "fault_seed" in changed:
         faults.reseed(new.fault_seed)
+
+
+async def set_config(
+    request: web.Request,
+    apply: Callable[[SimConfig], None],
+    current: Callable[[], SimConfig],
+) -> web.StreamResponse:
+    """POST /_sim/config: the knobs in the JSON body applied, or 400 saying which cannot be."""
+    try:
+        values = await request.json()
+        if not isinstance(values, dict):
+            raise ValueError("expected a JSON object")
+        apply(current().replace(values))
+    except ValueError as exc:
+        return json_response({"detail": str(exc)}, status=400)
+    return json_response(dataclasses.asdict(current()))

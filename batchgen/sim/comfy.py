@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
-from .app import SIMULATOR_HEADER, _abort, change_at_run_time
+from .app import SIMULATOR_HEADER, _abort, change_at_run_time, set_config
 from .comfy_nodes import (
     Checked,
     PromptRefused,
@@ -330,14 +330,7 @@ class ComfyApp:
         return _json(out)
 
     async def _set_config(self, request: web.Request) -> web.StreamResponse:
-        try:
-            values = await request.json()
-            if not isinstance(values, dict):
-                raise ValueError("expected a JSON object")
-            self.apply_config(self.config.replace(values))
-        except ValueError as exc:
-            return _json({"detail": str(exc)}, status=400)
-        return _json(dataclasses.asdict(self.config))
+        return await set_config(request, self.apply_config, lambda: self.config)
 
 
 def _route_name(path: str) -> str:
