@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
+import signal
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Sequence
@@ -186,3 +188,14 @@ async def served_sim(
     finally:
         sim.stopping()
         await runner.cleanup()
+
+
+async def interrupt_after_first_row(process: asyncio.subprocess.Process, out: Path) -> bytes:
+    """Ctrl-C a running batchgen once its first manifest line is written; its stderr."""
+    for _ in range(600):
+        if (out / "manifest.jsonl").exists() and manifest(out):
+            break
+        await asyncio.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    return stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from openpyxl import Workbook
-from runhelp import all_text, manifest, prompts, served_sim, write_sheet
+from runhelp import all_text, interrupt_after_first_row, manifest, prompts, served_sim, write_sheet
 
 from batchgen.cli import cli
 from batchgen.sim import SimConfig
@@ -140,12 +140,7 @@ async def test_ctrl_c_finishes_rows_in_flight_and_exits_130(tmp_path: Path) -> N
             str(out),
             stderr=asyncio.subprocess.PIPE,
         )
-        for _ in range(600):
-            if (out / "manifest.jsonl").exists() and manifest(out):
-                break
-            await asyncio.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        stderr = await interrupt_after_first_row(process, out)
         sent = stats.generations
 
     assert process.returncode == 130, stderr.decode()

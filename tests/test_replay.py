@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from runhelp import manifest, no_sleep, served_sim, simulators
+from runhelp import interrupt_after_first_row, manifest, no_sleep, served_sim, simulators
 from schedhelp import FAST, run
 from schedhelp import make_job as make_sched_job
 
@@ -217,12 +216,7 @@ async def test_ctrl_c_during_replay_exits_130_and_running_it_again_finishes(
     slow = dataclasses.replace(FAST, ms_per_step=15.0)  # 0.3 s a row
     async with served_sim(slow) as (url, stats):
         process = await replay_process(source, out, url)
-        for _ in range(600):
-            if (out / "manifest.jsonl").exists() and manifest(out):
-                break
-            await asyncio.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        stderr = await interrupt_after_first_row(process, out)
         assert process.returncode == 130, stderr.decode()
         assert "interrupted" in stderr.decode() and "Traceback" not in stderr.decode()
         first, sent = manifest(out), stats.requests["/sdapi/v1/txt2img"]
