@@ -13,9 +13,10 @@ from batchgen.comfy.client import ComfyClient
 from batchgen.comfy.workflow import bind_job
 from batchgen.errors import Problem
 from batchgen.job import JobSpec
+from batchgen.prepare import Prepared
 
 ClientMaker = Callable[[JobSpec, Sequence[Endpoint], aiohttp.ClientSession], list[EndpointClient]]
-RowChecker = Callable[[JobSpec, list[EndpointClient]], Awaitable[list[Problem]]]
+RowChecker = Callable[[JobSpec, Prepared, list[EndpointClient]], Awaitable[list[Problem]]]
 
 
 def _a1111(
@@ -31,10 +32,12 @@ def _comfy(
     return [ComfyClient(endpoint, session, job.timeout, binding) for endpoint in endpoints]
 
 
-async def _check_a1111(job: JobSpec, clients: list[EndpointClient]) -> list[Problem]:
+async def _check_a1111(
+    job: JobSpec, prepared: Prepared, clients: list[EndpointClient]
+) -> list[Problem]:
     from batchgen.check import check_job  # the A1111 inventory checks are large: load on use
 
-    return await check_job(job, clients)
+    return await check_job(job, prepared, clients)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,8 @@ def make_clients(
     return BACKENDS[job.backend].make_clients(job, endpoints, session)
 
 
-async def check_rows(job: JobSpec, clients: list[EndpointClient]) -> list[Problem]:
-    """Every row against every endpoint's models and options, the backend's way."""
-    return await BACKENDS[job.backend].check_rows(job, clients)
+async def check_rows(
+    job: JobSpec, prepared: Prepared, clients: list[EndpointClient]
+) -> list[Problem]:
+    """Every row the pass built against every endpoint's models and options, the backend's way."""
+    return await BACKENDS[job.backend].check_rows(job, prepared, clients)

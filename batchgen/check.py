@@ -2,7 +2,7 @@
 
 A real A1111 server hides mistakes instead of rejecting them (a1111-api.md §3, §7, §9): an unknown
 checkpoint override is ignored, an unknown sampler becomes "DPM++ 2M", a missing LoRA or ControlNet
-model is skipped. This module reads the sheet once, notes compactly which names each row uses,
+model is skipped. This module notes compactly which names each request of the pre-run pass uses,
 reads each endpoint's inventory once and reports every name an endpoint lacks, grouped by name
 with the rows that use it. Sheet-only checks belong to payload.py; this is what needs a server.
 """
@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from batchgen.errors import InputError, Problem
-from batchgen.expand import EXPAND_COLUMNS, Expander
+from batchgen.errors import Problem
+from batchgen.expand import EXPAND_COLUMNS
 from batchgen.fields import normalize_name
 from batchgen.inventory import (
     Inventory,
@@ -31,10 +31,8 @@ from batchgen.inventory import (
     resolve_checkpoint,
 )
 from batchgen.job import JobSpec
-from batchgen.payload import PayloadBuilder
-from batchgen.records import SheetRow, Task
-from batchgen.shards import keeps
-from batchgen.sheet import read_headers, read_rows
+from batchgen.prepare import Prepared
+from batchgen.records import Task
 from batchgen.words import counted
 
 __all__ = [
@@ -166,29 +164,21 @@ class Finding:
     hint: str | None
 
 
-def collect_uses(job: JobSpec) -> Usage:
-    """Read the sheet and note which names each row uses; a row with other problems (payload's
-    to report) is checked as far as it builds, so that every problem is said in one round."""
-    builder = PayloadBuilder(job, read_headers(job.sheet, **job.sheet_options))
-    expander = Expander(job, builder.target_of)  # a list of names is checked name by name
+def collect_uses(prepared: Prepared) -> Usage:
+    """Which names each request of the pass uses; a row with other problems (payload's to
+    report) is checked as far as it built, so that every problem is said in one round."""
     uses: dict[Use, RowSet] = {}
     count = 0
-    for sheet_row in read_rows(job.sheet, **job.sheet_options):
-        try:
-            rows: Iterable[SheetRow] = expander.plan(sheet_row).rows()
-        except InputError:
-            rows = (sheet_row,)  # a bad template or range: its other cells are still checked
-        for row in rows:
-            task, problems = builder.draft(row)
-            if not problems and not keeps(job.shard, task):
-                continue
-            count += not problems
-            for use in uses_of(task):
-                rowset = uses.get(use)
-                if rowset is None:
-                    rowset = uses[use] = RowSet()
-                rowset.add(task.row)
-    return Usage(uses, count, builder.metadata_columns)
+    for built in prepared.built:
+        if built.valid and not built.kept:
+            continue
+        count += built.valid
+        for use in uses_of(built.task):
+            rowset = uses.get(use)
+            if rowset is None:
+                rowset = uses[use] = RowSet()
+            rowset.add(built.task.row)
+    return Usage(uses, count, prepared.metadata_columns)
 
 
 def uses_of(task: Task) -> Iterator[Use]:
@@ -462,13 +452,15 @@ def find(use: Use, inv: Inventory) -> Finding | None:
 # ---- the whole check ---------------------------------------------------------------------------
 
 
-async def check_job(job: JobSpec, clients: Sequence[InventorySource]) -> list[Problem]:
+async def check_job(
+    job: JobSpec, prepared: Prepared, clients: Sequence[InventorySource]
+) -> list[Problem]:
     """Every name any row uses, checked on every endpoint; problems grouped by name, rows listed.
 
     An endpoint whose inventory cannot be read is left out with a warning: the runner already
     treats it as down. Sends no generation request.
     """
-    usage = await asyncio.to_thread(collect_uses, job)
+    usage = await asyncio.to_thread(collect_uses, prepared)
     _warn_sheet(job, usage)
     return await check_usage(job, usage, clients)
 

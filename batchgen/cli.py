@@ -340,16 +340,22 @@ def _load(
 def _dry_run(job: JobSpec) -> None:
     from batchgen.comfy.workflow import bind_job
     from batchgen.payload import manifest_body
-    from batchgen.plan import first_tasks, validate
+    from batchgen.plan import first_tasks
+    from batchgen.prepare import prepare
     from batchgen.store import peek_state
 
-    plan = validate(job, peek_state(job.out_dir))
+    prepared = prepare(job, peek_state(job.out_dir))
+    try:
+        plan = prepared.require_valid()
+        first = first_tasks(prepared, 3)
+    finally:
+        prepared.close()
     share = f"shard {job.shard}: " if job.shard else ""
     click.echo(f"# {share}{plan.describe()}; nothing is sent (--dry-run)", err=True)
     for line in plan.expansion_lines():
         click.echo(f"# {line}", err=True)
     binding = bind_job(job) if job.backend == "comfy" else None
-    for task in first_tasks(job, 3):
+    for task in first:
         shown: dict[str, Any] = {
             "row": task.row,
             "route": task.route,

@@ -16,7 +16,7 @@ import sqlite3
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,17 @@ _TEXT_KEY = "WITHOUT ROWID"
 _TABLES: dict[str, tuple[str, str]] = {
     "twins": ("key INTEGER PRIMARY KEY, seen INTEGER NOT NULL", ""),
     "past": ("key TEXT PRIMARY KEY, status TEXT NOT NULL, offset INTEGER NOT NULL", _TEXT_KEY),
-    "offsets": ("key TEXT PRIMARY KEY, offset INTEGER NOT NULL", _TEXT_KEY),
+    "outcomes": (
+        "key TEXT PRIMARY KEY, status TEXT NOT NULL, images TEXT NOT NULL, "
+        "seeds TEXT NOT NULL, error TEXT NOT NULL",
+        _TEXT_KEY,
+    ),
     "taken": ("key TEXT PRIMARY KEY", _TEXT_KEY),
-    "row_keys": ("key INTEGER PRIMARY KEY, value TEXT NOT NULL", ""),
 }
 
 
 class RowIndex:
-    """A few key tables: content twins, past records, offsets, taken paths, row keys.
+    """A few key tables: content twins, past records, outcomes, taken paths.
 
     Safe to share between threads (one lock). `path`: where the file goes once it spills (None:
     a temporary file).
@@ -99,20 +102,19 @@ class RowIndex:
     def past_count(self) -> int:
         return self._count("past")
 
-    # ---- manifest offsets of records written by this run ------------------------------------
+    # ---- each key's latest outcome, for the results sheet ------------------------------------
 
-    def put_offsets(self, pairs: Iterable[tuple[str, int]]) -> None:
+    def put_outcomes(self, rows: Iterable[tuple[str, str, str, str, str]]) -> None:
+        """(key, status, images, seeds, error) as the results sheet shows them; the latest wins."""
         with self._lock:
-            self._put("offsets", list(pairs))
+            self._put("outcomes", list(rows))
 
-    def offset(self, key: str) -> int | None:
-        """The latest offset of a key: written by this run, else found at open."""
+    def outcome(self, key: str) -> tuple[str, str, str, str] | None:
         with self._lock:
-            written = self._get("offsets", key)
-            if written is not None:
-                return int(written[0])
-            past = self._get("past", key)
-            return None if past is None else int(past[1])
+            found = self._get("outcomes", key)
+        return (
+            None if found is None else (str(found[0]), str(found[1]), str(found[2]), str(found[3]))
+        )
 
     # ---- image paths owned by a record ------------------------------------------------------
 
@@ -127,23 +129,6 @@ class RowIndex:
     def take_all(self, paths: Iterable[str]) -> None:
         with self._lock:
             self._put("taken", [(path,) for path in paths])
-
-    # ---- sheet row -> key, for the results sheet --------------------------------------------
-
-    def put_row_key(self, row: int, key: str) -> None:
-        with self._lock:
-            self._put("row_keys", [(row, key)])
-
-    def row_key(self, row: int) -> str | None:
-        with self._lock:
-            found = self._get("row_keys", row)
-        return None if found is None else str(found[0])
-
-    def rows_keyed(self) -> Iterator[int]:
-        return (int(row) for row in self._keys("row_keys"))
-
-    def row_key_count(self) -> int:
-        return self._count("row_keys")
 
     # ---- plumbing (callers hold the lock) ---------------------------------------------------
 
@@ -231,35 +216,6 @@ class RowIndex:
         memory, self._memory = self._memory, {name: {} for name in _TABLES}
         for name, rows in memory.items():
             self._put(name, [(key, *values) for key, values in rows.items()])
-
-
-class RowKeys(Mapping[int, str]):
-    """Sheet row number -> row key, for the results sheet; on disk once there are many."""
-
-    def __init__(self) -> None:
-        self._index = RowIndex()
-
-    def __setitem__(self, row: int, key: str) -> None:
-        self._index.put_row_key(row, key)
-
-    def get(self, row: int, default: Any = None) -> Any:
-        found = self._index.row_key(row)
-        return default if found is None else found
-
-    def __getitem__(self, row: int) -> str:
-        found = self._index.row_key(row)
-        if found is None:
-            raise KeyError(row)
-        return found
-
-    def __iter__(self) -> Iterator[int]:
-        return self._index.rows_keyed()
-
-    def __len__(self) -> int:
-        return self._index.row_key_count()
-
-    def close(self) -> None:
-        self._index.close()
 
 
 def digest_int(hex_digest: str) -> int:

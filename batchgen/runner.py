@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +24,12 @@ from batchgen.errors import (
     RetryableEndpointError,
     RowError,
 )
-from batchgen.expand import expanded_rows
 from batchgen.fleet import Fleet, endpoint_views, open_fleet, watch
 from batchgen.interrupts import catch_interrupts
 from batchgen.job import JobSpec
-from batchgen.payload import PayloadBuilder, manifest_body
-from batchgen.plan import all_tasks, check_endpoints, validate
+from batchgen.payload import manifest_body
+from batchgen.plan import check_endpoints
+from batchgen.prepare import Prepared, prepare
 from batchgen.publish import published
 from batchgen.records import (
     EndpointView,
@@ -41,11 +41,9 @@ from batchgen.records import (
     RunSummary,
     Task,
 )
-from batchgen.rowindex import RowKeys
 from batchgen.run_files import close_run_log, move_aside, open_run_log, public_job
 from batchgen.scheduler import Lease, Policy, Scheduler
-from batchgen.shards import keeps, write_shard_plan
-from batchgen.sheet import read_headers
+from batchgen.shards import write_shard_plan
 from batchgen.store import DONE, SIMULATED, OutputStore, ResumeState, peek_state
 from batchgen.words import counted
 from batchgen.writer import GroupWriter
@@ -134,35 +132,35 @@ class _Run:
         self.stopped_reason: str | None = None
         self.sending: set[asyncio.Task[None]] = set()  # rows on an endpoint right now
         self.rows: set[asyncio.Task[None]] = set()
-        self.row_keys = RowKeys()  # row slot -> key for results.csv; on disk once there are many
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store")
         self.group = GroupWriter(self.store, self.writer)
 
     async def run(self) -> RunSummary:
         past = None if self.options.fresh else peek_state(self.job.out_dir)
         changes = None if self.options.fresh else ChangeTracker(self.job.out_dir)
-        checking = self.options.check and self.job.check
+        prepared = prepare(
+            self.job,
+            past,
+            retry_failed=self.options.retry_failed,
+            seen=changes.see if changes else None,
+        )
         try:
-            plan = validate(
-                self.job,
-                past,
-                retry_failed=self.options.retry_failed,
-                seen=changes.see if changes else None,
-            )
-        except InputError as error:
-            if not checking:
-                raise
-            sheet_problems = list(error.problems)  # said with the endpoints' in one round
-        else:
-            sheet_problems = []
+            return await self._run_prepared(prepared, changes)
+        finally:
+            prepared.close()
+
+    async def _run_prepared(self, prepared: Prepared, changes: ChangeTracker | None) -> RunSummary:
+        checking = self.options.check and self.job.check
+        if prepared.problems and not checking:
+            raise InputError(list(prepared.problems))
         started = time.monotonic()
         async with open_fleet(self.job) as fleet:
-            if sheet_problems and not fleet.answering():
-                raise InputError(sheet_problems)  # the sheet's own problems stand without a server
+            if prepared.problems and not fleet.answering():
+                raise InputError(list(prepared.problems))  # they stand without a server
             fleet.require_an_answer("nothing was sent", defaulted=self.job.endpoints_defaulted)
             if checking:  # raises with the sheet's problems, if any, beside the servers'
-                await check_endpoints(self.job, fleet.answering(), sheet_problems)
-            plan = plan.on(fleet.simulators(), retry_failed=self.options.retry_failed)
+                await check_endpoints(self.job, prepared, fleet.answering())
+            plan = prepared.plan.on(fleet.simulators(), retry_failed=self.options.retry_failed)
             if self.options.fresh:  # only now: an invalid job leaves the folder as it was
                 move_aside(self.job.out_dir)
 
@@ -174,12 +172,12 @@ class _Run:
                 if changes is not None:
                     written[DIGEST] = changes.digest
                 if self.job.shard is not None:
-                    write_shard_plan(self.job, self.job.shard, all_tasks(self.job))
+                    write_shard_plan(self.job, self.job.shard, prepared.every_task())
                 return written
 
-            scheduler, handler = await self._send(fleet, plan, self._sheet_tasks(), job_file)
+            scheduler, handler = await self._send(fleet, plan, prepared.tasks(), job_file)
         try:  # the run log keeps the summary too
-            return self._finish(plan, started, scheduler, results=True)
+            return self._finish(plan, started, scheduler, prepared)
         finally:
             close_run_log(handler)
 
@@ -192,7 +190,7 @@ class _Run:
             plan = plan.on(fleet.simulators(), retry_failed=False)
             scheduler, handler = await self._send(fleet, plan, tasks, lambda: dict(job_file))
         try:
-            return self._finish(plan, started, scheduler, results=False)
+            return self._finish(plan, started, scheduler, None)
         finally:
             close_run_log(handler)
 
@@ -225,13 +223,12 @@ class _Run:
         return scheduler, handler
 
     def _finish(
-        self, plan: RunPlan, started: float, scheduler: Scheduler, *, results: bool
+        self, plan: RunPlan, started: float, scheduler: Scheduler, sheet: Prepared | None
     ) -> RunSummary:
-        if results:
-            outputs = self._write_results(expanding=plan.expanded_rows > 0)
-        else:
-            self.row_keys.close()
-            outputs = (self.store.manifest_path,)
+        """`sheet`: the pass over the sheet the tasks came from, for results.csv (None: replay)."""
+        outputs: tuple[Path, ...] = (self.store.manifest_path,)
+        if sheet is not None:
+            outputs += self._write_results(sheet)
         self.store.close()
         summary = RunSummary(
             out_dir=self.job.out_dir,
@@ -248,15 +245,6 @@ class _Run:
         )
         self.reporter.finished(summary)
         return summary
-
-    def _sheet_tasks(self) -> Iterator[Task]:
-        """The sheet's rows as tasks, in order; each row's key kept for results.csv."""
-        builder = PayloadBuilder(self.job, read_headers(self.job.sheet, **self.job.sheet_options))
-        for row in expanded_rows(self.job, builder.target_of):
-            task = builder.build(row)
-            if keeps(self.job.shard, task):
-                self.row_keys[row.slot] = task.key
-                yield task
 
     async def _send_all(
         self, scheduler: Scheduler, state: ResumeState, plan: RunPlan, tasks: Iterable[Task]
@@ -483,17 +471,11 @@ class _Run:
         self.interrupted = True
         self._stop("interrupted: finishing the rows in flight (again to stop now)")
 
-    def _write_results(self, *, expanding: bool) -> tuple[Path, ...]:
-        headers = read_headers(self.job.sheet, **self.job.sheet_options)
-        rows = expanded_rows(self.job, PayloadBuilder(self.job, headers).target_of)
+    def _write_results(self, sheet: Prepared) -> tuple[Path, ...]:
+        rows = ((built.row, built.task.key if built.kept else None) for built in sheet.built)
         xlsx = self.job.sheet.suffix.lower() == ".xlsx"
-        try:
-            return (
-                self.store.manifest_path,
-                *self.store.write_results(rows, headers, self.row_keys, xlsx, expanding=expanding),
-            )
-        finally:
-            self.row_keys.close()
+        expanding = sheet.plan.expanded_rows > 0
+        return tuple(self.store.write_results(rows, list(sheet.headers), xlsx, expanding=expanding))
 
 
 def _settle(scheduler: Scheduler, task: Task) -> Callable[[asyncio.Task[None]], None]:

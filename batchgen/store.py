@@ -220,11 +220,7 @@ class OutputStore:
         except OSError:
             self._rewind(offset)
             raise
-        offsets = []
-        for line, chunk in zip(lines, chunks, strict=True):
-            offsets.append((line.key, offset))
-            offset += len(chunk)
-        self._opened().put_offsets(offsets)
+        self._opened().put_outcomes(_outcome(line) for line in lines)
         return lines
 
     def _write_files(self, files: list[tuple[int, Path, bytes]]) -> dict[int, str]:
@@ -347,27 +343,17 @@ class OutputStore:
             **(dict(generation.provenance) if generation else {}),
         )
 
-    def record_at(self, key: str) -> ManifestRecord | None:
-        """The latest manifest record of a key, read back from disk."""
-        offset = self._opened().offset(key)
-        if offset is None:
-            return None
-        with self.manifest_path.open("rb") as handle:
-            handle.seek(offset)
-            return ManifestRecord.from_line(handle.readline())
-
     def write_results(
         self,
-        rows: Iterable[SheetRow],
+        rows: Iterable[tuple[SheetRow, str | None]],
         headers: list[str],
-        keys: Mapping[int, str],
         xlsx: bool,
         *,
         expanding: bool = False,
     ) -> list[Path]:
         """The input sheet plus each request's outcome: results.csv, and results.xlsx for XLSX
-        input. `rows` are the requests' rows (a row per expansion); `keys` by SheetRow.slot.
-        `expanding`: rows expand, and an `expansion` column says which one a line is."""
+        input. `rows`: each request's row (a row per expansion) and its key (None: not this
+        run's). `expanding`: rows expand, and an `expansion` column says which one a line is."""
         outcome_columns = [
             *RESULT_COLUMNS[:1],
             *(EXPANSION_COLUMN if expanding else ()),
@@ -382,9 +368,9 @@ class OutputStore:
         with tmp.open("w", newline="", encoding="utf-8-sig") as handle:
             writer = csv.writer(handle)
             writer.writerow(columns)
-            for row in rows:
+            for row, key in rows:
                 values = [row.cells.get(header, "") for header in headers]
-                values += self._outcome(row, keys.get(row.slot), outcome_columns)
+                values += self._outcome(row, key, outcome_columns)
                 writer.writerow(values)
                 if sheet is not None:
                     sheet.append(values)
@@ -394,20 +380,16 @@ class OutputStore:
         return written
 
     def _outcome(self, sheet_row: SheetRow, key: str | None, columns: list[str]) -> list[Any]:
-        record = self.record_at(key) if key else None
-        row = sheet_row.row
-        expansion = sheet_row.expansion.index if sheet_row.expansion else ""
-        if record is None:
-            outcome: dict[str, Any] = {"row": row, "expansion": expansion, "status": "not run"}
-        else:
-            outcome = {
-                "row": row,
-                "expansion": expansion,
-                "status": record.status,
-                "images": ";".join(record.images),
-                "seeds": ";".join(str(seed) for seed in record.seeds),
-                "error": record.error or "",
-            }
+        found = self._opened().outcome(key) if key else None
+        status, images, seeds, error = found or ("not run", "", "", "")
+        outcome = {
+            "row": sheet_row.row,
+            "expansion": sheet_row.expansion.index if sheet_row.expansion else "",
+            "status": status,
+            "images": images,
+            "seeds": seeds,
+            "error": error,
+        }
         return [outcome.get(column, "") for column in columns]
 
     def _name_image(
@@ -459,6 +441,7 @@ class OutputStore:
         if not self.manifest_path.exists():
             return rows
         past: list[tuple[str, str, int]] = []
+        outcomes: list[tuple[str, str, str, str, str]] = []
         taken: list[str] = []
         good_end = 0
         for offset, line, record in scan(self.manifest_path):
@@ -479,18 +462,27 @@ class OutputStore:
             elif status == "ok" and record.simulator:
                 status = SIMULATED
             past.append((record.key, status, offset))  # in file order: the latest one wins
+            outcomes.append(_outcome(record))
             taken.extend(_name_key(path) for path in present)
             if len(past) >= _INDEX_BATCH:
                 index.put_past(past)
+                index.put_outcomes(outcomes)
                 index.take_all(taken)
-                past, taken = [], []
+                past, outcomes, taken = [], [], []
         index.put_past(past)
+        index.put_outcomes(outcomes)
         index.take_all(taken)
         if repair and good_end < self.manifest_path.stat().st_size:
             log.warning("%s: dropping a torn last line left by an interrupted run", MANIFEST)
             with self.manifest_path.open("r+b") as handle:
                 handle.truncate(good_end)
         return rows
+
+
+def _outcome(record: ManifestRecord) -> tuple[str, str, str, str, str]:
+    """A record as the results sheet shows it: key, status, images, seeds, error."""
+    seeds = ";".join(str(seed) for seed in record.seeds)
+    return (record.key, record.status, ";".join(record.images), seeds, record.error or "")
 
 
 def folder_in_use(out_dir: Path) -> bool:

@@ -16,7 +16,7 @@ from runhelp import assert_exactly_once_ok, prompts, write_sheet
 from slurmhelp import Slurm, one_node_slurm
 
 from batchgen.job import load_job
-from batchgen.plan import all_tasks
+from batchgen.prepare import prepare
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "slurm"
 SHARDS = 3
@@ -85,7 +85,7 @@ def test_the_slurm_example_runs_shards_then_merges_each_row_once(
 
     state = slurm.show(merge)
     assert "JobState=COMPLETED" in state and "ExitCode=0:0" in state, _outputs(tmp_path)
-    expected = {task.key: task.row for task in all_tasks(load_job(job))}
+    expected = {task.key: task.row for task in prepare(load_job(job)).every_task()}
     records = assert_exactly_once_ok(tmp_path / "merged", sorted(expected.values()))
     assert {record["key"]: record["row"] for record in records} == expected
     for index in range(SHARDS):

@@ -11,15 +11,17 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchgen.client import EndpointClient
-from batchgen.comfy.workflow import NODE_INPUTS, Binding
-from batchgen.errors import EndpointError, InputError, Problem
+from batchgen.comfy.workflow import NODE_INPUTS, Binding, bind_job
+from batchgen.errors import EndpointError, Problem
 from batchgen.job import JobSpec
-from batchgen.payload import PayloadBuilder
 from batchgen.records import ImageRef
-from batchgen.sheet import read_headers, read_rows
+
+if TYPE_CHECKING:  # the pre-run pass imports binding_problems from here
+    from batchgen.payload import PayloadBuilder
+    from batchgen.prepare import Prepared
 
 _ALWAYS_SENT = frozenset({"seed", "subseed"})
 _LORA_TAG = re.compile(
@@ -67,7 +69,9 @@ class _Finding:
     hint: str | None
 
 
-async def check_comfy_job(job: JobSpec, clients: Sequence[EndpointClient]) -> list[Problem]:
+async def check_comfy_job(
+    job: JobSpec, prepared: Prepared, clients: Sequence[EndpointClient]
+) -> list[Problem]:
     """Every value each row binds, against each endpoint's /object_info; grouped by value."""
     infos: list[tuple[str, Mapping[str, Any]]] = []
     problems: list[Problem] = []
@@ -79,17 +83,10 @@ async def check_comfy_job(job: JobSpec, clients: Sequence[EndpointClient]) -> li
             continue
         if isinstance(info, dict):
             infos.append((client.name, info))
-    builder = PayloadBuilder(job, read_headers(job.sheet, job.sheet_name))
-    binding = builder.binding
-    if binding is None:
-        return problems
+    binding = bind_job(job)
     found: dict[_Finding, list[int]] = {}
     tagged: dict[str, list[int]] = {}  # field -> rows whose text holds an A1111 LoRA tag
-    for row in read_rows(job.sheet, job.sheet_name):
-        try:
-            task = builder.build(row)
-        except InputError:
-            continue  # the sheet's own problems are reported apart
+    for task in prepared.tasks():  # a row with problems is the sheet's to report
         graph = binding.fill(task.body, lambda ref: "").graph
         uploads = _image_inputs(binding, task.body)
         for name in ("prompt", "negative_prompt"):
