@@ -36,14 +36,14 @@ from typing import Any
 import aiohttp
 from benchhelp import exact_bound, free_port
 
-from batchgen import placement
-from batchgen.client import EndpointClient, resolve_endpoint
+from batchgen.backends.a1111 import EndpointClient, resolve_endpoint
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
-from batchgen.payload import PayloadBuilder
 from batchgen.records import Task
-from batchgen.runner import RunOptions, run_batch
-from batchgen.scheduler import Policy
-from batchgen.sheet import read_headers, read_rows
+from batchgen.rows.payload import PayloadBuilder
+from batchgen.rows.sheet import read_headers, read_rows
+from batchgen.run import placement
+from batchgen.run.runner import RunOptions, run_batch
+from batchgen.run.scheduler import Policy
 
 MODELS = ("alpha.safetensors", "beta.safetensors", "gamma.safetensors", "delta.safetensors")
 SPEEDS = (1.0, 1.0, 2.0, 4.0)

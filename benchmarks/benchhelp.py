@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from batchgen import placement
+from batchgen.run import placement
 
 
 def free_port() -> int:

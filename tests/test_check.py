@@ -14,14 +14,14 @@ import pytest
 from click.testing import CliRunner, Result
 from runhelp import write_png
 
-from batchgen.check import RowSet, check_job, collect_uses, lora_names
+from batchgen.backends.a1111 import EndpointClient, resolve_endpoint
+from batchgen.backends.check import RowSet, check_job, collect_uses, lora_names
+from batchgen.backends.inventory import CheckpointIndex, resolve_checkpoint
 from batchgen.cli import cli
-from batchgen.client import EndpointClient, resolve_endpoint
 from batchgen.errors import InputError, Problem
-from batchgen.inventory import CheckpointIndex, resolve_checkpoint
 from batchgen.job import EndpointSpec, JobSpec, TimeoutSpec, load_job
-from batchgen.plan import check_only
-from batchgen.prepare import prepare
+from batchgen.rows.prepare import prepare
+from batchgen.run.plan import check_only
 from batchgen.sim import SimConfig, SimServer
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"

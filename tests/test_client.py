@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from batchgen.client import (
+from batchgen.backends.a1111 import (
     Endpoint,
     EndpointClient,
     open_session,

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from runhelp import assert_exactly_once_ok, make_job, no_sleep, prompts, simulators, write_sheet
 
-from batchgen import spool
 from batchgen.records import Result, RunPlan
-from batchgen.runner import RunOptions, run_batch
+from batchgen.rows import spool
+from batchgen.rows.spool import Spool
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig
-from batchgen.spool import Spool
 
 
 def test_a_spool_reads_back_in_order_from_memory_and_disk(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,11 +10,11 @@ import pytest
 from runhelp import simulators
 from schedhelp import FAST, assert_each_row_ok_once, make_job
 
-from batchgen.client import RETRY_AFTER_MAX, EndpointClient, open_session, resolve_endpoint
+from batchgen.backends.a1111 import RETRY_AFTER_MAX, EndpointClient, open_session, resolve_endpoint
 from batchgen.errors import RetryableEndpointError
 from batchgen.job import EndpointSpec, RetrySpec, TimeoutSpec
 from batchgen.records import Task
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 
 

@@ -11,7 +11,7 @@ import pytest
 from runhelp import manifest, simulators
 from schedhelp import FAST, make_job, run
 
-from batchgen.client import EndpointClient, open_session, resolve_endpoint
+from batchgen.backends.a1111 import EndpointClient, open_session, resolve_endpoint
 from batchgen.errors import RetryableEndpointError, RowError
 from batchgen.job import EndpointSpec, TimeoutSpec
 from batchgen.records import Task

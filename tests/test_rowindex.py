@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import rowindex
+from batchgen.outputs import rowindex
+from batchgen.outputs.rowindex import RowIndex, digest_int
+from batchgen.outputs.store import OutputStore, peek_state
 from batchgen.records import Generation, Result, Task
-from batchgen.rowindex import RowIndex, digest_int
-from batchgen.store import OutputStore, peek_state
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 

@@ -14,8 +14,8 @@ from runhelp import manifest, prompts, write_sheet
 from batchgen.cli import cli
 from batchgen.errors import ConfigError
 from batchgen.job import load_job
-from batchgen.prepare import prepare
-from batchgen.shards import Shard, resolve_shard, shard_of
+from batchgen.outputs.shards import Shard, resolve_shard, shard_of
+from batchgen.rows.prepare import prepare
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -26,7 +26,7 @@ def test_the_shard_hash_is_the_same_in_another_python_process() -> None:
     keys = [f"{index:016x}-0" for index in range(200)]
     here = [shard_of(key, 7) for key in keys]
     code = (
-        "import json, sys; from batchgen.shards import shard_of; "
+        "import json, sys; from batchgen.outputs.shards import shard_of; "
         "print(json.dumps([shard_of(k, 7) for k in json.load(sys.stdin)]))"
     )
     there = subprocess.run(

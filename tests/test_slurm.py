@@ -16,7 +16,7 @@ from runhelp import assert_exactly_once_ok, prompts, write_sheet
 from slurmhelp import Slurm, one_node_slurm
 
 from batchgen.job import load_job
-from batchgen.prepare import prepare
+from batchgen.rows.prepare import prepare
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "slurm"
 SHARDS = 3

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from batchgen.errors import ConfigError
-from batchgen.manifest import MANIFEST, latest_records
+from batchgen.outputs.manifest import MANIFEST, latest_records
+from batchgen.outputs.store import MISSING, OutputStore, folder_in_use, peek_state
 from batchgen.records import Generation, Result, Task
-from batchgen.store import MISSING, OutputStore, folder_in_use, peek_state
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 10
 
@@ -195,7 +195,8 @@ def test_one_run_per_folder_and_a_killed_run_frees_it(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from batchgen.store import OutputStore;"
+            "import sys, time; from pathlib import Path;"
+            "from batchgen.outputs.store import OutputStore;"
             "s = OutputStore(Path(sys.argv[1]), 'j', '{row}', Path('.')); s.open();"
             "print('open', flush=True); time.sleep(60)",
             str(tmp_path),
