@@ -33,7 +33,6 @@ from batchgen.records import Expansion, SheetRow
 from batchgen.rows import controlnet as cn
 from batchgen.rows.columns import FieldPath, Target
 from batchgen.rows.fields import coerce
-from batchgen.rows.sheet import read_rows
 from batchgen.rows.sweep_syntax import SweepError, SweepKind, is_sweep, sweep_values
 
 TEMPLATE_FIELDS: frozenset[FieldPath] = frozenset({("prompt",), ("negative_prompt",)})
@@ -340,13 +339,6 @@ class Expander:
 
 
 _SWEEP_HINT = "write values like 20, 30, 40 or a range like 1-8"
-
-
-def expanded_rows(job: JobSpec, target_of: Callable[[str], Target | None]) -> Iterator[SheetRow]:
-    """Every request's row, sheet row by sheet row (InputError on a row that cannot expand)."""
-    expander = Expander(job, target_of)
-    for row in read_rows(job.sheet, **job.sheet_options):
-        yield from expander.plan(row).rows()
 
 
 def _sweep_kind(target: Target) -> SweepKind | None:
