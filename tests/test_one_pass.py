@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,33 @@ async def test_a_sheet_edited_during_a_run_changes_nothing_the_run_sends_or_writ
     assert [r["prompt"] for r in results] == [r["prompt"] for r in rows], "the sheet as it was run"
     assert [r["row"] for r in results] == [str(n) for n in range(2, 32)]
     assert {r["status"] for r in results} == {"ok"}
+
+
+async def test_a_folder_written_by_the_previous_version_resumes(tmp_path: Path) -> None:
+    data = Path(__file__).parent / "data" / "previous-version"
+    shutil.copytree(data / "folder", tmp_path / "out")
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(
+        (data / "sheet.csv").read_text(encoding="utf-8") + "a pier at noon,14,4,64,64,new\n",
+        encoding="utf-8",
+    )
+    before = (tmp_path / "out" / "manifest.jsonl").read_bytes()
+    async with simulators(SimConfig()) as (sim,):
+        job = make_job(tmp_path, sheet, [sim.url])
+        summary = await run_batch(job, RunOptions(sleep=no_sleep))
+        sent = [body["prompt"] for body in sim.stats.history]
+    assert sent == ["a pier at noon"], "only the new row is sent"
+    assert summary.plan.done == 4 and summary.ok == 1
+    after = (job.out_dir / "manifest.jsonl").read_bytes()
+    assert after.startswith(before) and after.count(b"\n") == 5
+    with (job.out_dir / "results.csv").open(encoding="utf-8-sig", newline="") as handle:
+        results = list(csv.DictReader(handle))
+    assert [(r["row"], r["expansion"], r["status"]) for r in results] == [
+        ("2", "", "ok"),
+        ("3", "", "ok"),
+        ("4", "0", "ok"),
+        ("4", "1", "ok"),
+        ("5", "", "ok"),
+    ]
+    assert results[3]["images"] == "images/000004-00-13~1.png", "the old run's image is listed"
+    assert all((job.out_dir / r["images"]).is_file() for r in results)
