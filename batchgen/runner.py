@@ -14,8 +14,9 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from batchgen.backends import request_maker
 from batchgen.changes import DIGEST, ChangeTracker
-from batchgen.client import row_backoff
+from batchgen.client import EndpointClient, row_backoff
 from batchgen.errors import (
     EndpointError,
     FatalEndpointError,
@@ -47,6 +48,7 @@ from batchgen.scheduler import Lease, Policy, Scheduler
 from batchgen.shards import keeps, write_shard_plan
 from batchgen.sheet import read_headers
 from batchgen.store import DONE, SIMULATED, OutputStore, ResumeState, peek_state
+from batchgen.wire import RowRequests
 from batchgen.words import counted
 from batchgen.writer import GroupWriter
 
@@ -137,6 +139,7 @@ class _Run:
         self.row_keys = RowKeys()  # row slot -> key for results.csv; on disk once there are many
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store")
         self.group = GroupWriter(self.store, self.writer)
+        self.make_request = request_maker(job)
 
     async def run(self) -> RunSummary:
         past = None if self.options.fresh else peek_state(self.job.out_dir)
@@ -376,7 +379,8 @@ class _Run:
     async def _attempt(self, lease: Lease, scheduler: Scheduler) -> _Answer:
         """Send the row once. If the scheduler copies it to an idle endpoint meanwhile (it is
         late at the run's tail), both are sent: the first answer wins, the other is dropped."""
-        legs = {asyncio.ensure_future(self._leg(lease, scheduler))}
+        requests = RowRequests(lease.task, self.make_request)  # the copy's too
+        legs = {asyncio.ensure_future(self._leg(lease, scheduler, requests))}
         spare = lease.spare
         error: BaseException | None = None
         try:
@@ -388,7 +392,7 @@ class _Run:
                     if self.stopping:  # after Ctrl-C nothing new is sent, not even a copy
                         scheduler.release(copy, None)
                     else:
-                        legs.add(asyncio.ensure_future(self._leg(copy, scheduler)))
+                        legs.add(asyncio.ensure_future(self._leg(copy, scheduler, requests)))
                     spare = None
                 for leg in [leg for leg in legs if leg in done]:
                     legs.discard(leg)
@@ -405,10 +409,10 @@ class _Run:
         assert error is not None
         raise error
 
-    async def _leg(self, lease: Lease, scheduler: Scheduler) -> _Answer:
+    async def _leg(self, lease: Lease, scheduler: Scheduler, requests: RowRequests) -> _Answer:
         """Send the row to one endpoint; give up at once if it leaves rotation meanwhile."""
         slot = lease.slot
-        sending = asyncio.ensure_future(slot.client.generate(lease.task))
+        sending = asyncio.ensure_future(_generate(slot.client, requests))
         lost = asyncio.ensure_future(slot.lost.wait())
         try:
             await asyncio.wait({sending, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -494,6 +498,11 @@ class _Run:
             )
         finally:
             self.row_keys.close()
+
+
+async def _generate(client: EndpointClient, requests: RowRequests) -> Generation:
+    """The request made as the endpoint's flavor wants it, when sent, then sent."""
+    return await client.generate(requests.to(client.flavor))
 
 
 def _settle(scheduler: Scheduler, task: Task) -> Callable[[asyncio.Task[None]], None]:

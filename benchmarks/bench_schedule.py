@@ -44,6 +44,7 @@ from batchgen.records import Task
 from batchgen.runner import RunOptions, run_batch
 from batchgen.scheduler import Policy
 from batchgen.sheet import read_headers, read_rows
+from batchgen.wire import a1111_request
 
 MODELS = ("alpha.safetensors", "beta.safetensors", "gamma.safetensors", "delta.safetensors")
 SPEEDS = (1.0, 1.0, 2.0, 4.0)
@@ -189,7 +190,7 @@ async def run_naive(args: argparse.Namespace, sheet: Path) -> Figures:
         async def lane(client: EndpointClient, rows: list[Task]) -> None:
             nonlocal done
             for task in rows:
-                await client.generate(task)
+                await client.generate(a1111_request(task, client.flavor))
                 done += 1
 
         count = len(clients)
@@ -258,7 +259,7 @@ async def calibrate(args: argparse.Namespace, rows: int = 40) -> list[float]:
 
 async def _send_each(client: EndpointClient, tasks: Sequence[Task]) -> None:
     for task in tasks:
-        await client.generate(task)
+        await client.generate(a1111_request(task, client.flavor))
 
 
 def lower_bound(rows: int, loaded_rows: int, rates: Sequence[float], switch_s: float) -> float:

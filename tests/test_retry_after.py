@@ -16,6 +16,7 @@ from batchgen.job import EndpointSpec, RetrySpec, TimeoutSpec
 from batchgen.records import Task
 from batchgen.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
+from batchgen.wire import a1111_request
 
 
 class SleepSpy:
@@ -34,7 +35,9 @@ async def first_error(config: SimConfig) -> RetryableEndpointError:
             resolve_endpoint(EndpointSpec(url=sim.url), 1), session, TimeoutSpec()
         )
         with pytest.raises(RetryableEndpointError) as raised:
-            await client.generate(Task(2, "k", "txt2img", {"prompt": "x", "steps": 2}, None))
+            await client.generate(
+                a1111_request(Task(2, "k", "txt2img", {"prompt": "x", "steps": 2}, None), "a1111")
+            )
         return raised.value
 
 
