@@ -413,7 +413,7 @@ class _Run:
         """Send the row to one endpoint; give up at once if it leaves rotation meanwhile."""
         slot = lease.slot
         sending = asyncio.ensure_future(_generate(slot.client, requests))
-        lost = asyncio.ensure_future(slot.lost.wait())
+        lost = asyncio.ensure_future(slot.health.lost.wait())
         try:
             await asyncio.wait({sending, lost}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
