@@ -379,7 +379,7 @@ class _Run:
     async def _attempt(self, lease: Lease, scheduler: Scheduler) -> _Answer:
         """Send the row once. If the scheduler copies it to an idle endpoint meanwhile (it is
         late at the run's tail), both are sent: the first answer wins, the other is dropped."""
-        requests = RowRequests(lease.task, self.make_request)  # the copy's too
+        requests = RowRequests(lease.task, self.make_request)  # shared with a tail copy
         legs = {asyncio.ensure_future(self._leg(lease, scheduler, requests))}
         spare = lease.spare
         error: BaseException | None = None
@@ -501,7 +501,8 @@ class _Run:
 
 
 async def _generate(client: EndpointClient, requests: RowRequests) -> Generation:
-    """The request made as the endpoint's flavor wants it, when sent, then sent."""
+    """Make the row's request for this endpoint's flavor, then send it. Made inside the sending
+    task, so an image that cannot be read fails the leg like any error, releasing its lease."""
     return await client.generate(requests.to(client.flavor))
 
 
