@@ -41,6 +41,7 @@ from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
 from batchgen.records import Task
 from batchgen.rows.payload import PayloadBuilder
 from batchgen.rows.sheet import read_headers, read_rows
+from batchgen.rows.wire import a1111_request
 from batchgen.run import placement
 from batchgen.run.runner import RunOptions, run_batch
 from batchgen.run.scheduler import Policy
@@ -189,7 +190,7 @@ async def run_naive(args: argparse.Namespace, sheet: Path) -> Figures:
         async def lane(client: EndpointClient, rows: list[Task]) -> None:
             nonlocal done
             for task in rows:
-                await client.generate(task)
+                await client.generate(a1111_request(task, client.flavor))
                 done += 1
 
         count = len(clients)
@@ -258,7 +259,7 @@ async def calibrate(args: argparse.Namespace, rows: int = 40) -> list[float]:
 
 async def _send_each(client: EndpointClient, tasks: Sequence[Task]) -> None:
     for task in tasks:
-        await client.generate(task)
+        await client.generate(a1111_request(task, client.flavor))
 
 
 def lower_bound(rows: int, loaded_rows: int, rates: Sequence[float], switch_s: float) -> float:

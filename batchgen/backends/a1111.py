@@ -26,10 +26,7 @@ from tenacity import (
 
 from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError, RowError
 from batchgen.job import EndpointSpec, RetrySpec, TimeoutSpec
-from batchgen.records import Generation, Task
-from batchgen.rows.payload import adapt_for, encode_body
-
-Flavor = Literal["a1111", "forge"]
+from batchgen.records import Flavor, Generation, Request, WireRequest
 
 # A 500 that names an exception was raised while the server processed this one request: the
 # server is well, the request fails there (a1111-api.md §8, §15). Running out of memory is the
@@ -258,11 +255,12 @@ class EndpointClient:
             simulator=self.simulator,
         )
 
-    async def generate(self, task: Task) -> Generation:
-        """Send one row once. Raises RetryableEndpointError or FatalEndpointError."""
-        body = adapt_for(encode_body(task.body), self.flavor)
+    async def generate(self, request: Request) -> Generation:
+        """Send one row's request once. Raises RetryableEndpointError or FatalEndpointError."""
+        if not isinstance(request, WireRequest):
+            raise TypeError(f"{self.name} takes an A1111 request, not {type(request).__name__}")
         payload = await self._request(
-            "POST", f"/sdapi/v1/{task.route}", body, self._generation_timeout
+            "POST", f"/sdapi/v1/{request.route}", request.body, self._generation_timeout
         )
         return dataclasses.replace(parse_generation(payload), simulated=self.simulator)
 

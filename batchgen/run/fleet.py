@@ -1,4 +1,5 @@
-"""A run's endpoints: sim:// servers started, each one probed, those out of rotation watched."""
+"""A run's endpoints: sim:// servers started, each one probed, its health kept (fleet_health.py),
+those out of rotation watched until they answer again."""
 
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ from batchgen.backends.kinds import make_clients
 from batchgen.errors import ConfigError, EndpointError, NothingAnswersError
 from batchgen.job import JobSpec
 from batchgen.records import EndpointView
+from batchgen.run.fleet_health import EndpointHealth
 from batchgen.run.scheduler import EndpointFacts, EndpointSlot, Scheduler
 
 log = logging.getLogger(__name__)
-
-PROBE_BACKOFF_MAX = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,15 +107,14 @@ async def probe_all(
     those that gave no HTTP answer at all, with the reason."""
 
     async def probe(client: EndpointClient) -> EndpointSlot:
-        slot = EndpointSlot(client, None)
+        slot = EndpointSlot(client, None, health=EndpointHealth())
         try:
             slot.learn(await inspect(client))
         except EndpointError as error:
             if error.status is None and silent is not None:
                 silent[client.name] = str(error)
             log.warning("%s does not answer (%s); left out until it does", client.name, error)
-            slot.up = False
-            slot.down_since = time.monotonic()
+            slot.health.unanswered(time.monotonic())
         return slot
 
     return list(await asyncio.gather(*(probe(client) for client in clients)))
@@ -137,27 +136,18 @@ async def inspect(client: EndpointClient) -> EndpointFacts:
 
 async def watch(scheduler: Scheduler, show: Callable[[list[EndpointView]], None]) -> None:
     """Probe endpoints that are out of rotation, with backoff, and feed the progress view."""
-    next_probe: dict[str, tuple[float, float]] = {}
     while True:
         now = time.monotonic()
         for slot in scheduler.slots:
-            if slot.up:
-                next_probe.pop(slot.name, None)
-                continue
-            if slot.name not in next_probe:
-                # The more often it has left rotation, the longer before it may rejoin: an
-                # endpoint that answers probes but fails every row must not flap.
-                wait = min(2.0 ** max(slot.downs - 1, 0), PROBE_BACKOFF_MAX)
-                next_probe[slot.name] = (now + wait, wait * 2)
-            due, delay = next_probe[slot.name]
-            if now >= due:
+            if slot.health.probe_due(now):
                 try:
                     facts = await inspect(slot.client)
                 except (EndpointError, ConfigError):  # ConfigError: refused credentials
-                    next_probe[slot.name] = (now + delay, min(delay * 2, PROBE_BACKOFF_MAX))
+                    slot.health.probe_failed(now)
                 else:
                     log.warning("%s answers again; back in rotation", slot.name)
-                    scheduler.mark_up(slot, facts)
+                    slot.health.rejoin()
+                    scheduler.rejoined(slot, facts)
         scheduler.tick()
         show(list(endpoint_views(scheduler.slots)))
         await asyncio.sleep(0.5)
@@ -178,6 +168,6 @@ def endpoint_views(slots: list[EndpointSlot]) -> Iterator[EndpointView]:
             slot.busy_s,
             loaded=slot.loaded,
             vae=slot.vae,
-            down_s=None if slot.down_since is None else now - slot.down_since,
+            down_s=None if slot.health.down_since is None else now - slot.health.down_since,
             simulator=slot.client.simulator,
         )

@@ -14,7 +14,8 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from batchgen.backends.a1111 import row_backoff
+from batchgen.backends.a1111 import EndpointClient, row_backoff
+from batchgen.backends.kinds import request_maker
 from batchgen.errors import (
     EndpointError,
     FatalEndpointError,
@@ -42,6 +43,7 @@ from batchgen.records import (
 )
 from batchgen.rows.payload import manifest_body
 from batchgen.rows.prepare import Prepared, prepare
+from batchgen.rows.wire import RowRequests
 from batchgen.run.fleet import Fleet, endpoint_views, open_fleet, watch
 from batchgen.run.interrupts import catch_interrupts
 from batchgen.run.plan import check_endpoints
@@ -134,6 +136,7 @@ class _Run:
         self.rows: set[asyncio.Task[None]] = set()
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchgen-store")
         self.group = GroupWriter(self.store, self.writer)
+        self.make_request = request_maker(job)
 
     async def run(self) -> RunSummary:
         past = None if self.options.fresh else peek_state(self.job.out_dir)
@@ -364,7 +367,8 @@ class _Run:
     async def _attempt(self, lease: Lease, scheduler: Scheduler) -> _Answer:
         """Send the row once. If the scheduler copies it to an idle endpoint meanwhile (it is
         late at the run's tail), both are sent: the first answer wins, the other is dropped."""
-        legs = {asyncio.ensure_future(self._leg(lease, scheduler))}
+        requests = RowRequests(lease.task, self.make_request)  # shared with a tail copy
+        legs = {asyncio.ensure_future(self._leg(lease, scheduler, requests))}
         spare = lease.spare
         error: BaseException | None = None
         try:
@@ -376,7 +380,7 @@ class _Run:
                     if self.stopping:  # after Ctrl-C nothing new is sent, not even a copy
                         scheduler.release(copy, None)
                     else:
-                        legs.add(asyncio.ensure_future(self._leg(copy, scheduler)))
+                        legs.add(asyncio.ensure_future(self._leg(copy, scheduler, requests)))
                     spare = None
                 for leg in [leg for leg in legs if leg in done]:
                     legs.discard(leg)
@@ -393,11 +397,11 @@ class _Run:
         assert error is not None
         raise error
 
-    async def _leg(self, lease: Lease, scheduler: Scheduler) -> _Answer:
+    async def _leg(self, lease: Lease, scheduler: Scheduler, requests: RowRequests) -> _Answer:
         """Send the row to one endpoint; give up at once if it leaves rotation meanwhile."""
         slot = lease.slot
-        sending = asyncio.ensure_future(slot.client.generate(lease.task))
-        lost = asyncio.ensure_future(slot.lost.wait())
+        sending = asyncio.ensure_future(_generate(slot.client, requests))
+        lost = asyncio.ensure_future(slot.health.lost.wait())
         try:
             await asyncio.wait({sending, lost}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
@@ -476,6 +480,12 @@ class _Run:
         xlsx = self.job.sheet.suffix.lower() == ".xlsx"
         expanding = sheet.plan.expanded_rows > 0
         return tuple(self.store.write_results(rows, list(sheet.headers), xlsx, expanding=expanding))
+
+
+async def _generate(client: EndpointClient, requests: RowRequests) -> Generation:
+    """Make the row's request for this endpoint's flavor, then send it. Made inside the sending
+    task, so an image that cannot be read fails the leg like any error, releasing its lease."""
+    return await client.generate(requests.to(client.flavor))
 
 
 def _settle(scheduler: Scheduler, task: Task) -> Callable[[asyncio.Task[None]], None]:

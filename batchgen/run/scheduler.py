@@ -27,11 +27,11 @@ from batchgen.backends.inventory import CheckpointIndex
 from batchgen.errors import NoEndpointError
 from batchgen.records import Generation, Task
 from batchgen.run import placement
+from batchgen.run.fleet_health import EndpointHealth, Outage
 from batchgen.run.placement import Group
 
 log = logging.getLogger(__name__)
 
-DOWN_AFTER_FAILURES = 3  # consecutive retryable failures that take an endpoint out of rotation
 SPEED_ALPHA = 0.3  # weight of the newest sample in the running estimates
 DEFAULT_SEC_PER_UNIT = 0.05  # a 20-step 512x512 image in 1 s, until an endpoint is measured
 SWITCH_PRIOR_ROWS = 5.0  # a checkpoint switch costs this many rows until one is measured
@@ -109,10 +109,7 @@ class EndpointSlot:
     default: Group = None  # the opts checkpoint: what a row without an override loads
     target: Group = None  # what will be in memory once the rows held are done
     vae: str | None = None  # as last seen; not a group key: A1111 restores the VAE after a row
-    up: bool = True
-    down_since: float | None = None
-    failures: int = 0  # consecutive
-    downs: int = 0  # times taken out of rotation
+    health: EndpointHealth = field(default_factory=EndpointHealth)  # the fleet's: in rotation?
     held: list[Lease] = field(default_factory=list)  # rows on the endpoint, in send order
     done: int = 0
     failed: int = 0
@@ -125,11 +122,14 @@ class EndpointSlot:
     )
     switch_s: float | None = None  # measured on rows that did
     last_done: float = 0.0
-    lost: asyncio.Event = field(default_factory=asyncio.Event)  # set when it leaves rotation
 
     @property
     def name(self) -> str:
         return self.client.name
+
+    @property
+    def up(self) -> bool:
+        return self.health.up
 
     @property
     def running(self) -> int:
@@ -234,7 +234,6 @@ class Scheduler:
         policy: Policy = "plan",
     ) -> None:
         self.slots = list(slots)
-        self._wait_all_down = wait_all_down
         self._clock = clock
         self._policy = policy
         self._quotas: dict[EndpointSlot, deque[_Quota]] | None = None  # None: plan again
@@ -251,7 +250,7 @@ class Scheduler:
         self._aliases: dict[str, Group] = {}
         self._means: dict[str, float | None] = {}
         self._handle: asyncio.Handle | None = None
-        self.all_down_since: float | None = None
+        self._outage = Outage(wait_all_down, clock)
 
     @property
     def waiting(self) -> int:
@@ -317,36 +316,23 @@ class Scheduler:
         if generation is not None:
             slot.done += 1
             slot.images += len(generation.images)
-            slot.failures = 0
+            slot.health.succeeded()
             self._learn_from(slot, lease, generation, now - began)
-        elif failed == "endpoint":
-            slot.failures += 1
-            if slot.failures >= DOWN_AFTER_FAILURES and slot.up:
-                log.warning(
-                    "%s: %d failures in a row; out of rotation, its rows go to the others",
-                    slot.name,
-                    slot.failures,
-                )
-                self.mark_down(slot)
+        elif failed == "endpoint" and slot.health.failed(now):
+            log.warning(
+                "%s: %d failures in a row; out of rotation, its rows go to the others",
+                slot.name,
+                slot.health.failures,
+            )
+            self._quotas = None
         if not slot.held:
             slot.target = slot.loaded
         self._soon()
 
-    def mark_down(self, slot: EndpointSlot) -> None:
-        slot.up = False
-        slot.downs += 1
-        slot.down_since = self._clock()
-        slot.lost.set()
-        self._quotas = None
-        self._soon()
-
-    def mark_up(self, slot: EndpointSlot, facts: EndpointFacts) -> None:
+    def rejoined(self, slot: EndpointSlot, facts: EndpointFacts) -> None:
+        """The fleet put the endpoint back in rotation; `facts`: what its probe found."""
         slot.learn(facts)
-        slot.up = True
-        slot.down_since = None
-        slot.failures = 0
         slot.held.clear()
-        slot.lost = asyncio.Event()
         self._aliases.clear()
         self._quotas = None
         self._soon()
@@ -446,9 +432,7 @@ class Scheduler:
         if not up:
             self._all_down()
             return
-        if self.all_down_since is not None:
-            log.warning("an endpoint answers again; sending rows")
-            self.all_down_since = None
+        self._outage.over()
         now = self._clock()
         if not self.waiting:
             self._speculate(up, now)
@@ -762,17 +746,10 @@ class Scheduler:
                 self._pending.pop(waiter.group, None)
 
     def _all_down(self) -> None:
-        now = self._clock()
-        if self.all_down_since is None:
-            self.all_down_since = now
-            log.warning(
-                "every endpoint is down; waiting up to %g s for one to answer (wait_all_down)",
-                self._wait_all_down,
-            )
-        if now - self.all_down_since < self._wait_all_down or not self.waiting:
+        if not self._outage.lasted() or not self.waiting:
             return
         error = NoEndpointError(
-            f"no endpoint has answered for {self._wait_all_down:g} s; "
+            f"no endpoint has answered for {self._outage.wait_s:g} s; "
             "run the same command again to resume"
         )
         for queue in self._groups.values():

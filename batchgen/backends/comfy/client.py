@@ -1,4 +1,4 @@
-"""One ComfyUI endpoint: a row's graph posted with a prompt id from its key, results collected.
+"""One ComfyUI endpoint: a row's graph (GraphRequest) posted under its prompt id, results collected.
 
 The same interface as an A1111 endpoint (`EndpointClient`: probe, get_json, generate), so the
 runner, fleet and scheduler drive it unchanged; transport, auth, TLS and timeouts are shared.
@@ -17,35 +17,29 @@ from typing import Any
 import aiohttp
 
 from batchgen.backends.a1111 import Endpoint, EndpointClient, ServerState, _TlsError
-from batchgen.backends.comfy.workflow import CHECKPOINT, Binding, Filled
 from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError
 from batchgen.job import TimeoutSpec
-from batchgen.records import Generation, ImageRef, Task
+from batchgen.records import Generation, GraphRequest, ImageRef, Request
 
 log = logging.getLogger(__name__)
 
-# prompt ids are uuid5 of the row key: the same row asks for the same id in every run.
-PROMPT_NAMESPACE = uuid.UUID("5f0c6c1e-9a51-4d0b-8a55-2a4c0f1b7c3e")
 POLL_S = 1.0  # /history is asked this often when the websocket says nothing
 UPLOAD_FOLDER = "batchgen"
 
 
-def prompt_id_for(key: str) -> str:
-    return str(uuid.uuid5(PROMPT_NAMESPACE, key))
-
-
 class ComfyClient(EndpointClient):
-    """Talks to one ComfyUI server; `binding` turns a row into the graph to post."""
+    """Talks to one ComfyUI server. `default_checkpoint`: what the workflow loads for a row that
+    names none (scheduling affinity)."""
 
     def __init__(
         self,
         endpoint: Endpoint,
         session: aiohttp.ClientSession,
         timeout: TimeoutSpec,
-        binding: Binding,
+        default_checkpoint: str | None,
     ) -> None:
         super().__init__(endpoint, session, timeout)
-        self.binding = binding
+        self.default_checkpoint = default_checkpoint
         self.version: str | None = None
         self.ignores_prompt_id = False
         self._client_id = uuid.uuid4().hex
@@ -72,14 +66,9 @@ class ComfyClient(EndpointClient):
         version = system.get("comfyui_version") if isinstance(system, dict) else None
         self.version = f"ComfyUI {version}" if isinstance(version, str) else "ComfyUI"
         self._known = await self._prompts_known()
-        # What a row that names no checkpoint loads: the template's own (for affinity).
-        loader = self.binding.fields.get(CHECKPOINT)
-        default = (
-            self.binding.workflow.graph[loader.node]["inputs"].get(loader.name) if loader else None
-        )
         return ServerState(
             flavor="comfy",
-            checkpoint=default if isinstance(default, str) else None,
+            checkpoint=self.default_checkpoint,
             vae=None,
             simulator=self.simulator,
         )
@@ -97,18 +86,20 @@ class ComfyClient(EndpointClient):
                         known.add(str(item[1]))
         return known
 
-    async def generate(self, task: Task) -> Generation:
+    async def generate(self, request: Request) -> Generation:
         """Post the row's graph (or find the one a past run posted) and collect its images."""
-        prompt_id = prompt_id_for(task.key)
-        names = {ref.sha256: await self._upload(ref) for ref in _image_refs(task.body)}
-        filled = self.binding.fill(task.body, lambda ref: names[ref.sha256])
+        if not isinstance(request, GraphRequest):
+            raise TypeError(f"{self.name} takes a ComfyUI request, not {type(request).__name__}")
+        prompt_id = request.prompt_id
+        names = {ref.sha256: await self._upload(ref) for ref in request.images}
+        graph = _with_uploads(request.graph, names)
         found = False
         if prompt_id in self._known or prompt_id in self._sent:
-            found = await self._already_there(prompt_id, filled.graph)
+            found = await self._already_there(prompt_id, graph)
         waiter = self._waiters.setdefault(prompt_id, asyncio.get_running_loop().create_future())
         try:
             if not found:
-                prompt_id = await self._submit(prompt_id, filled)
+                prompt_id = await self._submit(prompt_id, graph)
                 waiter = self._waiters.setdefault(prompt_id, waiter)
             entry = await asyncio.wait_for(
                 self._finished(prompt_id, waiter, ask_first=found), self._request_limit
@@ -120,7 +111,7 @@ class ComfyClient(EndpointClient):
         finally:
             self._waiters.pop(prompt_id, None)
             self._seen.pop(prompt_id, None)
-        return await self._collect(prompt_id, entry, filled, found)
+        return await self._collect(prompt_id, entry, request, graph, found)
 
     async def _already_there(self, prompt_id: str, graph: Mapping[str, Any]) -> bool:
         """True if the prompt is done, queued or running here, whole: wait for it, do not post
@@ -138,13 +129,13 @@ class ComfyClient(EndpointClient):
         status = entry.get("status") or {}
         return status.get("status_str") == "success" and _whole(entry.get("prompt") or [], graph)
 
-    async def _submit(self, prompt_id: str, filled: Filled) -> str:
+    async def _submit(self, prompt_id: str, graph: Mapping[str, Any]) -> str:
         await self._listen()
-        body = {"prompt": filled.graph, "client_id": self._client_id, "prompt_id": prompt_id}
+        body = {"prompt": graph, "client_id": self._client_id, "prompt_id": prompt_id}
         self._sent.add(prompt_id)
         sent = await self._exchange("POST", "/prompt", self._generation_timeout, json=body)
         if sent.status == 400:
-            raise FatalEndpointError(_refusal(sent.body, filled.graph), 400)
+            raise FatalEndpointError(_refusal(sent.body, graph), 400)
         if sent.status != 200:
             raise sent.error()
         answer = _json_object(sent.body, "/prompt")
@@ -169,7 +160,7 @@ class ComfyClient(EndpointClient):
                 await self._exchange(
                     "POST", "/interrupt", self._lookup_timeout, json={"prompt_id": given}
                 )
-            raise FatalEndpointError(_node_errors(errors, filled.graph), 400)
+            raise FatalEndpointError(_node_errors(errors, graph), 400)
         return given
 
     async def _history(self, prompt_id: str) -> Mapping[str, Any] | None:
@@ -199,11 +190,16 @@ class ComfyClient(EndpointClient):
                 await asyncio.wait_for(asyncio.shield(waiter), POLL_S)
 
     async def _collect(
-        self, prompt_id: str, entry: Mapping[str, Any], filled: Filled, collected: bool
+        self,
+        prompt_id: str,
+        entry: Mapping[str, Any],
+        request: GraphRequest,
+        graph: Mapping[str, Any],
+        collected: bool,
     ) -> Generation:
         status = entry.get("status") or {}
         if status.get("status_str") != "success":
-            raise _execution_error(status.get("messages") or [], filled.graph)
+            raise _execution_error(status.get("messages") or [], graph)
         images: list[bytes] = []
         for node_id in sorted(entry.get("outputs") or {}, key=_node_order):
             for item in entry["outputs"][node_id].get("images") or ():
@@ -211,20 +207,18 @@ class ComfyClient(EndpointClient):
                     images.append(await self._view(item))
         if not images:
             raise FatalEndpointError(f"prompt {prompt_id} finished without an image")
-        seed = filled.seed
-        loader = self.binding.fields.get(CHECKPOINT)
-        model = filled.graph[loader.node]["inputs"].get(loader.name) if loader else None
+        seed = request.seed
         provenance = {
             "backend": "comfy",
-            "workflow_sha256": self.binding.workflow.sha256,
-            "bound": filled.bound,
+            "workflow_sha256": request.workflow_sha256,
+            "bound": request.bound,
             "prompt_id": prompt_id,
         }
         return Generation(
             images=tuple(images),
             extras=(),
             seeds=(seed,) * len(images) if seed is not None else (),
-            model=model if isinstance(model, str) else None,
+            model=request.model,
             model_hash=None,
             vae=None,
             version=self.version,
@@ -328,14 +322,18 @@ def _json_object(raw: bytes, route: str) -> dict[str, Any]:
     return answer
 
 
-def _image_refs(value: Any) -> list[ImageRef]:
-    if isinstance(value, ImageRef):
-        return [value]
-    if isinstance(value, Mapping):
-        return [ref for item in value.values() for ref in _image_refs(item)]
-    if isinstance(value, (list, tuple)):
-        return [ref for item in value for ref in _image_refs(item)]
-    return []
+def _with_uploads(graph: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """The graph as posted: each image's uploaded name where the request holds its ImageRef."""
+    posted = dict(graph)
+    for node_id, node in graph.items():
+        inputs = node.get("inputs") or {}
+        if any(isinstance(value, ImageRef) for value in inputs.values()):
+            named = {
+                name: names[value.sha256] if isinstance(value, ImageRef) else value
+                for name, value in inputs.items()
+            }
+            posted[node_id] = {**node, "inputs": named}
+    return posted
 
 
 def _whole(queued: Any, graph: Mapping[str, Any]) -> bool:

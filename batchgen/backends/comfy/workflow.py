@@ -148,8 +148,14 @@ class Binding:
             return Target((NODE_INPUTS, header.strip()), "image")
         return Target((NODE_INPUTS, header.strip()), "auto")
 
-    def fill(self, body: Mapping[str, Any], upload: Callable[[ImageRef], str]) -> Filled:
-        """The graph to post for a row: each bound field's value set, images uploaded."""
+    def checkpoint_in(self, graph: Mapping[str, Any]) -> str | None:
+        """The checkpoint a graph loads; for the workflow's own graph, a row's default."""
+        loader = self.fields.get(CHECKPOINT)
+        value = graph[loader.node]["inputs"].get(loader.name) if loader else None
+        return value if isinstance(value, str) else None
+
+    def fill(self, body: Mapping[str, Any], image: Callable[[ImageRef], Any]) -> Filled:
+        """The graph to post for a row: each bound field's value set, `image(ref)` for images."""
         # Only `inputs` dicts are written to: the rest of the template is shared, not copied.
         graph = {
             node_id: {**node, "inputs": dict(node.get("inputs") or {})}
@@ -162,7 +168,7 @@ class Binding:
                 value = value[0]
             if isinstance(value, ImageRef):
                 bound[shown] = value.sha256
-                value = upload(value)
+                value = image(value)
             else:
                 bound[shown] = value
             graph[where.node]["inputs"][where.name] = value
