@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset
 from exporthelp import make_run, ok_images
+from manifesthelp import as_real_server
 from PIL import Image
 
 from batchgen.outputs.export import ExportOptions, export_runs
@@ -59,6 +61,7 @@ def expected_metadata(run_dir: Path) -> dict[str, dict[str, Any]]:
             "width": width,
             "height": height,
             "server_version": record.version,
+            "simulator": True,  # all test endpoints are simulators
             "row": record.row,
             "key": record.key,
             "split": record.metadata["split"],
@@ -149,6 +152,8 @@ def test_parquet_shards_load_with_pyarrow_and_datasets(run_dir: Path, tmp_path: 
 
     loaded = load("parquet", dest, tmp_path)["train"]
     assert len(loaded) == len(found)
+    assert loaded.features["simulator"].dtype == "bool"
+    assert set(loaded["simulator"]) == {True}
     for item, (data, _) in zip(loaded, found, strict=True):
         assert isinstance(item["image"], Image.Image)
         assert item["image"].tobytes() == Image.open(io.BytesIO(data)).tobytes()
@@ -256,3 +261,77 @@ def test_parquet_images_mapped_or_read_give_the_same_file(
     assert (groups > 1) == (row_group_bytes == 1_000)
     exported = [item["image"]["bytes"] for item in pq.read_table(shard).to_pylist()]
     assert sorted(exported) == sorted((run_dir / path).read_bytes() for path in ok_images(run_dir))
+
+
+def test_a_simulator_runs_export_says_so_in_the_card_and_on_stderr(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from batchgen.cli import cli
+
+    dest = tmp_path / "ds"
+    result = CliRunner().invoke(
+        cli, ["export", str(run_dir), "--format", "parquet", "--to", str(dest)]
+    )
+
+    assert result.exit_code == 0, result.output
+    images = len(ok_images(run_dir))
+    warning = [line for line in result.stderr.splitlines() if line.startswith("SIMULATOR:")]
+    assert warning == [
+        f"SIMULATOR: all {images} images are placeholders made by batchgen's built-in simulator, "
+        "not a model's images (their `simulator` column is true)"
+    ]
+    card = (dest / "README.md").read_text(encoding="utf-8").splitlines()
+    assert card[2].startswith(f"> **Simulator placeholders:** all {images} images are placeholders")
+
+
+def test_an_export_of_real_and_simulated_rows_counts_the_placeholders(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    mixed = tmp_path / "mixed"
+    shutil.copytree(run_dir, mixed)
+    as_real_server(mixed, lambda record: record.row % 2 == 0)
+    flags = {
+        record.image_sha256[index]: record.simulator for record, index in ok_images(mixed).values()
+    }
+    assert set(flags.values()) == {True, False}
+
+    dest = tmp_path / "ds"
+    summary = export_runs(ExportOptions((mixed,), "parquet", str(dest)))
+
+    table = pq.read_table(dest / "000000.parquet")
+    assert str(table.schema.field("simulator").type) == "bool"
+    rows = table.select(["image_sha256", "simulator"]).to_pylist()
+    read = {row["image_sha256"]: row["simulator"] for row in rows}
+    assert read == flags
+    placeholders = sum(flags.values())
+    note = f"{placeholders} of {len(flags)} images are placeholders"
+    assert note in summary.describe().splitlines()[1]
+    assert note in (dest / "README.md").read_text(encoding="utf-8").splitlines()[2]
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "webdataset", "parquet"])
+def test_a_real_runs_export_carries_the_flag_false_and_no_warning(
+    run_dir: Path, tmp_path: Path, fmt: Any
+) -> None:
+    real = tmp_path / "real"
+    shutil.copytree(run_dir, real)
+    as_real_server(real)
+    dest = tmp_path / "ds"
+
+    summary = export_runs(ExportOptions((real,), fmt, str(dest)))
+
+    assert "SIMULATOR" not in summary.describe()
+    card = (dest / "README.md").read_text(encoding="utf-8")
+    assert "Simulator" not in card and "simulator" not in card.replace("`simulator`", "")
+    if fmt == "imagefolder":
+        lines = (dest / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+        flags = [json.loads(line)["simulator"] for line in lines]
+    elif fmt == "webdataset":
+        urls = [str(path) for path in sorted(dest.glob("*.tar"))]
+        found = webdataset.WebDataset(urls, shardshuffle=False, empty_check=False)
+        flags = [json.loads(sample["json"])["simulator"] for sample in found]
+    else:
+        flags = pq.read_table(dest / "000000.parquet").column("simulator").to_pylist()
+    assert flags == [False] * len(ok_images(real))

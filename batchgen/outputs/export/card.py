@@ -54,9 +54,10 @@ def sheet_fingerprint(job: Mapping[str, Any]) -> str:
 
 def dataset_card(plan: ExportPlan, options: ExportOptions, fingerprint: str) -> str:
     samples = plan.samples
-    lines = [
-        f"# {_title(plan)}",
-        "",
+    lines = [f"# {_title(plan)}", ""]
+    if plan.simulator_note():
+        lines += [f"> **Simulator placeholders:** {plan.simulator_note()}.", ""]
+    lines += [
         f"Images made with Stable Diffusion web UI servers by batchgen, exported as "
         f"`{options.format}` from {len(plan.runs)} run folder(s). Only rows whose last manifest "
         "record is ok are here; every image carries its provenance in its metadata.",

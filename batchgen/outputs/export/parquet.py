@@ -27,7 +27,12 @@ ROW_GROUP_BYTES = 32 << 20  # images held in memory at once, whatever the number
 # whole row group) takes 32 MB of fresh, page-faulted memory twice per row group.
 PAGE_BYTES = 1 << 20
 MAPPED_IMAGE_BYTES = 256 << 10  # mean image size from which a group's files are mapped, not read
-ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
+ARROW_TYPES = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+}
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 

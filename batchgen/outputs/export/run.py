@@ -62,13 +62,15 @@ class ExportSummary:
         runs = self.plan.runs
         kept = f", {self.written.kept:,} kept from an earlier attempt" if self.written.kept else ""
         rate = images / self.seconds if self.seconds > 0 else 0.0
-        return (
+        line = (
             f"exported {images:,} images from {len(runs)} run(s) as {self.format} to {self.dest} "
             f"in {self.seconds:.1f}s ({rate:,.0f} images/s; {self.written.written:,} files "
             f"written{kept}); rows: {sum(r.ok_rows for r in runs):,} exported, "
             f"{sum(r.failed_rows for r in runs):,} failed, "
             f"{sum(r.left_out_rows for r in runs):,} left out"
         )
+        note = self.plan.simulator_note()
+        return f"{line}\nSIMULATOR: {note}" if note else line
 
 
 def export_runs(options: ExportOptions, watch: Watcher | None = None) -> ExportSummary:

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from batchgen.errors import ConfigError
 from batchgen.outputs.manifest import MANIFEST, ManifestRecord, latest_records
+from batchgen.words import counted
 
 JOB_FILE = "job.json"
 SAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -39,6 +40,7 @@ PROVENANCE: dict[str, str] = {
     "height": "int64",
     "server_version": "string",
     "route": "string",
+    "simulator": "bool",  # made by batchgen's simulator: a placeholder, not a model's image
     "run": "string",
     "row": "int64",
     "key": "string",
@@ -89,6 +91,26 @@ class ExportPlan:
     def columns(self) -> dict[str, str]:
         """Every metadata column and its type: provenance first, then the notes (strings)."""
         return {**PROVENANCE, **dict.fromkeys(self.notes, "string")}
+
+    @property
+    def simulator_images(self) -> int:
+        """How many of the samples are the simulator's placeholders."""
+        return sum(1 for sample in self.samples if sample.metadata["simulator"])
+
+    def simulator_note(self) -> str:
+        """Which share of the images are the simulator's placeholders; '' when none is."""
+        simulated, total = self.simulator_images, len(self.samples)
+        if not simulated:
+            return ""
+        share = (
+            f"all {counted(total, 'image')}"
+            if simulated == total
+            else f"{simulated:,} of {total:,} images"
+        )
+        return (
+            f"{share} are placeholders made by batchgen's built-in simulator, not a model's "
+            "images (their `simulator` column is true)"
+        )
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -236,6 +258,7 @@ def _provenance(run: Path, record: ManifestRecord, image: int, text: str) -> dic
         "cfg_scale": _number(payload.get("cfg_scale"), float),
         "server_version": record.version,
         "route": record.route,
+        "simulator": record.simulator,
         "run": run.name,
         "row": record.row,
         "key": record.key,
