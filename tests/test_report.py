@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from browserhelp import chromium
 from click.testing import CliRunner
+from manifesthelp import as_real_server
 from playwright.sync_api import Browser, Page
 from runhelp import make_job, write_sheet
 
@@ -55,8 +58,9 @@ def browser() -> Iterator[Browser]:
         yield opened
 
 
-@pytest.fixture
-def page(browser: Browser, run_dir: Path) -> Iterator[Page]:
+@contextmanager
+def opened_report(browser: Browser, run_dir: Path) -> Iterator[Page]:
+    """The folder's report from file://; failing on a console error or a network request."""
     page = browser.new_page()
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
@@ -67,6 +71,12 @@ def page(browser: Browser, run_dir: Path) -> Iterator[Page]:
     yield page
     assert problems == [], f"console errors or network requests: {problems}"
     page.close()
+
+
+@pytest.fixture
+def page(browser: Browser, run_dir: Path) -> Iterator[Page]:
+    with opened_report(browser, run_dir) as opened:
+        yield opened
 
 
 def test_the_run_writes_the_report_with_its_data_beside_the_page(run_dir: Path) -> None:
@@ -152,3 +162,49 @@ def test_the_report_command(run_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert result.exit_code == 2
     assert "no manifest.jsonl here" in result.output
+
+
+def test_a_simulator_runs_report_says_so_and_marks_every_image(page: Page) -> None:
+    banner = page.locator("#simulator")
+    assert banner.is_visible()
+    assert banner.inner_text().startswith(
+        "SIMULATOR: All 10 images in this report are placeholders made by batchgen's built-in "
+        "simulator, not a model's"
+    )
+    assert banner.bounding_box()["y"] < page.locator("#counts").bounding_box()["y"]
+    page.wait_for_function("document.querySelectorAll('#grid article').length === 10")
+    assert page.locator("#grid article .badge.simulator").count() == 8  # not the 2 failed rows
+    assert page.locator("article[data-row='10'] .badge.simulator").count() == 0
+    page.locator("article[data-row='3'] .thumbs img").nth(0).click()
+    page.locator("#detail").wait_for(state="visible")
+    assert page.locator("#d-simulator").is_visible()
+    assert '"simulator": true' in page.locator("#d-record").inner_text()
+
+
+@pytest.mark.parametrize("real_rows", ["all", "even"])
+def test_a_real_servers_images_are_not_called_placeholders(
+    browser: Browser, run_dir: Path, tmp_path: Path, real_rows: str
+) -> None:
+    folder = tmp_path / "real"
+    shutil.copytree(run_dir, folder)
+    as_real_server(folder, lambda record: real_rows == "all" or record.row % 2 == 0)
+    build_report(folder)
+
+    with opened_report(browser, folder) as page:
+        page.wait_for_function("document.querySelectorAll('#grid article').length === 10")
+        badges = page.locator("#grid article .badge.simulator")
+        page.locator("article[data-row='4'] .thumbs img").nth(0).click()  # an even row: real
+        page.locator("#detail").wait_for(state="visible")
+        assert not page.locator("#d-simulator").is_visible()
+        if real_rows == "all":
+            assert not page.locator("#simulator").is_visible()
+            assert page.locator("#simulator").inner_text() == ""
+            assert badges.count() == 0
+        else:  # rows 3 (3 images), 5, 7, 9: 6 of the 10 images
+            banner = page.locator("#simulator").inner_text()
+            assert banner.startswith("SIMULATOR: 6 of 10 images in this report are placeholders")
+            marked = [
+                badges.nth(i).evaluate("b => b.closest('article').dataset.row")
+                for i in range(badges.count())
+            ]
+            assert marked == ["3", "5", "7", "9"]

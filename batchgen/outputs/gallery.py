@@ -108,6 +108,7 @@ def report_data(
     rows = [_row(record, thumbs) for record in sorted(records, key=lambda r: (r.row, r.key))]
     ok = sum(1 for record in records if record.ok)
     images = sum(len(record.images) for record in records if record.ok)
+    simulated = sum(len(record.images) for record in records if record.ok and record.simulator)
     total = status.get("total")
     duration = status.get("elapsed_s", _span(records))  # the last run's, when it published
     rate = status.get("images_per_s") or (images / duration if duration else None)
@@ -125,6 +126,7 @@ def report_data(
             "failed": len(records) - ok,
             "not_run": max(int(total) - len(records), 0) if total else None,
             "images": images,
+            "simulator_images": simulated,  # placeholders made by the simulator, not a model
             "duration_s": duration,
             "images_per_s": rate,
         },
@@ -153,6 +155,7 @@ def _row(record: ManifestRecord, thumbs: Mapping[str, str | None]) -> dict[str, 
         "status": record.status,
         "error": record.error,
         "endpoint": record.endpoint,
+        "simulator": record.simulator,
         "attempts": record.attempts,
         "model": record.model or _asked_model(payload),
         "model_hash": record.model_hash,
@@ -175,7 +178,7 @@ def _row(record: ManifestRecord, thumbs: Mapping[str, str | None]) -> dict[str, 
 
 
 _NOT_REPEATED = {"payload", "metadata", "images", "image_sha256", "row", "key", "status", "error"}
-_NOT_REPEATED |= {"endpoint", "attempts", "model", "model_hash", "version"}
+_NOT_REPEATED |= {"endpoint", "simulator", "attempts", "model", "model_hash", "version"}
 
 
 def _asked_model(payload: Mapping[str, Any]) -> str | None:

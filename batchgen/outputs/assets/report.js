@@ -34,8 +34,20 @@
     row.append(el("td", numeric ? "num" : "", text));
   }
 
+  function simulatorBanner(s) {
+    if (!s.simulator_images) return;
+    const share = s.simulator_images === s.images
+      ? "All " + number(s.images) + (s.images === 1 ? " image" : " images")
+      : number(s.simulator_images) + " of " + number(s.images) + " images";
+    $("simulator").textContent = "SIMULATOR: " + share + " in this report " +
+      (s.simulator_images === 1 ? "is a placeholder" : "are placeholders") +
+      " made by batchgen's built-in simulator, not a model's (marked \u201csimulator\u201d below).";
+    $("simulator").hidden = false;
+  }
+
   function summary() {
     const s = data.summary;
+    simulatorBanner(s);
     document.title = "batchgen report: " + data.job;
     $("title").textContent = "batchgen report: " + data.job;
     $("generated").textContent = "written " + data.generated_at + " from " + data.out_dir +
@@ -188,7 +200,10 @@
     const group = el("article", "group" + (failed ? " failed" : ""));
     group.dataset.row = rowNumber;
     const head = el("header");
-    head.append(el("span", "", "row " + rowNumber), el("span", "badge", failed ? "failed" : "ok"));
+    const badges = el("span");
+    if (records.some((r) => r.simulator && r.images.length)) badges.append(el("span", "badge simulator", "simulator"), " ");
+    badges.append(el("span", "badge", failed ? "failed" : "ok"));
+    head.append(el("span", "", "row " + rowNumber), badges);
     group.append(head);
     const images = records.flatMap((r) => r.images.map((image, index) => [r, image, index]));
     if (images.length) {
@@ -242,6 +257,7 @@
     const image = r.images[index];
     $("d-title").textContent = "row " + r.row + (image ? ", image " + (index + 1) + ", seed " + image.seed : "") +
       " · " + r.status;
+    $("d-simulator").hidden = !(image && r.simulator);
     const full = $("d-image");
     full.hidden = !image;
     if (image) {
@@ -252,7 +268,7 @@
     $("d-request").textContent = JSON.stringify(r.request, null, 2);
     const record = {
       row: r.row, key: r.key, status: r.status, error: r.error, endpoint: r.endpoint,
-      attempts: r.attempts, model: r.model, model_hash: r.model_hash, version: r.version, ...r.record,
+      simulator: r.simulator, attempts: r.attempts, model: r.model, model_hash: r.model_hash, version: r.version, ...r.record,
     };
     $("d-record").textContent = JSON.stringify(record, null, 2);
     $("detail").showModal();
