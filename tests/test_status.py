@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
+from manifesthelp import as_real_server
 from runhelp import make_job, prompts, write_sheet
 
 from batchgen.cli import cli
@@ -61,6 +62,8 @@ def test_status_of_a_live_run_then_of_the_same_run_killed(tmp_path: Path) -> Non
         assert endpoint["state"] == "up"
         assert endpoint["checkpoint"] == "v1-5-pruned-emaonly.safetensors"
         assert endpoint["name"].startswith("sim://127.0.0.1:")
+        assert endpoint["simulator"] is True
+        assert shown["simulator"] is True and shown["simulators"] == [endpoint["name"]]
     finally:
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=30)
@@ -90,6 +93,38 @@ async def test_status_after_a_finished_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["status", str(job.out_dir)])
     assert result.exit_code == 0
     assert "finished" in result.output and "rows: 5 done, 0 failed, 0 to go" in result.output
+
+
+async def test_status_says_a_run_was_on_the_simulator_and_not_when_it_was_not(
+    tmp_path: Path,
+) -> None:
+    sheet = write_sheet(tmp_path / "rows.csv", prompts(3))
+    job = make_job(tmp_path, sheet, ["sim://"])
+    await run_batch(job)
+    name = read_status(job.out_dir).endpoints[0]["name"]  # type: ignore[union-attr]
+
+    def shown() -> tuple[str, dict[str, Any]]:
+        text = CliRunner().invoke(cli, ["status", str(job.out_dir)])
+        data = CliRunner().invoke(cli, ["status", str(job.out_dir), "--json"])
+        assert text.exit_code == data.exit_code == 0
+        return text.output, json.loads(data.output)
+
+    text, data = shown()
+    assert text.splitlines()[1].startswith(f"SIMULATOR: {name} is batchgen's built-in simulator")
+    assert (data["simulator"], data["simulators"]) == (True, [name])
+
+    (job.out_dir / STATUS_FILE).unlink()  # a folder without status.json: from the manifest
+    text, data = shown()
+    assert f"SIMULATOR: {name}" in text and data["simulators"] == [name]
+
+    as_real_server(job.out_dir)
+    text, data = shown()
+    assert "SIMULATOR" not in text
+    assert (data["simulator"], data["simulators"]) == (False, [])
+    published = {"state": "finished", "updated_at": time.time(), "ok": 3, "endpoints": []}
+    (job.out_dir / STATUS_FILE).write_text(json.dumps(published), encoding="utf-8")
+    text, data = shown()
+    assert "SIMULATOR" not in text and data["simulator"] is False
 
 
 def test_a_running_status_that_stopped_changing_is_stale(tmp_path: Path) -> None:

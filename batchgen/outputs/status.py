@@ -18,7 +18,7 @@ from typing import Any
 
 from batchgen.outputs.manifest import MANIFEST, latest_records
 from batchgen.outputs.store import folder_in_use
-from batchgen.records import EndpointView, Result, RunPlan, RunSummary
+from batchgen.records import EndpointView, Result, RunPlan, RunSummary, simulator_note
 from batchgen.report import duration
 from batchgen.words import counted
 
@@ -106,6 +106,9 @@ class StatusFile:
             "images_per_s": round(self._images / elapsed, 3) if elapsed > 0 else 0.0,
             "eta_s": None if eta is None else round(eta, 1),
             "endpoints": [_endpoint(view, elapsed) for view in self._views],
+            "simulators": sorted(
+                {*(plan.simulators if plan else ()), *(v.name for v in self._views if v.simulator)}
+            ),
         }
 
 
@@ -122,6 +125,7 @@ def _endpoint(view: EndpointView, elapsed: float) -> dict[str, Any]:
         "images": view.images,
         "images_per_s": round(view.images / elapsed, 3) if elapsed > 0 else 0.0,
         "switches": view.switches,
+        "simulator": view.simulator,
     }
 
 
@@ -152,6 +156,7 @@ class RunStatus:
     eta_s: float | None
     age_s: float | None  # seconds since the run last published
     endpoints: tuple[Mapping[str, Any], ...] = ()
+    simulators: tuple[str, ...] = ()  # the run's endpoints that are batchgen's simulator
     published: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -172,12 +177,16 @@ class RunStatus:
             "eta_s": self.eta_s,
             "age_s": None if self.age_s is None else round(self.age_s, 1),
             "endpoints": [dict(view) for view in self.endpoints],
+            "simulator": bool(self.simulators),
+            "simulators": list(self.simulators),
         }
 
     def lines(self) -> list[str]:
         """The human form, a few lines."""
         head = f"{self.out_dir}: {self.state}"
         lines = [f"{head} ({self.note})" if self.note else head]
+        if self.simulators:
+            lines.append(simulator_note(self.simulators))
         to_go = "?" if self.to_go is None else f"{self.to_go:,}"
         rate = "?" if self.images_per_s is None else f"{self.images_per_s:.2f}"
         eta = "--" if self.eta_s is None else duration(self.eta_s)
@@ -234,6 +243,7 @@ def read_status(out_dir: Path, stale_after_s: float = STALE_AFTER_S) -> RunStatu
         eta_s=published.get("eta_s") if live else None,
         age_s=age,
         endpoints=tuple(published.get("endpoints") or ()),
+        simulators=tuple(str(name) for name in published.get("simulators") or ()),
         published=published,
     )
 
@@ -244,6 +254,7 @@ def _from_manifest(out_dir: Path) -> RunStatus | None:
         return None
     records = latest_records(out_dir).values()
     ok = sum(1 for record in records if record.ok)
+    simulators = sorted({record.endpoint for record in records if record.simulator})
     return RunStatus(
         out_dir=out_dir,
         state="running" if folder_in_use(out_dir) else "unknown",
@@ -256,4 +267,5 @@ def _from_manifest(out_dir: Path) -> RunStatus | None:
         images_per_s=None,
         eta_s=None,
         age_s=None,
+        simulators=tuple(simulators),
     )
