@@ -172,6 +172,7 @@ def test_a_simulator_runs_report_says_so_and_marks_every_image(page: Page) -> No
         "simulator, not a model's"
     )
     assert banner.bounding_box()["y"] < page.locator("#counts").bounding_box()["y"]
+    assert page.locator("#endpoints tbody td").first.inner_text().endswith(" (simulator)")
     page.wait_for_function("document.querySelectorAll('#grid article').length === 10")
     assert page.locator("#grid article .badge.simulator").count() == 8  # not the 2 failed rows
     assert page.locator("article[data-row='10'] .badge.simulator").count() == 0
@@ -196,6 +197,8 @@ def test_a_real_servers_images_are_not_called_placeholders(
         page.locator("article[data-row='4'] .thumbs img").nth(0).click()  # an even row: real
         page.locator("#detail").wait_for(state="visible")
         assert not page.locator("#d-simulator").is_visible()
+        endpoint = page.locator("#endpoints tbody td").first.inner_text()
+        assert endpoint.endswith(" (simulator)") == (real_rows != "all")
         if real_rows == "all":
             assert not page.locator("#simulator").is_visible()
             assert page.locator("#simulator").inner_text() == ""

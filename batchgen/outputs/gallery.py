@@ -207,8 +207,10 @@ def _endpoints(
     for record in records:
         name = record.endpoint or "(none)"
         view = figures.setdefault(
-            name, {"name": name, "rows": 0, "images": 0, "failed": 0, "busy_s": 0.0}
+            name,
+            {"name": name, "rows": 0, "images": 0, "failed": 0, "busy_s": 0.0, "simulator": False},
         )
+        view["simulator"] = view["simulator"] or record.simulator
         view["busy_s"] += record.duration_s
         view["rows"] += 1
         view["images"] += len(record.images) if record.ok else 0

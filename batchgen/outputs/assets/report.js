@@ -64,7 +64,7 @@
     const body = $("endpoints").tBodies[0];
     for (const e of data.endpoints) {
       const row = body.insertRow();
-      cell(row, e.name);
+      cell(row, e.name + (e.simulator ? " (simulator)" : ""));
       cell(row, number(e.rows), true);
       cell(row, number(e.images), true);
       cell(row, number(e.images_per_s, 2), true);
