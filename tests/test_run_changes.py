@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from runhelp import make_job, no_sleep, prompts, write_sheet
 
-from batchgen.outputs import rowindex
+from batchgen.outputs import changes
 from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimServer
 
@@ -60,7 +60,7 @@ async def test_rows_changed_new_and_gone_are_counted(
     spill: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(rowindex, "SPILL", spill)  # the same counts from the scratch file
+    monkeypatch.setattr(changes, "_IN_MEMORY", spill)  # the same counts from the scratch file
     sheet = write_sheet(tmp_path / "rows.csv", prompts(4))
     await run_batch(make_job(tmp_path, sheet, [sim.url]), RunOptions(sleep=no_sleep))
     write_sheet(sheet, new_rows)
