@@ -26,6 +26,11 @@ def test_same_answers_before_and_after_the_move_to_disk(tmp_path: Path, spill: i
     index.put_outcomes([("b-0", "ok", "images/b.png", "5", "")])
     assert index.outcome("b-0") == ("ok", "images/b.png", "5", "")
     assert index.outcome("c-0") == ("ok", "images/c.png", "7", "") and index.outcome("a-0") is None
+    index.put_by_row([(2, "a-0"), (3, "b-0"), (2, "c-0"), (4, "c-0")])
+    assert index.has_row(4) and not index.has_row(5)
+    assert sorted(index.rows_latest_keys()) == ["b-0", "c-0"], "row 2's latest; c-0 once"
+    index.mark_seen("b-0")
+    assert index.was_seen("b-0") and not index.was_seen("c-0")
     index.take_all(["images/1.png"])
     assert not index.take("images/1.png") and index.take("images/2.png")
     assert not index.take("images/2.png")

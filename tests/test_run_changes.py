@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from runhelp import make_job, no_sleep, prompts, write_sheet
 
+from batchgen.outputs import changes
 from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimServer
 
@@ -41,6 +42,7 @@ def edited(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     return rows
 
 
+@pytest.mark.parametrize("spill", [4096, 0], ids=["in memory", "on disk"])
 @pytest.mark.parametrize(
     ("new_rows", "expected"),
     [
@@ -55,7 +57,10 @@ async def test_rows_changed_new_and_gone_are_counted(
     caplog: pytest.LogCaptureFixture,
     new_rows: list[dict[str, object]],
     expected: str,
+    spill: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(changes, "_IN_MEMORY", spill)  # the same counts from the scratch file
     sheet = write_sheet(tmp_path / "rows.csv", prompts(4))
     await run_batch(make_job(tmp_path, sheet, [sim.url]), RunOptions(sleep=no_sleep))
     write_sheet(sheet, new_rows)

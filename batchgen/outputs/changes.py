@@ -9,10 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.outputs.manifest import MANIFEST, scan
+from batchgen.outputs.rowindex import RowIndex
 from batchgen.records import Task
 from batchgen.words import counted
 
 JOB_FILE = "job.json"
+_BATCH = 4096  # manifest records put into the index at a time
+# Entries (three per past request) held in memory before the index moves to a scratch file:
+# about 18 MB; a folder past that is compared on disk, more slowly but in flat memory.
+_IN_MEMORY = 200_000
 DIGEST = "rows_digest"  # in job.json: a hash of the sheet's row keys in order, as last run
 # The job keys that decide what a row's request is; a change makes rows differ from the folder's.
 # (Paths are left out: the same sheet given from another folder is no change.)
@@ -29,23 +34,31 @@ SETTINGS = (
 
 
 class ChangeTracker:
-    """Fed every row's task while the sheet is validated; compares with the folder's manifest."""
+    """Fed every row's task while the sheet is validated; compares with the folder's manifest.
+
+    The past keys, each row's latest key and the keys seen are kept in a row index, which moves
+    to a scratch file once it grows: a million-request sweep resumes without holding them."""
 
     def __init__(self, out_dir: Path) -> None:
         self._out_dir = out_dir
-        self._past_by_row: dict[int, str] = {}  # row number -> the latest key recorded for it
-        self._past_keys: set[str] = set()
+        self._index = RowIndex(spill=_IN_MEMORY)
+        past: list[tuple[str, str, int]] = []
+        rows: list[tuple[int, str]] = []
         for _, _, record in scan(out_dir / MANIFEST):
             if record is not None:
-                self._past_by_row[record.row] = record.key
-                self._past_keys.add(record.key)
-        self._seen_keys: set[str] = set()
+                past.append((record.key, "", 0))
+                rows.append((record.row, record.key))
+            if len(rows) >= _BATCH:
+                self._remember(past, rows)
+                past, rows = [], []
+        self._remember(past, rows)
+        self.has_past = self._index.past_count() > 0
         self._digest = hashlib.sha256()
         self.changed = self.new = 0
 
-    @property
-    def has_past(self) -> bool:
-        return bool(self._past_keys)
+    def _remember(self, past: list[tuple[str, str, int]], rows: list[tuple[int, str]]) -> None:
+        self._index.put_past(past)
+        self._index.put_by_row(rows)
 
     @property
     def digest(self) -> str:
@@ -53,10 +66,12 @@ class ChangeTracker:
 
     def see(self, task: Task) -> None:
         self._digest.update(f"{task.row}:{task.key}\n".encode())
-        self._seen_keys.add(task.key)
-        if task.key in self._past_keys:
+        if not self.has_past:
+            return
+        self._index.mark_seen(task.key)
+        if self._index.past(task.key) is not None:
             return  # the same row, maybe moved: its images are reused
-        if task.row in self._past_by_row and task.expansion is None:
+        if task.expansion is None and self._index.has_row(task.row):
             self.changed += 1  # (an expansion not sent before is a new request of its row)
         else:
             self.new += 1
@@ -64,8 +79,12 @@ class ChangeTracker:
     @property
     def gone(self) -> int:
         """Past rows whose content is nowhere in the sheet, less those changed in place."""
-        unseen = len(set(self._past_by_row.values()) - self._seen_keys)
+        latest = self._index.rows_latest_keys()
+        unseen = sum(not self._index.was_seen(key) for key in latest)
         return max(0, unseen - self.changed)
+
+    def close(self) -> None:
+        self._index.close()
 
     def describe(self, job_now: Mapping[str, Any]) -> str | None:
         """One line, or None when the folder is new or nothing changed."""
@@ -80,8 +99,9 @@ class ChangeTracker:
                 parts.append(f"{counted(self.changed, 'row')} changed")
             if self.new:
                 parts.append(f"{self.new:,} new")
-            if self.gone:
-                parts.append(f"{counted(self.gone, 'row')} gone from the sheet")
+            gone = self.gone
+            if gone:
+                parts.append(f"{counted(gone, 'row')} gone from the sheet")
         if settings:
             parts.append(f"settings changed: {', '.join(settings)}")
         if not parts:

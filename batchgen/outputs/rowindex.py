@@ -36,11 +36,15 @@ _TABLES: dict[str, tuple[str, str]] = {
         _TEXT_KEY,
     ),
     "taken": ("key TEXT PRIMARY KEY", _TEXT_KEY),
+    "by_row": ("key INTEGER PRIMARY KEY, value TEXT NOT NULL", ""),  # row -> its latest key
+    "latest": ("key TEXT PRIMARY KEY", _TEXT_KEY),
+    "seen": ("key TEXT PRIMARY KEY", _TEXT_KEY),
 }
 
 
 class RowIndex:
-    """A few key tables: content twins, past records, outcomes, taken paths.
+    """A few key tables: content twins, past records, outcomes, taken paths; for comparing a
+    sheet with a folder's past, each row's latest key and the keys seen.
 
     Safe to share between threads (one lock). `path`: where the file goes once it spills (None:
     a temporary file).
@@ -130,6 +134,32 @@ class RowIndex:
         with self._lock:
             self._put("taken", [(path,) for path in paths])
 
+    # ---- a sheet against a folder's past (outputs/changes.py) --------------------------------
+
+    def put_by_row(self, pairs: Iterable[tuple[int, str]]) -> None:
+        """(row, key) pairs in manifest order: the latest key of each row wins."""
+        with self._lock:
+            self._put("by_row", list(pairs))
+
+    def has_row(self, row: int) -> bool:
+        with self._lock:
+            return self._get("by_row", row) is not None
+
+    def rows_latest_keys(self) -> Iterator[str]:
+        """Each row's latest key, once per key (a key recorded at two rows counts once)."""
+        for page in _pages(self._items("by_row")):
+            with self._lock:
+                self._put("latest", [(key,) for _, key in page])
+        return (str(key) for key in self._keys("latest"))
+
+    def mark_seen(self, key: str) -> None:
+        with self._lock:
+            self._put("seen", [(key,)])
+
+    def was_seen(self, key: str) -> bool:
+        with self._lock:
+            return self._get("seen", key) is not None
+
     # ---- plumbing (callers hold the lock) ---------------------------------------------------
 
     def _get(self, table: str, key: Any) -> tuple[Any, ...] | None:
@@ -168,18 +198,22 @@ class RowIndex:
             return int(self._sql(f"SELECT count(*) FROM {table}", ()).fetchone()[0])
 
     def _keys(self, table: str) -> Iterator[Any]:
+        return (row[0] for row in self._items(table))
+
+    def _items(self, table: str) -> Iterator[tuple[Any, ...]]:
+        """Every row of a table in key order, a page at a time (the key first)."""
         with self._lock:
-            keys = None if self._db is not None else list(self._memory[table])  # <= spill
-        if keys is not None:
-            yield from keys
+            rows = None if self._db is not None else sorted(self._memory[table].items())
+        if rows is not None:  # <= spill entries
+            yield from ((key, *values) for key, values in rows)
             return
         last: Any = None
         while True:
             with self._lock:
                 after = "" if last is None else "WHERE key > ?"
-                sql = f"SELECT key FROM {table} {after} ORDER BY key LIMIT {_PAGE}"
+                sql = f"SELECT * FROM {table} {after} ORDER BY key LIMIT {_PAGE}"
                 page = self._sql(sql, () if last is None else (last,)).fetchall()
-            yield from (key for (key,) in page)
+            yield from page
             if len(page) < _PAGE:
                 return
             last = page[-1][0]
@@ -216,6 +250,17 @@ class RowIndex:
         memory, self._memory = self._memory, {name: {} for name in _TABLES}
         for name, rows in memory.items():
             self._put(name, [(key, *values) for key, values in rows.items()])
+
+
+def _pages(rows: Iterator[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    page: list[tuple[Any, ...]] = []
+    for row in rows:
+        page.append(row)
+        if len(page) == _PAGE:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 def digest_int(hex_digest: str) -> int:

@@ -151,6 +151,8 @@ class _Run:
             return await self._run_prepared(prepared, changes)
         finally:
             prepared.close()
+            if changes is not None:
+                changes.close()
 
     async def _run_prepared(self, prepared: Prepared, changes: ChangeTracker | None) -> RunSummary:
         checking = self.options.check and self.job.check
