@@ -338,10 +338,10 @@ def _load(
 
 
 def _dry_run(job: JobSpec) -> None:
-    from batchgen.backends.comfy.workflow import bind_job
     from batchgen.outputs.store import peek_state
     from batchgen.rows.payload import manifest_body
     from batchgen.rows.prepare import prepare
+    from batchgen.rows.workflow import bind_job
     from batchgen.run.plan import first_tasks
 
     prepared = prepare(job, peek_state(job.out_dir))

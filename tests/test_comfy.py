@@ -108,7 +108,7 @@ async def test_manifest_provenance_and_images_byte_for_byte(tmp_path: Path) -> N
     [record] = manifest(tmp_path / "out")
     assert record["backend"] == "comfy"
     assert record["version"] == "ComfyUI 0.7.0"
-    standard = Path(__file__).parent.parent / "batchgen" / "backends" / "comfy" / "txt2img_api.json"
+    standard = Path(__file__).parent.parent / "batchgen" / "rows" / "txt2img_api.json"
     assert record["workflow_sha256"] == hashlib.sha256(standard.read_bytes()).hexdigest()
     assert record["seeds"] == [5]
     assert record["bound"]["prompt"] == "a fox" and record["bound"]["seed"] == 5

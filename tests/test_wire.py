@@ -58,4 +58,4 @@ def test_no_client_module_imports_the_row_stage() -> None:
         }
         rows = {name for name in imported if name and name.startswith("batchgen.rows")}
         assert not rows, f"{module.name} imports the row stage: {rows}"
-        assert "batchgen.backends.comfy.workflow" not in imported, "the binding is the row stage's"
+        assert "batchgen.rows.workflow" not in imported, "the binding is the row stage's"

@@ -11,12 +11,12 @@ import aiohttp
 from batchgen.backends.a1111 import Endpoint, EndpointClient
 from batchgen.backends.comfy.checks import check_comfy_job
 from batchgen.backends.comfy.client import ComfyClient
-from batchgen.backends.comfy.workflow import bind_job
 from batchgen.errors import Problem
 from batchgen.job import JobSpec
 from batchgen.records import Flavor, Request, Task
 from batchgen.rows.prepare import Prepared
 from batchgen.rows.wire import MakeRequest, a1111_request, comfy_request
+from batchgen.rows.workflow import bind_job
 
 ClientMaker = Callable[[JobSpec, Sequence[Endpoint], aiohttp.ClientSession], list[EndpointClient]]
 RowChecker = Callable[[JobSpec, Prepared, list[EndpointClient]], Awaitable[list[Problem]]]

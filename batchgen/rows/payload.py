@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from batchgen.backends.comfy.workflow import Binding, bind_job
 from batchgen.errors import InputError, Problem
 from batchgen.job import JobSpec
 from batchgen.outputs.rowindex import RowIndex, digest_int
@@ -28,6 +27,7 @@ from batchgen.rows.fields import FIELDS, KIND_HINTS, coerce, normalize_name
 from batchgen.rows.images import ImageError, ImageResolver, decode_inline, encode_file
 from batchgen.rows.sheet import NO_HEADER
 from batchgen.rows.traps import HIRES_DENOISE, fix_sampler, value_issue
+from batchgen.rows.workflow import Binding, bind_job
 
 SEED_SPAN = 4294967294  # A1111 draws random seeds from range(4294967294): 0..4294967293
 _OPAQUE = ("alwayson_scripts", "script_args")  # job tables kept whole, not flattened to dotted keys

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from batchgen.backends.comfy.checks import binding_problems
 from batchgen.errors import InputError, Problem
 from batchgen.job import JobSpec
 from batchgen.outputs.shards import keeps
@@ -29,6 +28,7 @@ from batchgen.rows.sheet import (
     sheet_problems,
 )
 from batchgen.rows.spool import Spool
+from batchgen.rows.workflow import binding_problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ def prepare(
     reading = sheet_problems(job.sheet, **job.sheet_options)
     problems: list[Problem] = [*builder.header_problems, *builder.default_problems()]
     if builder.binding is not None:
-        problems.extend(binding_problems(job, builder, builder.binding))
+        problems.extend(binding_problems(job, builder.sent_fields, builder.binding))
     try:
         check_template(job.output.filename, builder.metadata_columns)
     except Exception as error:  # a ConfigError reads better beside the sheet's problems

@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from batchgen.backends.comfy.workflow import Binding
 from batchgen.records import Flavor, GraphRequest, ImageRef, Request, Task, WireRequest
 from batchgen.rows.payload import adapt_for, encode_body
+from batchgen.rows.workflow import Binding
 
 # prompt ids are uuid5 of the row key: the same row asks for the same id in every run.
 PROMPT_NAMESPACE = uuid.UUID("5f0c6c1e-9a51-4d0b-8a55-2a4c0f1b7c3e")

@@ -14,50 +14,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from batchgen.backends.a1111 import EndpointClient
-from batchgen.backends.comfy.workflow import NODE_INPUTS, Binding, bind_job
 from batchgen.errors import EndpointError, Problem
 from batchgen.job import JobSpec
 from batchgen.records import ImageRef
+from batchgen.rows.workflow import NODE_INPUTS, Binding, bind_job
 
-if TYPE_CHECKING:  # the pre-run pass imports binding_problems from here
-    from batchgen.rows.payload import PayloadBuilder
+if TYPE_CHECKING:
     from batchgen.rows.prepare import Prepared
 
-_ALWAYS_SENT = frozenset({"seed", "subseed"})
 _LORA_TAG = re.compile(
     r"<(lora|lyco):", re.IGNORECASE
 )  # derived by batchgen; fine to leave unbound
-
-
-def binding_problems(job: JobSpec, builder: PayloadBuilder, binding: Binding) -> list[Problem]:
-    """Titles that are missing or not unique, and fields that no node input would receive."""
-    problems = list(binding.problems)
-    job_file = str(job.source or "job")
-    if "prompt" not in binding.fields and not binding.problems:
-        problems.append(
-            Problem(
-                binding.workflow.source,
-                "no node input receives the prompt",
-                hint='bind it in the job: [comfy.bind] prompt = "Positive.text"',
-            )
-        )
-    for dotted, source in builder.sent_fields.items():
-        if dotted.startswith(NODE_INPUTS + ".") or dotted in binding.fields:
-            continue
-        if dotted in _ALWAYS_SENT:
-            continue
-        hint = f'bind it: [comfy.bind] {dotted} = "Node title.input"'
-        if source == "defaults":
-            message = f"'{dotted}' has a default, but no node input of the workflow receives it"
-            problems.append(Problem(job_file, message, column=dotted, hint=hint))
-        else:
-            message = (
-                f"'{source}' sets '{dotted}', but no node input of the workflow receives it "
-                "(ComfyUI would never see it)"
-            )
-            hint += ', or name the column "Node title.input"'
-            problems.append(Problem(str(job.sheet), message, 1, source, hint))
-    return problems
 
 
 @dataclass(frozen=True, slots=True)

@@ -288,3 +288,40 @@ def _checkpoint_loader(graph: Mapping[str, Any], link: Any) -> str | None:
             return str(link[0])
         link = (node.get("inputs") or {}).get("model")
     return None
+
+
+_ALWAYS_SENT = frozenset({"seed", "subseed"})  # derived by batchgen; fine to leave unbound
+
+
+def binding_problems(
+    job: JobSpec, sent_fields: Mapping[str, str], binding: Binding
+) -> list[Problem]:
+    """Titles that are missing or not unique, and fields that no node input would receive.
+    `sent_fields`: each request field the job sets -> the column that sets it, or "defaults"."""
+    problems = list(binding.problems)
+    job_file = str(job.source or "job")
+    if "prompt" not in binding.fields and not binding.problems:
+        problems.append(
+            Problem(
+                binding.workflow.source,
+                "no node input receives the prompt",
+                hint='bind it in the job: [comfy.bind] prompt = "Positive.text"',
+            )
+        )
+    for dotted, source in sent_fields.items():
+        if dotted.startswith(NODE_INPUTS + ".") or dotted in binding.fields:
+            continue
+        if dotted in _ALWAYS_SENT:
+            continue
+        hint = f'bind it: [comfy.bind] {dotted} = "Node title.input"'
+        if source == "defaults":
+            message = f"'{dotted}' has a default, but no node input of the workflow receives it"
+            problems.append(Problem(job_file, message, column=dotted, hint=hint))
+        else:
+            message = (
+                f"'{source}' sets '{dotted}', but no node input of the workflow receives it "
+                "(ComfyUI would never see it)"
+            )
+            hint += ', or name the column "Node title.input"'
+            problems.append(Problem(str(job.sheet), message, 1, source, hint))
+    return problems
