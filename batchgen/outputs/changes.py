@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from batchgen.outputs.manifest import MANIFEST, scan
 from batchgen.outputs.rowindex import RowIndex
+from batchgen.outputs.run_files import read_job_file
 from batchgen.records import Task
 from batchgen.words import counted
 
-JOB_FILE = "job.json"
 _BATCH = 4096  # manifest records put into the index at a time
 # Entries (three per past request) held in memory before the index moves to a scratch file:
 # about 18 MB; a folder past that is compared on disk, more slowly but in flat memory.
@@ -90,7 +89,7 @@ class ChangeTracker:
         """One line, or None when the folder is new or nothing changed."""
         if not self.has_past:
             return None
-        before = _last_job(self._out_dir)
+        before = read_job_file(self._out_dir)
         settings = changed_settings(before, job_now)
         parts: list[str] = []
         # The same rows as last time: rows missing from the manifest were just not run yet.
@@ -135,11 +134,3 @@ def _at(data: Mapping[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, Mapping) else None
     return value
-
-
-def _last_job(out_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((out_dir / JOB_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -20,12 +20,12 @@ from typing import Any
 
 from batchgen.errors import BatchgenError, ConfigError
 from batchgen.outputs.manifest import MANIFEST, ManifestRecord, latest_records
+from batchgen.outputs.run_files import JOB_FILE
 from batchgen.outputs.shards import read_shard_plan
 from batchgen.outputs.store import RESULT_COLUMNS, folder_in_use
 
 log = logging.getLogger(__name__)
 
-JOB_FILE = "job.json"
 RESULTS = "results.csv"
 _SHOWN_ROWS = 10  # rows named per incomplete shard; the count says the rest
 

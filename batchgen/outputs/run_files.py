@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -17,6 +18,18 @@ from batchgen.outputs.store import folder_in_use
 log = logging.getLogger(__name__)
 
 RUN_LOG = "run.log"
+
+
+JOB_FILE = "job.json"  # the job as run, without secrets; the folder's last run's
+
+
+def read_job_file(folder: Path) -> dict[str, Any]:
+    """A run folder's job.json, or {} when it is missing or unreadable."""
+    try:
+        data = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def public_job(job: JobSpec, live: tuple[Endpoint, ...]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from batchgen.backends.a1111 import resolve_endpoint
 from batchgen.errors import ConfigError
 from batchgen.job import DEFAULT_FILENAME, EndpointSpec, JobSpec
 from batchgen.outputs.manifest import MANIFEST, ManifestRecord, latest_records
+from batchgen.outputs.run_files import JOB_FILE
 from batchgen.outputs.store import peek_state
 from batchgen.records import ImageRef, Route, RunPlan, Task
 from batchgen.run.runner import RunOptions, run_tasks
@@ -26,7 +27,6 @@ from batchgen.words import counted
 
 log = logging.getLogger(__name__)
 
-JOB_FILE = "job.json"
 # What a replay takes over from the recorded job: how to send, not what (the manifest says that).
 _SENDING_SETTINGS = ("in_flight", "retry", "timeout", "wait_all_down", "comfy")
 Verdict = Literal["identical", "different", "failed", "not replayable"]

@@ -27,7 +27,7 @@ from batchgen.errors import (
 from batchgen.job import JobSpec
 from batchgen.outputs.changes import DIGEST, ChangeTracker
 from batchgen.outputs.publish import published
-from batchgen.outputs.run_files import close_run_log, move_aside, open_run_log, public_job
+from batchgen.outputs.run_files import JOB_FILE, close_run_log, move_aside, open_run_log, public_job
 from batchgen.outputs.shards import write_shard_plan
 from batchgen.outputs.store import DONE, SIMULATED, OutputStore, ResumeState, peek_state
 from batchgen.outputs.writer import GroupWriter
@@ -214,7 +214,7 @@ class _Run:
         state = self.store.open()
         handler = open_run_log(self.job.out_dir)
         try:
-            self.store.write_json("job.json", job_file())
+            self.store.write_json(JOB_FILE, job_file())
             self.reporter.started(plan, self.job.out_dir)
             with catch_interrupts(self._interrupted):
                 await self._send_all(scheduler, state, plan, tasks)

@@ -16,9 +16,9 @@ from PIL import Image, UnidentifiedImageError
 
 from batchgen.errors import ConfigError
 from batchgen.outputs.manifest import MANIFEST, ManifestRecord, latest_records
+from batchgen.outputs.run_files import read_job_file
 from batchgen.words import counted
 
-JOB_FILE = "job.json"
 SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 PNG = b"\x89PNG\r\n\x1a\n"
 MAX_NAMED = 5  # missing files named in an error before "and N more"
@@ -152,7 +152,7 @@ def plan_export(runs: Sequence[Path], split_by: str | None = None) -> ExportPlan
                 if sample is not None:
                     samples.append(sample)
         failed = len(found) - len(ok)
-        infos.append(RunInfo(path, _job(path), len(ok) - left_out, failed, left_out))
+        infos.append(RunInfo(path, read_job_file(path), len(ok) - left_out, failed, left_out))
     if missing:
         more = f" and {len(missing) - MAX_NAMED} more" if len(missing) > MAX_NAMED else ""
         raise ConfigError(
@@ -169,14 +169,6 @@ def _records(run: Path) -> list[ManifestRecord]:
     if not (run / MANIFEST).is_file():
         raise ConfigError(f"{run}: no {MANIFEST} here; is this the output folder of a run?")
     return list(latest_records(run).values())
-
-
-def _job(run: Path) -> Mapping[str, Any]:
-    try:
-        data = json.loads((run / JOB_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _split(run: Path, record: ManifestRecord, split_by: str | None) -> str:
