@@ -11,10 +11,11 @@ The bound, per scenario, is the better of two lower bounds on the fluid optimum 
 that cannot be avoided: placement.lower_bound (instant) and, with scipy, the dual bound of the
 mixed-integer program in benchhelp.exact_solve (endpoint i loads group g or not), told that the
 planner's own makespan is feasible (which tightens it) and solved for --exact-s seconds; again for
---recheck-s where the plan ends more than --recheck above the bound, so a poor ratio is not
-merely a weak bound. Both are recomputed on every run; nothing is cached. For the worst scenarios
-the output puts each ratio next to the best plan the solver found (optimal if it finished):
-plan / best is the planner's own gap, best / bound what the bound may still be short by.
+--recheck-s where the plan (alone, or played with speeds known) ends more than --recheck above
+the bound, so that a poor ratio is not merely a weak bound. Both are recomputed on every run;
+nothing is cached. For the worst scenarios the output puts each ratio next to the best plan the
+solver found (optimal if it finished): plan / best is the planner's own gap, best / bound what
+the bound may still be short by.
 Last, the time to plan 100,000 waiting rows over 64 endpoints.
 """
 
@@ -160,7 +161,7 @@ def main() -> None:
         upper = planned[k] * (1 + 1e-6)  # the plan is feasible: the optimum ends no later
         solved = exact_solve(snapshot, args.exact_s, upper) if args.exact_s > 0 else None
         bound = max(quick, solved.bound) if solved is not None else quick
-        furthest = max(planned[k], played["plan", True][k], played["plan", False][k])
+        furthest = max(planned[k], played["plan", True][k])  # learning is not the bound's
         if solved is not None and not solved.optimal and furthest > args.recheck * bound:
             solved = exact_solve(snapshot, args.recheck_s, upper) or solved
             bound = max(quick, solved.bound)
