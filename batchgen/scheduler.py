@@ -39,7 +39,7 @@ SPECULATE_MARGIN = 2.0  # copy a late row only if the copy would be back this ma
 REPLAN_DRIFT = 0.2  # plan again when a speed or load time estimate moved this much since the plan
 REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came in
 REPLAN_OFF = 0.1  # ... or when an endpoint runs out this share of the plan's span off its end
-RATE_WINDOW = 9  # rows a plan's speed is the median over: one answer can be late by a whole row
+RATE_WINDOW = 9  # rows a plan's speed is the mean over: one answer can be late by a whole row
 MEASURED_ROWS = 4  # rows each endpoint does on its own checkpoint before any is sent to switch
 PLAN_SWITCH_PRIOR_ROWS = 20.0  # plans assume loads this dear until one is measured (see README)
 
@@ -395,11 +395,14 @@ class Scheduler:
         return self._pool_mean("sec_per_unit") or DEFAULT_SEC_PER_UNIT
 
     def _steady_sec_per_unit(self, slot: EndpointSlot) -> float:
-        """Seconds per cost unit, the median of the last rows: steadier than the running
-        estimate, which follows each answer and would have a plan remade at every late one."""
+        """Seconds per cost unit, the mean of the last rows: steadier than the running estimate,
+        which follows each answer and would have a plan remade at every late one. Not their
+        median: an endpoint kept busy answers each row when the one before ends, so a row
+        answered late by some client-side delay reads as long and the next as short by as much;
+        the mean cancels that out, a median of the first few rows is off by all of it."""
         if not slot.recent:
             return self._sec_per_unit(slot)
-        return statistics.median(slot.recent)
+        return statistics.fmean(slot.recent)
 
     def _plan_switch_s(self, slot: EndpointSlot, cost: float) -> float:
         if slot.switch_s is None and self._pool_mean("switch_s") is None:
