@@ -42,7 +42,7 @@ from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
 from batchgen.payload import PayloadBuilder
 from batchgen.records import Task
 from batchgen.runner import RunOptions, run_batch
-from batchgen.scheduler import Policy
+from batchgen.scheduler import MEASURED_ROWS, Policy
 from batchgen.sheet import read_headers, read_rows
 
 MODELS = ("alpha.safetensors", "beta.safetensors", "gamma.safetensors", "delta.safetensors")
@@ -285,15 +285,27 @@ def lower_bound(rows: int, loaded_rows: int, rates: Sequence[float], switch_s: f
     return best
 
 
-def exact_optimum(sheet: Path, rates: Sequence[float], switch_s: float) -> Exact | None:
+def exact_optimum(
+    sheet: Path, rates: Sequence[float], switch_s: float, measuring: bool = False
+) -> Exact | None:
     """The best makespan if every row took exactly its endpoint's measured time (or None
     without scipy): the same lower bound as `lower_bound`, without letting work split freely.
-    Told the planner's own plan is feasible (which tightens it); 30 s at most."""
+    Told the planner's own plan is feasible (which tightens it); 30 s at most.
+
+    `measuring`: the best once every endpoint has done the rows of its loaded checkpoint that
+    it does while speeds are measured (nobody switches before the slowest has answered
+    MEASURED_ROWS rows after its first, one more queued behind; the others as many as they
+    do meanwhile)."""
     counts: dict[str, float] = {}
     for row in read_rows(sheet, None):
         counts[row.cells["model"]] = counts.get(row.cells["model"], 0.0) + 1
     first = MODELS[0][:-12]
-    workers = tuple(placement.Worker(rate, switch_s, frozenset({first})) for rate in rates)
+    measured = [(MEASURED_ROWS + 2) * rate / min(rates) if measuring else 0.0 for rate in rates]
+    counts[first] -= sum(measured)
+    workers = tuple(
+        placement.Worker(rate, switch_s, frozenset({first}), busy_s=rows / rate)
+        for rate, rows in zip(rates, measured, strict=True)
+    )
     snapshot = placement.Snapshot(tuple(counts.items()), workers)
     upper = placement.plan(snapshot).makespan * (1 + 1e-6)
     return exact_solve(snapshot, 30.0, upper)
@@ -387,6 +399,12 @@ async def main() -> None:
                 f"{solved}); rows alone at the measured rates: {args.rows / sum(rates):.2f} s"
             )
             best = max(best, exact.bound)
+            after = exact_optimum(sheet, rates, args.switch_s, measuring=True)
+            if after is not None:
+                print(
+                    f"exact ideal once speeds are measured: {after.bound:.2f} s (each endpoint "
+                    f"first does rows of {MODELS[0]} while the slowest does {MEASURED_ROWS + 2})"
+                )
         figures: dict[Policy, list[Figures]] = {"greedy": [], "plan": []}
         for attempt in range(args.repeat):
             for policy in figures:
