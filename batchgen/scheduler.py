@@ -514,8 +514,8 @@ class Scheduler:
         )
         made = placement.plan(snapshot)
         self._quotas = {
-            slot: deque(_Quota(share.group, share.work) for share in shares)
-            for slot, shares in zip(up, made.shares, strict=True)
+            slot: deque(_Quota(share.group, work) for share, work in shares)
+            for slot, shares in zip(up, self._whole_rows(made.shares), strict=True)
         }
         self._rates = {
             slot: (self._steady_sec_per_unit(slot), self._plan_switch_s(slot, row)) for slot in up
@@ -541,6 +541,27 @@ class Scheduler:
                 for slot, worker, mine in zip(up, snapshot.workers, made.shares, strict=True)
             ),
         )
+
+    def _whole_rows(
+        self, shares: Sequence[Sequence[placement.Share]]
+    ) -> list[list[tuple[placement.Share, float]]]:
+        """Each share rounded to whole rows so that a group's shares add up to its rows: rounded
+        one by one, a row could be left over after every endpoint has moved on, and one would
+        load the checkpoint again for it. The rows left by rounding down go to the largest
+        remainders."""
+        rounded = [[(share, 0.0) for share in mine] for mine in shares]
+        for group, queue in self._groups.items():
+            row = self._pending.get(group, 0.0) / max(len(queue), 1)
+            where = [(i, k) for i, mine in enumerate(shares) for k, s in enumerate(mine)]
+            where = [(i, k) for i, k in where if shares[i][k].group == group]
+            exact = [shares[i][k].work / row for i, k in where]
+            whole = [math.floor(value + 1e-9) for value in exact]
+            by_remainder = sorted(range(len(where)), key=lambda n: whole[n] - exact[n])
+            for n in by_remainder[: len(queue) - sum(whole)]:
+                whole[n] += 1
+            for (i, k), count in zip(where, whole, strict=True):
+                rounded[i][k] = (shares[i][k], count * row)
+        return rounded
 
     def _next_planned(self, slot: EndpointSlot) -> _Waiter | None:
         quotas = self._quotas.get(slot) if self._quotas is not None else None

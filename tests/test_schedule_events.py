@@ -11,6 +11,7 @@ import statistics
 import pytest
 from eventsim import Outcome, Scenario, play, random_scenario
 
+from batchgen import placement
 from batchgen.scheduler import Policy
 
 SCENARIOS = [
@@ -81,3 +82,20 @@ async def test_answers_reaching_the_scheduler_late_barely_move_the_plan() -> Non
         late = await play(dataclasses.replace(scenario, jitter=0.5))
         assert late.rows == len(rows)
         assert late.makespan <= 1.06 * on_time.makespan
+
+
+async def test_shares_are_whole_rows_so_no_row_is_left_for_a_load_at_the_end() -> None:
+    # Three endpoints hold c2 (22 rows) and share it 5.15 / 13.4 / 3.45 rows before each loads
+    # another checkpoint. Rounded one by one that is 21 rows: the last one was left until
+    # everyone had moved on, and one endpoint loaded c2 again for it (120 s, not 90 s).
+    counts = {"c0": 37, "c1": 50, "c2": 22, "c3": 92, "c4": 365}
+    scenario = Scenario(
+        speeds=(1.41, 3.68, 1.17, 2.54, 0.95),
+        loaded=("c2", "c2", "c1", "other", "c2"),
+        rows=tuple(group for group, count in counts.items() for _ in range(count)),
+        switch_s=29.36,
+    )
+    outcome = await play(scenario, known=True)
+    planned = placement.plan(scenario.snapshot())
+    assert outcome.switches == planned.switches == 5
+    assert outcome.makespan <= 1.01 * planned.makespan
