@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from batchgen.job import JobSpec, load_job
     from batchgen.records import RunSummary
-    from batchgen.runner import RunOptions, run_batch
+    from batchgen.run.runner import RunOptions, run_batch
 
 __all__ = ["JobSpec", "RunOptions", "RunSummary", "load_job", "run_batch"]
 
@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
 
         return records.RunSummary
     if name in ("RunOptions", "run_batch"):
-        from batchgen import runner
+        from batchgen.run import runner
 
         return getattr(runner, name)
     raise AttributeError(name)

@@ -19,8 +19,8 @@ from rich.logging import RichHandler
 from batchgen.errors import BatchgenError
 
 if TYPE_CHECKING:
-    from batchgen.export.options import Format
     from batchgen.job import JobSpec
+    from batchgen.outputs.export.options import Format
     from batchgen.records import Reporter
 
 # The stages (pandas, pydantic, aiohttp) are imported inside the commands, where a Ctrl-C
@@ -109,7 +109,7 @@ def run(
     """Send every row of SOURCE (a .toml job or a sheet) and write images and a manifest."""
     if fresh and retry_failed:
         raise click.UsageError("--fresh starts an empty folder, where no row has failed yet")
-    from batchgen.runner import RunOptions, run_batch
+    from batchgen.run.runner import RunOptions, run_batch
 
     job = _load(source, endpoints, set_fields, out, shard_spec, shard_count)
     if dry_run:
@@ -130,7 +130,7 @@ def check(
     shard_count: int | None,
 ) -> None:
     """Check the sheet and every endpoint that may get a row; send no generation request."""
-    from batchgen.plan import check_only
+    from batchgen.run.plan import check_only
 
     job = _load(source, endpoints, set_fields, None, shard_spec, shard_count)
     lines = _guarded(lambda: asyncio.run(check_only(job)))
@@ -154,8 +154,8 @@ def check(
 @_verbose_option
 def replay(out_dir: Path, out: Path, rows_text: str | None, endpoints: Sequence[str]) -> None:
     """Send the requests recorded in OUT_DIR again and say, per row, if the images are identical."""
-    from batchgen.replay import parse_rows
-    from batchgen.replay import replay as replay_folder
+    from batchgen.run.replay import parse_rows
+    from batchgen.run.replay import replay as replay_folder
 
     rows = _guarded(lambda: parse_rows(rows_text)) if rows_text else None
     summary = _guarded(
@@ -177,7 +177,7 @@ def replay(out_dir: Path, out: Path, rows_text: str | None, endpoints: Sequence[
 @click.option("--copy", is_flag=True, help="Copy images instead of hard-linking them.")
 def merge(shard_dirs: Sequence[Path], out: Path, copy: bool) -> None:
     """Combine the shard folders of one job into one run folder, each row exactly once."""
-    from batchgen.merge import merge_shards
+    from batchgen.outputs.merge import merge_shards
 
     summary = _guarded(lambda: merge_shards(shard_dirs, out, copy=copy))
     click.echo(summary.describe(), err=True)
@@ -206,8 +206,8 @@ def export(
     """Export the ok images of run folders RUNS as a dataset (with a card) in DEST."""
 
     def export_all() -> str:
-        from batchgen.export import ExportOptions, parse_size
-        from batchgen.export.view import export_with_progress
+        from batchgen.outputs.export import ExportOptions, parse_size
+        from batchgen.outputs.export.view import export_with_progress
 
         options = ExportOptions(
             tuple(runs), fmt, dest, captions, split_by, max_per_shard, parse_size(max_shard_size)
@@ -221,7 +221,7 @@ def export(
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 def report(run_dir: Path) -> None:
     """Write RUN_DIR/report/index.html: summary, failed rows, thumbnails, filters (from disk)."""
-    from batchgen.gallery import build_report
+    from batchgen.outputs.gallery import build_report
 
     if not (run_dir / "manifest.jsonl").is_file():
         raise click.UsageError(f"{run_dir}: no manifest.jsonl here; give a run's output folder")
@@ -236,7 +236,7 @@ def status(run_dir: Path, watch: bool, as_json: bool) -> None:
     """Rows done, failed and to go, images/s, ETA and each endpoint, during a run or after."""
     import time
 
-    from batchgen.status import read_status
+    from batchgen.outputs.status import read_status
 
     while True:
         shown = read_status(run_dir)
@@ -327,7 +327,7 @@ def _load(
     shard_count: int | None = None,
 ) -> JobSpec:
     from batchgen.job import load_job, parse_set
-    from batchgen.shards import resolve_shard
+    from batchgen.outputs.shards import resolve_shard
 
     def load() -> JobSpec:
         job = load_job(source, endpoints=endpoints, out=out, set_fields=parse_set(set_fields))
@@ -338,18 +338,24 @@ def _load(
 
 
 def _dry_run(job: JobSpec) -> None:
-    from batchgen.comfy.workflow import bind_job
-    from batchgen.payload import manifest_body
-    from batchgen.plan import first_tasks, validate
-    from batchgen.store import peek_state
+    from batchgen.backends.comfy.workflow import bind_job
+    from batchgen.outputs.store import peek_state
+    from batchgen.rows.payload import manifest_body
+    from batchgen.rows.prepare import prepare
+    from batchgen.run.plan import first_tasks
 
-    plan = validate(job, peek_state(job.out_dir))
+    prepared = prepare(job, peek_state(job.out_dir))
+    try:
+        plan = prepared.require_valid()
+        first = first_tasks(prepared, 3)
+    finally:
+        prepared.close()
     share = f"shard {job.shard}: " if job.shard else ""
     click.echo(f"# {share}{plan.describe()}; nothing is sent (--dry-run)", err=True)
     for line in plan.expansion_lines():
         click.echo(f"# {line}", err=True)
     binding = bind_job(job) if job.backend == "comfy" else None
-    for task in first_tasks(job, 3):
+    for task in first:
         shown: dict[str, Any] = {
             "row": task.row,
             "route": task.route,

@@ -12,10 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from batchgen.columns import Target, resolve
 from batchgen.errors import ConfigError
-from batchgen.fields import coerce
-from batchgen.shards import Shard
+from batchgen.outputs.shards import Shard
+from batchgen.rows.columns import Target, resolve
+from batchgen.rows.fields import coerce
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -12,6 +12,7 @@ from batchgen.words import counted
 
 Route = Literal["txt2img", "img2img"]
 Status = Literal["ok", "failed"]
+Flavor = Literal["a1111", "forge"]  # which web UI answers /sdapi/v1: the body differs a little
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,34 @@ class Task:
     checkpoint: str | None  # the checkpoint the row asks for, if any (scheduling affinity)
     metadata: Mapping[str, Any] = field(default_factory=dict)  # columns that are not sent
     expansion: Expansion | None = None  # one of a row's expansions (templates, sweeps)
+
+
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """A row's request to an A1111/Forge endpoint, as sent: the route and the JSON body, its
+    images as base64."""
+
+    route: Route
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GraphRequest:
+    """A row's prompt to a ComfyUI endpoint: the graph to post and the images to upload first.
+
+    `graph` holds an ImageRef where the uploaded image's name goes; the rest is the manifest's.
+    """
+
+    prompt_id: str  # from the row's key: the same row asks for the same id in every run
+    graph: Mapping[str, Any]
+    images: tuple[ImageRef, ...]
+    seed: int | None
+    model: str | None  # the checkpoint the graph loads
+    workflow_sha256: str
+    bound: Mapping[str, Any]  # field -> the value bound into the graph (an image's sha256)
+
+
+Request = WireRequest | GraphRequest
 
 
 @dataclass(frozen=True, slots=True)

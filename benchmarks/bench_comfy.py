@@ -36,7 +36,7 @@ from bench_schedule import lower_bound
 from benchhelp import free_port
 
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.runner import RunOptions, run_batch
 
 MODELS = ("alpha.safetensors", "beta.safetensors", "gamma.safetensors", "delta.safetensors")
 SPEEDS = (1.0, 1.0, 2.0, 4.0)

@@ -90,7 +90,7 @@ def main() -> None:
 def _make_run(run: Path, count: int) -> Path:
     from PIL import Image
 
-    from batchgen.manifest import MANIFEST, ManifestRecord
+    from batchgen.outputs.manifest import MANIFEST, ManifestRecord
 
     images = run / "images"
     images.mkdir(parents=True)
@@ -165,7 +165,7 @@ def _export(fmt: str, run: Path, dest: Path) -> dict[str, float]:
 
 def _child(fmt: str, run: str, dest: str) -> None:
     import batchgen.cli  # noqa: F401 - what `batchgen export` has loaded (pandas...) before it starts
-    from batchgen.export import ExportOptions, export_runs
+    from batchgen.outputs.export import ExportOptions, export_runs
 
     options = ExportOptions((Path(run),), fmt, dest, split_by="split")  # type: ignore[arg-type]
     started = time.perf_counter()

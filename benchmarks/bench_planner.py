@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from benchhelp import Exact, exact_solve
 from eventsim import Scenario, play, random_scenario
 
-from batchgen import placement
+from batchgen.run import placement
 
 
 def summary(name: str, ratios: Sequence[float]) -> str:

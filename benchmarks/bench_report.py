@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from batchgen.gallery import REPORT_DIR, THUMBS_DIR, build_report
-from batchgen.manifest import MANIFEST, ManifestRecord, latest_records
+from batchgen.outputs.gallery import REPORT_DIR, THUMBS_DIR, build_report
+from batchgen.outputs.manifest import MANIFEST, ManifestRecord, latest_records
 from batchgen.sim.images import FastPngEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

@@ -38,7 +38,7 @@ import aiohttp
 
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, TimeoutSpec
 from batchgen.records import RunSummary
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.runner import RunOptions, run_batch
 
 STEPS = 20
 MS_PER_STEP = 25.0  # 0.5 s per row at speed 1

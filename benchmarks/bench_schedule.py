@@ -36,14 +36,15 @@ from typing import Any
 import aiohttp
 from benchhelp import Exact, exact_solve, free_port
 
-from batchgen import placement
-from batchgen.client import EndpointClient, resolve_endpoint
+from batchgen.backends.a1111 import EndpointClient, resolve_endpoint
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
-from batchgen.payload import PayloadBuilder
 from batchgen.records import Task
-from batchgen.runner import RunOptions, run_batch
-from batchgen.scheduler import MEASURED_ROWS, Policy
-from batchgen.sheet import read_headers, read_rows
+from batchgen.rows.payload import PayloadBuilder
+from batchgen.rows.sheet import read_headers, read_rows
+from batchgen.rows.wire import a1111_request
+from batchgen.run import placement
+from batchgen.run.runner import RunOptions, run_batch
+from batchgen.run.scheduler import MEASURED_ROWS, Policy
 
 MODELS = ("alpha.safetensors", "beta.safetensors", "gamma.safetensors", "delta.safetensors")
 SPEEDS = (1.0, 1.0, 2.0, 4.0)
@@ -191,7 +192,7 @@ async def run_naive(args: argparse.Namespace, sheet: Path) -> Figures:
         async def lane(client: EndpointClient, rows: list[Task]) -> None:
             nonlocal done
             for task in rows:
-                await client.generate(task)
+                await client.generate(a1111_request(task, client.flavor))
                 done += 1
 
         count = len(clients)
@@ -260,7 +261,7 @@ async def calibrate(args: argparse.Namespace, rows: int = 40) -> list[float]:
 
 async def _send_each(client: EndpointClient, tasks: Sequence[Task]) -> None:
     for task in tasks:
-        await client.generate(task)
+        await client.generate(a1111_request(task, client.flavor))
 
 
 def lower_bound(rows: int, loaded_rows: int, rates: Sequence[float], switch_s: float) -> float:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from openpyxl import Workbook
 
-from batchgen.csvformat import _detect, csv_format
-from batchgen.sheet import read_rows, sheet_problems
+from batchgen.rows.csvformat import _detect, csv_format
+from batchgen.rows.sheet import read_rows, sheet_problems
 
 
 def seconds(call: Callable[[], object]) -> float:

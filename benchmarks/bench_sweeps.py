@@ -33,8 +33,8 @@ from pathlib import Path
 from bench_run import ZERO, simulators, span
 
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, TimeoutSpec
-from batchgen.plan import validate
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.plan import validate
+from batchgen.run.runner import RunOptions, run_batch
 
 VARIANTS = "{" + "|".join(f"hue {k}" for k in range(10)) + "}"
 

@@ -6,7 +6,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from batchgen import placement
+from batchgen.run import placement
 
 
 def free_port() -> int:

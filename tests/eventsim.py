@@ -14,9 +14,9 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from batchgen import placement
 from batchgen.records import Generation, Task
-from batchgen.scheduler import MEASURED_ROWS, EndpointSlot, Lease, Policy, Scheduler, row_cost
+from batchgen.run import placement
+from batchgen.run.scheduler import MEASURED_ROWS, EndpointSlot, Lease, Policy, Scheduler, row_cost
 
 BODY = {"prompt": "p", "steps": 20, "width": 512, "height": 512}
 UNITS = row_cost(BODY)  # the cost of every row in the scenarios

@@ -8,8 +8,8 @@ from typing import Any
 
 from runhelp import make_job, no_sleep, write_sheet
 
-from batchgen.manifest import ManifestRecord, latest_records
-from batchgen.runner import RunOptions, run_batch
+from batchgen.outputs.manifest import ManifestRecord, latest_records
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 
 SPLITS = ("train", "train", "validation", "test")

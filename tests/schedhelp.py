@@ -13,7 +13,7 @@ from runhelp import manifest
 
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
 from batchgen.records import RunSummary
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig
 
 MODELS = ("a.safetensors", "b.safetensors", "c.safetensors")

@@ -14,13 +14,14 @@ import pytest
 from click.testing import CliRunner, Result
 from runhelp import write_png
 
-from batchgen.check import RowSet, check_job, collect_uses, lora_names
+from batchgen.backends.a1111 import EndpointClient, resolve_endpoint
+from batchgen.backends.check import RowSet, check_job, collect_uses, lora_names
+from batchgen.backends.inventory import CheckpointIndex, resolve_checkpoint
 from batchgen.cli import cli
-from batchgen.client import EndpointClient, resolve_endpoint
 from batchgen.errors import InputError, Problem
-from batchgen.inventory import CheckpointIndex, resolve_checkpoint
 from batchgen.job import EndpointSpec, JobSpec, TimeoutSpec, load_job
-from batchgen.plan import check_only
+from batchgen.rows.prepare import prepare
+from batchgen.run.plan import check_only
 from batchgen.sim import SimConfig, SimServer
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
@@ -323,7 +324,7 @@ async def test_forge_vaes_and_default_unit_count(tmp_path: Path) -> None:
 async def test_many_rows_stay_compact(tmp_path: Path) -> None:
     rows = [{"prompt": f"p{i}", "model": "dreamshaper_7"} for i in range(3000)]
     sheet = write_sheet(tmp_path, rows)
-    usage = collect_uses(job_for(sheet, "sim://"))
+    usage = collect_uses(prepare(job_for(sheet, "sim://")))
     assert usage.rows == 3000
     (rowset,) = usage.uses.values()
     assert rowset.describe() == "rows 2-3001"
@@ -338,7 +339,7 @@ async def test_unreadable_endpoint_is_left_out_with_a_warning(
     async with aiohttp.ClientSession() as session:
         client = EndpointClient(endpoint, session, TimeoutSpec(connect=1))
         with caplog.at_level(logging.WARNING, logger="batchgen"):
-            assert await check_job(job, [client]) == []
+            assert await check_job(job, prepare(job), [client]) == []
     assert "cannot read what it has installed" in caplog.text
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from batchgen.client import (
+from batchgen.backends.a1111 import (
     Endpoint,
     EndpointClient,
     open_session,
@@ -21,7 +21,8 @@ from batchgen.client import (
 )
 from batchgen.errors import ConfigError, FatalEndpointError, RetryableEndpointError
 from batchgen.job import EndpointSpec, TimeoutSpec
-from batchgen.records import Task
+from batchgen.records import Task, WireRequest
+from batchgen.rows.wire import a1111_request
 from batchgen.sim import SimConfig, SimServer
 
 JOBS = Path(__file__).parent.parent / "jobs"
@@ -38,16 +39,24 @@ def client_for(url: str, session: aiohttp.ClientSession, request: float = 10.0) 
     return EndpointClient(endpoint, session, TimeoutSpec(connect=1.0, request=request))
 
 
-def task(**body: Any) -> Task:
-    return Task(
-        row=2, key="k", route="txt2img", body={"prompt": "x", "steps": 2, **body}, checkpoint=None
+def wire(**body: Any) -> WireRequest:
+    """A row's request as the runner hands it to an A1111 endpoint."""
+    return a1111_request(
+        Task(
+            row=2,
+            key="k",
+            route="txt2img",
+            body={"prompt": "x", "steps": 2, **body},
+            checkpoint=None,
+        ),
+        "a1111",
     )
 
 
 async def test_generate_returns_images_and_real_seeds(
     sim: SimServer, session: aiohttp.ClientSession
 ) -> None:
-    generation = await client_for(sim.url, session).generate(task(seed=5, batch_size=2))
+    generation = await client_for(sim.url, session).generate(wire(seed=5, batch_size=2))
     assert generation.seeds == (5, 6) and len(generation.images) == 2
     assert all(image.startswith(b"\x89PNG") for image in generation.images)
     assert generation.model and generation.model_hash and generation.version == "v1.10.1"
@@ -57,7 +66,7 @@ async def test_a_422_is_fatal_with_the_servers_message(
     sim: SimServer, session: aiohttp.ClientSession
 ) -> None:
     with pytest.raises(FatalEndpointError) as raised:
-        await client_for(sim.url, session).generate(task(steps="many"))
+        await client_for(sim.url, session).generate(wire(steps="many"))
     assert raised.value.status == 422 and "steps" in str(raised.value)
 
 
@@ -73,7 +82,7 @@ async def test_a_401_is_fatal_and_refused_credentials_stop_a_probe(
     async with SimServer(SimConfig(api_auth="alice:pw")) as sim:
         client = client_for(sim.url, session)
         with pytest.raises(FatalEndpointError) as raised:
-            await client.generate(task())
+            await client.generate(wire())
         assert raised.value.status == 401 and "Not authenticated" in str(raised.value)
         with pytest.raises(ConfigError, match="401"):
             await client.probe()
@@ -84,7 +93,7 @@ async def test_a_401_is_fatal_and_refused_credentials_stop_a_probe(
 async def test_out_of_memory_500_is_retryable(session: aiohttp.ClientSession) -> None:
     async with SimServer(SimConfig(fail_rate=1.0)) as sim:
         with pytest.raises(RetryableEndpointError) as raised:
-            await client_for(sim.url, session).generate(task())
+            await client_for(sim.url, session).generate(wire())
     assert raised.value.status == 500 and "OutOfMemoryError" in str(raised.value)
 
 
@@ -98,7 +107,7 @@ async def test_a_controlnet_validation_500_is_fatal(
     unit |= {"image": png.decode(), "resize_mode": 1, "control_mode": 7}
     with pytest.raises(FatalEndpointError) as raised:
         await client_for(sim.url, session).generate(
-            task(alwayson_scripts={"ControlNet": {"args": [unit]}})
+            wire(alwayson_scripts={"ControlNet": {"args": [unit]}})
         )
     assert raised.value.status == 500 and "ValidationError" in str(raised.value)
 
@@ -106,14 +115,14 @@ async def test_a_controlnet_validation_500_is_fatal(
 async def test_503_while_starting_is_retryable(session: aiohttp.ClientSession) -> None:
     async with SimServer(SimConfig(unavailable_s=30)) as sim:
         with pytest.raises(RetryableEndpointError) as raised:
-            await client_for(sim.url, session).generate(task())
+            await client_for(sim.url, session).generate(wire())
     assert raised.value.status == 503
 
 
 async def test_a_dropped_connection_is_retryable(session: aiohttp.ClientSession) -> None:
     async with SimServer(SimConfig(drop_rate=1.0)) as sim:
         with pytest.raises(RetryableEndpointError) as raised:
-            await client_for(sim.url, session).generate(task())
+            await client_for(sim.url, session).generate(wire())
     assert raised.value.status is None
 
 
@@ -122,13 +131,13 @@ async def test_a_refused_connection_is_retryable(session: aiohttp.ClientSession)
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     with pytest.raises(RetryableEndpointError, match="cannot connect"):
-        await client_for(f"http://127.0.0.1:{port}", session).generate(task())
+        await client_for(f"http://127.0.0.1:{port}", session).generate(wire())
 
 
 async def test_a_hung_server_times_out_and_is_retryable(session: aiohttp.ClientSession) -> None:
     async with SimServer(SimConfig(hang_rate=1.0)) as sim:
         with pytest.raises(RetryableEndpointError, match=r"no answer within 0\.3 s"):
-            await client_for(sim.url, session, request=0.3).generate(task())
+            await client_for(sim.url, session, request=0.3).generate(wire())
 
 
 async def test_probe_tells_forge_from_a1111(session: aiohttp.ClientSession) -> None:

@@ -16,8 +16,8 @@ from runhelp import manifest, no_sleep, simulators, write_png, write_sheet
 
 from batchgen.errors import ConfigError, InputError
 from batchgen.job import load_job
-from batchgen.plan import check_only
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.plan import check_only
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 
 DEMO_WORKFLOW = Path(__file__).parent.parent / "jobs" / "comfy" / "wf_api.json"
@@ -108,7 +108,7 @@ async def test_manifest_provenance_and_images_byte_for_byte(tmp_path: Path) -> N
     [record] = manifest(tmp_path / "out")
     assert record["backend"] == "comfy"
     assert record["version"] == "ComfyUI 0.7.0"
-    standard = Path(__file__).parent.parent / "batchgen" / "comfy" / "txt2img_api.json"
+    standard = Path(__file__).parent.parent / "batchgen" / "backends" / "comfy" / "txt2img_api.json"
     assert record["workflow_sha256"] == hashlib.sha256(standard.read_bytes()).hexdigest()
     assert record["seeds"] == [5]
     assert record["bound"]["prompt"] == "a fox" and record["bound"]["seed"] == 5
@@ -363,7 +363,7 @@ def test_comfy_urls_and_one_backend_per_job(tmp_path: Path) -> None:
     assert load_job(sheet, endpoints=["sim://?flavor=comfy"]).backend == "comfy"
     with pytest.raises(ConfigError, match="one job uses one backend kind"):
         load_job(sheet, endpoints=["comfy://gpu1:8188", "http://gpu2:7860"])
-    from batchgen.client import resolve_endpoint
+    from batchgen.backends.a1111 import resolve_endpoint
 
     endpoint = resolve_endpoint(job.endpoints[0], 1)
     assert (endpoint.url, endpoint.backend) == ("http://gpu1:8188", "comfy")
@@ -378,7 +378,7 @@ def test_a_ui_workflow_is_refused_with_the_fix(tmp_path: Path) -> None:
         '[comfy]\nworkflow = "wf.json"\n',
         encoding="utf-8",
     )
-    from batchgen.plan import validate
+    from batchgen.run.plan import validate
 
     with pytest.raises(ConfigError, match=r"not the API format.*Save \(API\)"):
         validate(load_job(job))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from test_crash import SimProcess, finish, lines_of, start_run
 
-from batchgen.manifest import latest_records
+from batchgen.outputs.manifest import latest_records
 
 
 def write_job(folder: Path, url: str, rows: int) -> Path:

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from runhelp import write_png
 
-from batchgen import controlnet as cn
 from batchgen.errors import InputError, Problem
 from batchgen.job import JobSpec, load_job
-from batchgen.payload import PayloadBuilder, derive_seed, manifest_body
 from batchgen.records import ImageRef, Task
-from batchgen.sheet import read_headers, read_rows
+from batchgen.rows import controlnet as cn
+from batchgen.rows.payload import PayloadBuilder, derive_seed, manifest_body
+from batchgen.rows.sheet import read_headers, read_rows
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 SAMPLE = Path("/work/shared/samples/a1111-txt2img-controlnet-request.json")

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batchgen.manifest import MANIFEST, latest_records
+from batchgen.outputs.manifest import MANIFEST, latest_records
 
 _URL = re.compile(r"serving at (http://\S+)")
 
@@ -379,7 +379,7 @@ def test_a_full_disk_stops_the_run_and_the_folder_resumes(tmp_path: Path) -> Non
 async def test_after_ctrl_c_no_late_row_is_copied_to_an_idle_endpoint(tmp_path: Path) -> None:
     """At the tail an idle endpoint may copy a late row; once stopping, nothing new is sent."""
     from batchgen.job import load_job
-    from batchgen.runner import RunOptions, run_batch
+    from batchgen.run.runner import RunOptions, run_batch
     from batchgen.sim import SimConfig, SimServer
 
     sheet = tmp_path / "sheet.csv"

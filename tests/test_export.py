@@ -15,7 +15,7 @@ import webdataset
 from exporthelp import make_run, ok_images
 from PIL import Image
 
-from batchgen.export import ExportOptions, export_runs
+from batchgen.outputs.export import ExportOptions, export_runs
 from batchgen.sim import SimConfig
 
 ROWS = 16
@@ -80,7 +80,7 @@ def assert_matches(run_dir: Path, found: list[tuple[bytes, dict[str, Any]]]) -> 
 
 
 def test_the_fixture_run_has_failed_rows_and_multi_image_rows(run_dir: Path) -> None:
-    from batchgen.manifest import latest_records
+    from batchgen.outputs.manifest import latest_records
 
     records = list(latest_records(run_dir).values())
     assert 0 < sum(not r.ok for r in records) < len(records)
@@ -155,7 +155,7 @@ def test_parquet_shards_load_with_pyarrow_and_datasets(run_dir: Path, tmp_path: 
 
 
 def test_the_card_counts_models_fingerprints_and_the_command(run_dir: Path, tmp_path: Path) -> None:
-    from batchgen.manifest import latest_records
+    from batchgen.outputs.manifest import latest_records
 
     dest = tmp_path / "ds"
     export_runs(ExportOptions((run_dir,), "parquet", str(dest)))
@@ -205,7 +205,7 @@ def test_prompts_seeds_and_schedule_the_server_reported_win_over_the_request(
     import dataclasses
     import shutil
 
-    from batchgen.manifest import MANIFEST, latest_records
+    from batchgen.outputs.manifest import MANIFEST, latest_records
 
     copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
     lines = []
@@ -238,7 +238,7 @@ def test_parquet_images_mapped_or_read_give_the_same_file(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, row_group_bytes: int
 ) -> None:
     """Large images are mapped from their files, small ones read: the same bytes either way."""
-    from batchgen.export import parquet
+    from batchgen.outputs.export import parquet
 
     monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", row_group_bytes)
     written = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from exporthelp import make_run
 
-from batchgen.export import ExportOptions, export_runs
+from batchgen.outputs.export import ExportOptions, export_runs
 
 
 @pytest.fixture(scope="module")

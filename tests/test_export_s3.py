@@ -15,7 +15,7 @@ from exporthelp import make_run, ok_images
 from moto.server import ThreadedMotoServer
 
 from batchgen.cli import cli
-from batchgen.export import ExportOptions, export_runs
+from batchgen.outputs.export import ExportOptions, export_runs
 
 BUCKET = "datasets"
 SECRET = "fake-secret-Zq81vX"  # moto accepts any key; the tests hunt for this one

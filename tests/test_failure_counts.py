@@ -9,7 +9,7 @@ from runhelp import manifest, simulators
 from schedhelp import FAST, make_job, run
 
 from batchgen.report import summary_lines
-from batchgen.runner import FAILED_ROWS_SHOWN
+from batchgen.run.runner import FAILED_ROWS_SHOWN
 
 SICK = dataclasses.replace(FAST, fail_rate=0.7, fault_seed=1)  # 7 in 10 answers: 500 OOM
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from batchgen.fields import ALIASES, FIELDS, OVERRIDE_KINDS, Kind, coerce, normalize_name
+from batchgen.rows.fields import ALIASES, FIELDS, OVERRIDE_KINDS, Kind, coerce, normalize_name
 
 
 @pytest.mark.parametrize(

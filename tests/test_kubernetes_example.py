@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from batchgen.cli import cli
-from batchgen.shards import Shard, resolve_shard
+from batchgen.outputs.shards import Shard, resolve_shard
 
 MANIFEST = Path(__file__).resolve().parent.parent / "examples/kubernetes/batchgen-indexed-job.yaml"
 

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 from runhelp import write_png
 
-from batchgen.columns import coerce_auto
 from batchgen.errors import InputError, Problem
 from batchgen.job import JobSpec, SeedSpec
-from batchgen.payload import PayloadBuilder, adapt_for, derive_seed, encode_body, manifest_body
 from batchgen.records import ImageRef, SheetRow, Task
-from batchgen.sheet import read_headers, read_rows
+from batchgen.rows.columns import coerce_auto
+from batchgen.rows.payload import PayloadBuilder, adapt_for, derive_seed, encode_body, manifest_body
+from batchgen.rows.sheet import read_headers, read_rows
 
 PANDA = "一只在竹林里的大熊猫\uff0c水墨画 🐼🎋"
 

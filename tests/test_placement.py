@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from batchgen.placement import Plan, Snapshot, Worker, fluid_makespan, lower_bound, plan
+from batchgen.run.placement import Plan, Snapshot, Worker, fluid_makespan, lower_bound, plan
 
 
 def random_snapshot(rng: random.Random) -> Snapshot:

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from runhelp import make_job, prompts, write_sheet
 
-from batchgen import gallery
+from batchgen.outputs import gallery
+from batchgen.outputs.status import STATUS_FILE
 from batchgen.records import EndpointView, Result, RunPlan, RunSummary
-from batchgen.runner import run_batch
-from batchgen.status import STATUS_FILE
+from batchgen.run.runner import run_batch
 
 
 def report_rows(data_js: Path) -> list[dict[str, Any]]:

@@ -21,9 +21,9 @@ from schedhelp import make_job as make_sched_job
 from batchgen.cli import cli
 from batchgen.errors import ConfigError
 from batchgen.job import load_job
-from batchgen.manifest import latest_records
-from batchgen.replay import parse_rows, replay
-from batchgen.runner import RunOptions, run_batch
+from batchgen.outputs.manifest import latest_records
+from batchgen.run.replay import parse_rows, replay
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 
 

@@ -15,8 +15,8 @@ from playwright.sync_api import Browser, Page
 from runhelp import make_job, write_sheet
 
 from batchgen.cli import cli
-from batchgen.gallery import build_report
-from batchgen.runner import run_batch
+from batchgen.outputs.gallery import build_report
+from batchgen.run.runner import run_batch
 
 INJECTED = "<img src=x onerror=window.__pwned=1>"
 INJECTED_SCRIPT = "<img src=y onerror=window.__pwned=2>"

@@ -12,10 +12,10 @@ import pytest
 from runhelp import no_sleep
 
 from batchgen.job import load_job
-from batchgen.manifest import MANIFEST, latest_records
-from batchgen.payload import derive_seed
+from batchgen.outputs.manifest import MANIFEST, latest_records
 from batchgen.records import RunSummary
-from batchgen.runner import RunOptions, run_batch
+from batchgen.rows.payload import derive_seed
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 
 CONTRACT = {"row", "status", "images", "seeds", "endpoint", "attempts", "error", "model"}

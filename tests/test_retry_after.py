@@ -10,11 +10,12 @@ import pytest
 from runhelp import simulators
 from schedhelp import FAST, assert_each_row_ok_once, make_job
 
-from batchgen.client import RETRY_AFTER_MAX, EndpointClient, open_session, resolve_endpoint
+from batchgen.backends.a1111 import RETRY_AFTER_MAX, EndpointClient, open_session, resolve_endpoint
 from batchgen.errors import RetryableEndpointError
 from batchgen.job import EndpointSpec, RetrySpec, TimeoutSpec
 from batchgen.records import Task
-from batchgen.runner import RunOptions, run_batch
+from batchgen.rows.wire import a1111_request
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 
 
@@ -34,7 +35,9 @@ async def first_error(config: SimConfig) -> RetryableEndpointError:
             resolve_endpoint(EndpointSpec(url=sim.url), 1), session, TimeoutSpec()
         )
         with pytest.raises(RetryableEndpointError) as raised:
-            await client.generate(Task(2, "k", "txt2img", {"prompt": "x", "steps": 2}, None))
+            await client.generate(
+                a1111_request(Task(2, "k", "txt2img", {"prompt": "x", "steps": 2}, None), "a1111")
+            )
         return raised.value
 
 

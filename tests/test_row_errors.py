@@ -11,10 +11,11 @@ import pytest
 from runhelp import manifest, simulators
 from schedhelp import FAST, make_job, run
 
-from batchgen.client import EndpointClient, open_session, resolve_endpoint
+from batchgen.backends.a1111 import EndpointClient, open_session, resolve_endpoint
 from batchgen.errors import RetryableEndpointError, RowError
 from batchgen.job import EndpointSpec, TimeoutSpec
 from batchgen.records import Task
+from batchgen.rows.wire import a1111_request
 from batchgen.sim import SimServer
 
 MARK = "cursed"
@@ -40,12 +41,14 @@ async def test_a_nans_500_is_a_row_error_with_a_hint() -> None:
         )
         body = {"prompt": f"a {MARK} lighthouse", "steps": 2}
         with pytest.raises(RowError) as raised:
-            await client.generate(Task(2, "k", "txt2img", body, None))
+            await client.generate(a1111_request(Task(2, "k", "txt2img", body, None), "a1111"))
         assert raised.value.status == 500
         assert "NansException: A tensor with NaNs was produced in Unet" in str(raised.value)
         assert "--no-half-vae" in str(raised.value) and "--disable-nan-check" in str(raised.value)
         # The same server stays fine for other requests.
-        await client.generate(Task(3, "k2", "txt2img", {"prompt": "fine", "steps": 2}, None))
+        await client.generate(
+            a1111_request(Task(3, "k2", "txt2img", {"prompt": "fine", "steps": 2}, None), "a1111")
+        )
 
 
 async def test_out_of_memory_stays_retryable_not_a_row_error() -> None:
@@ -55,7 +58,9 @@ async def test_out_of_memory_stays_retryable_not_a_row_error() -> None:
             resolve_endpoint(EndpointSpec(url=sim.url), 1), session, TimeoutSpec()
         )
         with pytest.raises(RetryableEndpointError, match="OutOfMemoryError"):
-            await client.generate(Task(2, "k", "txt2img", {"prompt": "x"}, None))
+            await client.generate(
+                a1111_request(Task(2, "k", "txt2img", {"prompt": "x"}, None), "a1111")
+            )
 
 
 async def test_a_row_that_always_errors_fails_alone_and_the_server_stays_in_rotation(

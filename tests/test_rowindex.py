@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import rowindex
+from batchgen.outputs import rowindex
+from batchgen.outputs.rowindex import RowIndex, digest_int
+from batchgen.outputs.store import OutputStore, peek_state
 from batchgen.records import Generation, Result, Task
-from batchgen.rowindex import RowIndex, RowKeys, digest_int
-from batchgen.store import OutputStore, peek_state
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
@@ -22,14 +22,13 @@ def test_same_answers_before_and_after_the_move_to_disk(tmp_path: Path, spill: i
     index.put_past([("a-0", "failed", 0), ("b-0", "ok", 10), ("a-0", "ok", 20)])
     assert index.past("a-0") == ("ok", 20) and index.past("c-0") is None
     assert sorted(index.past_keys()) == ["a-0", "b-0"] and index.past_count() == 2
-    assert index.offset("b-0") == 10
-    index.put_offsets([("b-0", 30), ("c-0", 40)])
-    assert (index.offset("b-0"), index.offset("c-0"), index.offset("d-0")) == (30, 40, None)
+    index.put_outcomes([("b-0", "failed", "", "", "OOM"), ("c-0", "ok", "images/c.png", "7", "")])
+    index.put_outcomes([("b-0", "ok", "images/b.png", "5", "")])
+    assert index.outcome("b-0") == ("ok", "images/b.png", "5", "")
+    assert index.outcome("c-0") == ("ok", "images/c.png", "7", "") and index.outcome("a-0") is None
     index.take_all(["images/1.png"])
     assert not index.take("images/1.png") and index.take("images/2.png")
     assert not index.take("images/2.png")
-    index.put_row_key(2, "a-0")
-    assert (index.row_key(2), index.row_key(3)) == ("a-0", None)
     assert index.on_disk == (spill < 10_000)
     assert (tmp_path / "sub" / "index.sqlite").exists() == index.on_disk
     index.close()
@@ -48,16 +47,6 @@ def test_many_keys_page_through_and_the_temp_file_goes(
     assert path is not None and path.exists()
     del index
     assert not path.exists(), "collected: the temporary file is removed"
-
-
-def test_row_keys_map_rows_past_the_spill(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rowindex, "SPILL", 5)
-    keys = RowKeys()
-    for row in range(2, 20):
-        keys[row] = f"k{row}-0"
-    assert keys._index.on_disk and len(keys) == 18 and list(keys)[:2] == [2, 3]
-    assert keys[7] == "k7-0" and keys.get(1) is None and 1 not in keys
-    keys.close()
 
 
 def test_a_stale_index_file_is_never_read(tmp_path: Path) -> None:
@@ -94,6 +83,6 @@ def test_the_store_resumes_the_same_through_an_index_on_disk(
     again = OutputStore(tmp_path, "job", "same-name", tmp_path)
     state = again.open()
     assert state.rows["k3-0"].status == "ok" and state.rows.get("k4-0") is None
-    assert again.record_at("k2-0") == lines[0]
+    assert again._opened().outcome("k2-0") == ("ok", "images/same-name.png", "2", "")
     assert again.record(_result(4), {}).images == ("images/same-name~2.png",)
     again.close()

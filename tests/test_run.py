@@ -12,7 +12,7 @@ from runhelp import assert_exactly_once_ok, make_job, manifest, no_sleep, prompt
 
 from batchgen.job import load_job
 from batchgen.records import EndpointView, Result, RunPlan, RunSummary
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 
 FAST = RunOptions(sleep=no_sleep)

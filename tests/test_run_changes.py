@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from runhelp import make_job, no_sleep, prompts, write_sheet
 
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimServer
 
 

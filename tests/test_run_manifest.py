@@ -7,8 +7,8 @@ from pathlib import Path
 
 from runhelp import make_job, manifest, no_sleep, simulators, write_sheet
 
-from batchgen.manifest import ManifestRecord
-from batchgen.runner import RunOptions, run_batch
+from batchgen.outputs.manifest import ManifestRecord
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig
 
 

@@ -18,8 +18,8 @@ from runhelp import (
 )
 
 from batchgen.errors import InputError
-from batchgen.plan import validate
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.plan import validate
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimServer
 
 HOSTILE = [

@@ -20,7 +20,7 @@ from runhelp import (
 
 from batchgen.errors import ConfigError
 from batchgen.job import EndpointSpec
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig
 
 PASSWORD = "s3cr3t@pw!"  # '@' and '!' must be percent-escaped in a URL

@@ -11,8 +11,8 @@ import statistics
 import pytest
 from eventsim import Outcome, Scenario, play, random_scenario
 
-from batchgen import placement
-from batchgen.scheduler import Policy
+from batchgen.run import placement
+from batchgen.run.scheduler import Policy
 
 SCENARIOS = [
     random_scenario(random.Random(seed), endpoints=(2, 8), checkpoints=(1, 6), rows=(40, 300))

@@ -14,8 +14,8 @@ from runhelp import manifest, prompts, write_sheet
 from batchgen.cli import cli
 from batchgen.errors import ConfigError
 from batchgen.job import load_job
-from batchgen.plan import all_tasks
-from batchgen.shards import Shard, resolve_shard, shard_of
+from batchgen.outputs.shards import Shard, resolve_shard, shard_of
+from batchgen.rows.prepare import prepare
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -26,7 +26,7 @@ def test_the_shard_hash_is_the_same_in_another_python_process() -> None:
     keys = [f"{index:016x}-0" for index in range(200)]
     here = [shard_of(key, 7) for key in keys]
     code = (
-        "import json, sys; from batchgen.shards import shard_of; "
+        "import json, sys; from batchgen.outputs.shards import shard_of; "
         "print(json.dumps([shard_of(k, 7) for k in json.load(sys.stdin)]))"
     )
     there = subprocess.run(
@@ -43,7 +43,7 @@ def test_the_shard_hash_is_the_same_in_another_python_process() -> None:
 
 def test_shards_split_the_rows_with_the_same_keys_and_seeds_as_unsharded(tmp_path: Path) -> None:
     sheet = write_sheet(tmp_path / "s.csv", [*prompts(30), prompts(1)[0]])  # a twin too
-    whole = {task.key: task for task in all_tasks(load_job(sheet))}
+    whole = {task.key: task for task in prepare(load_job(sheet)).every_task()}
     seen: dict[str, int] = {}
     for index in range(3):
         job = load_job(sheet).model_copy(update={"shard": Shard(index, 3)})
@@ -52,7 +52,7 @@ def test_shards_split_the_rows_with_the_same_keys_and_seeds_as_unsharded(tmp_pat
         )
         assert result.exit_code == 0, result.output
         assert f"# shard {index}/3:" in result.stderr
-        for task in (t for t in all_tasks(job) if job.shard and job.shard.keeps(t.key)):
+        for task in (t for t in prepare(job).every_task() if job.shard and job.shard.keeps(t.key)):
             assert task.body["seed"] == whole[task.key].body["seed"]
             seen[task.key] = seen.get(task.key, 0) + 1
     assert seen == dict.fromkeys(whole, 1)

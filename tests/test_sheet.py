@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from batchgen.errors import ConfigError
-from batchgen.sheet import NO_HEADER, read_headers, read_rows, sheet_problems
+from batchgen.rows.sheet import NO_HEADER, read_headers, read_rows, sheet_problems
 
 PANDA = "一只在竹林里的大熊猫\uff0c水墨画 🐼🎋"  # \uff0c: a full-width comma
 MULTILINE = "line one\nline two, with a comma <lora:ink:0.7>"

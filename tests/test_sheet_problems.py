@@ -10,8 +10,8 @@ from runhelp import make_job, manifest, no_sleep, prompts, write_sheet
 
 from batchgen.errors import InputError
 from batchgen.job import JobSpec
-from batchgen.plan import validate
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.plan import validate
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimServer
 
 

@@ -16,7 +16,7 @@ from batchgen.cli import cli
 from batchgen.job import JobSpec
 from batchgen.records import RunSummary
 from batchgen.report import summary_lines
-from batchgen.runner import RunOptions, run_batch
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig
 
 REAL = SimConfig(marked=False)  # stands in for a real A1111: no simulator header

@@ -5,6 +5,7 @@ Simulators stand in for each task's A1111 (`A1111_CMD`); everything else is the 
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from runhelp import assert_exactly_once_ok, prompts, write_sheet
 from slurmhelp import Slurm, one_node_slurm
 
 from batchgen.job import load_job
-from batchgen.plan import all_tasks
+from batchgen.rows.prepare import prepare
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "slurm"
 SHARDS = 3
@@ -29,12 +30,14 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
 
 
 def free_port_base(count: int) -> int:
-    """A port p with p..p+count-1 free on 127.0.0.1 (one simulator per array task)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count < 65536 and all(_free(base + k) for k in range(count)):
+    """A port p with p..p+count-1 free on 127.0.0.1 (one simulator per array task), below the
+    kernel's ephemeral range: there, any outgoing connection could take one before a task binds."""
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    lowest = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
+    draw = random.Random()
+    for _ in range(200):
+        base = draw.randrange(20000, lowest - count)
+        if all(_free(base + k) for k in range(count)):
             return base
     raise AssertionError("no run of free ports")
 
@@ -85,7 +88,7 @@ def test_the_slurm_example_runs_shards_then_merges_each_row_once(
 
     state = slurm.show(merge)
     assert "JobState=COMPLETED" in state and "ExitCode=0:0" in state, _outputs(tmp_path)
-    expected = {task.key: task.row for task in all_tasks(load_job(job))}
+    expected = {task.key: task.row for task in prepare(load_job(job)).every_task()}
     records = assert_exactly_once_ok(tmp_path / "merged", sorted(expected.values()))
     assert {record["key"]: record["row"] for record in records} == expected
     for index in range(SHARDS):

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from runhelp import make_job, prompts, write_sheet
 
 from batchgen.cli import cli
-from batchgen.runner import run_batch
-from batchgen.status import STATUS_FILE, read_status
-from batchgen.store import OutputStore
+from batchgen.outputs.status import STATUS_FILE, read_status
+from batchgen.outputs.store import OutputStore
+from batchgen.run.runner import run_batch
 
 
 def status_json(out: Path) -> tuple[int, dict[str, Any]]:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from batchgen.errors import ConfigError
-from batchgen.manifest import MANIFEST, latest_records
+from batchgen.outputs.manifest import MANIFEST, latest_records
+from batchgen.outputs.store import MISSING, OutputStore, folder_in_use, peek_state
 from batchgen.records import Generation, Result, Task
-from batchgen.store import MISSING, OutputStore, folder_in_use, peek_state
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 10
 
@@ -157,18 +157,30 @@ def test_an_ok_row_whose_image_is_gone_is_sent_again(tmp_path: Path) -> None:
 def test_results_sheet_shows_each_rows_latest_outcome(tmp_path: Path) -> None:
     from batchgen.records import SheetRow
 
+    rows = [SheetRow(2, {"prompt": "p2"}), SheetRow(3, {"prompt": "p3"}), SheetRow(4, {})]
+
+    def results(keys: list[str | None]) -> list[str]:
+        s.write_results(zip(rows, keys, strict=True), ["prompt"], xlsx=False)
+        s.close()
+        return (tmp_path / "results.csv").read_text(encoding="utf-8-sig").splitlines()
+
     s = store(tmp_path)
     s.open()
     s.record(failed(3), {})
     s.record(ok(2), {})
-    rows = [SheetRow(2, {"prompt": "p2"}), SheetRow(3, {"prompt": "p3"}), SheetRow(4, {})]
-    s.write_results(rows, ["prompt"], {2: "k2-0", 3: "k3-0"}, xlsx=False)
     s.close()
-    text = (tmp_path / "results.csv").read_text(encoding="utf-8-sig").splitlines()
+    s.open()  # an earlier run's outcomes come from the manifest, read once at open
+    s.record(failed(4), {})
+    text = results(["k2-0", "k3-0", "k4-0"])
     assert text[0] == "prompt,row,status,images,seeds,error"
     assert text[1] == "p2,2,ok,images/000002-00-12.png,12,"
     assert text[2].startswith("p3,3,failed,,,HTTP 500")
-    assert text[3] == ",4,not run,,,"
+    assert text[3].startswith(",4,failed,,,HTTP 500")
+    s.open()
+    s.record(ok(4), {})
+    assert results(["k2-0", "k3-0", "k4-0"])[3] == ",4,ok,images/000004-00-14.png,14,"
+    s.open()
+    assert results(["k2-0", "k3-0", None])[3] == ",4,not run,,,", "no key: not this run's row"
 
 
 def test_one_run_per_folder_and_a_killed_run_frees_it(tmp_path: Path) -> None:
@@ -183,7 +195,8 @@ def test_one_run_per_folder_and_a_killed_run_frees_it(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from batchgen.store import OutputStore;"
+            "import sys, time; from pathlib import Path;"
+            "from batchgen.outputs.store import OutputStore;"
             "s = OutputStore(Path(sys.argv[1]), 'j', '{row}', Path('.')); s.open();"
             "print('open', flush=True); time.sleep(60)",
             str(tmp_path),

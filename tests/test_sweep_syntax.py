@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from batchgen.sweep_syntax import SweepError, SweepKind, is_sweep, sweep_values
+from batchgen.rows.sweep_syntax import SweepError, SweepKind, is_sweep, sweep_values
 
 
 @pytest.mark.parametrize(

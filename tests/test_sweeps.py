@@ -18,11 +18,11 @@ from runhelp import make_job, manifest, no_sleep, write_png, write_sheet
 from batchgen.cli import cli
 from batchgen.errors import InputError
 from batchgen.job import ExpandSpec, load_job
-from batchgen.payload import PayloadBuilder
-from batchgen.plan import validate
-from batchgen.replay import replay
-from batchgen.runner import RunOptions, run_batch
-from batchgen.sheet import read_headers, read_rows
+from batchgen.rows.payload import PayloadBuilder
+from batchgen.rows.sheet import read_headers, read_rows
+from batchgen.run.plan import validate
+from batchgen.run.replay import replay
+from batchgen.run.runner import RunOptions, run_batch
 from batchgen.sim import SimConfig, SimServer
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
