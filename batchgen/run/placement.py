@@ -15,6 +15,7 @@ nowhere), with endpoints that hold the same group sharing it by speed; the short
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import random
@@ -281,14 +282,15 @@ def _filler(snapshot: Snapshot, how: _Order) -> Callable[[float], _Fill | None]:
         def pack(pending: Sequence[Group]) -> bool:
             """Each group whole into the endpoint whose room it fills most; one that fits
             nowhere fills the largest room and the rest goes on the same way."""
+            rooms = sorted((usable(i), i) for i in how.order)  # kept sorted: a bisect finds
             for group in pending:
                 while left[group] > _EPSILON:
-                    rooms = [(usable(i), i) for i in how.order]
-                    fits = [(u, i) for u, i in rooms if u >= left[group] - _EPSILON]
-                    most, i = min(fits) if fits else max(rooms)
+                    at = bisect.bisect_left(rooms, (left[group] - _EPSILON, -1))
+                    most, i = rooms.pop(at if at < len(rooms) else -1)
                     if most < min(left[group], snapshot.row) - _EPSILON:
                         return False
                     give(i, group, min(left[group], most))
+                    bisect.insort(rooms, (usable(i), i))
             return True
 
         pour = pack if how.fit else wrap
