@@ -282,7 +282,7 @@ def _filler(snapshot: Snapshot, how: _Order) -> Callable[[float], _Fill | None]:
         def pack(pending: Sequence[Group]) -> bool:
             """Each group whole into the endpoint whose room it fills most; one that fits
             nowhere fills the largest room and the rest goes on the same way."""
-            rooms = sorted((usable(i), i) for i in how.order)  # kept sorted: a bisect finds
+            rooms = sorted((usable(i), i) for i in how.order)  # a bisect finds the tightest
             for group in pending:
                 while left[group] > _EPSILON:
                     at = bisect.bisect_left(rooms, (left[group] - _EPSILON, -1))
