@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from benchhelp import Exact, exact_solve
-from eventsim import Scenario, play, random_scenario
+from eventsim import Outcome, Scenario, play, random_scenario
 
 from batchgen.run import placement
 
@@ -48,34 +48,43 @@ def summary(name: str, ratios: Sequence[float]) -> str:
     )
 
 
-Played = dict[tuple[str, bool], list[float]]  # (policy, speeds known): makespan per scenario
+Played = dict[tuple[str, bool], list[Outcome]]  # (policy, speeds known): one per scenario
 
 
 async def play_all(scenarios: list[Scenario]) -> Played:
     played: Played = {}
     for known in (True, False):
         for policy in ("greedy", "plan"):
-            spans = []
+            outcomes = []
             for scenario in scenarios:
                 outcome = await play(scenario, policy, known=known)
                 assert outcome.rows == len(scenario.rows)
-                assert outcome.switches <= len(set(scenario.rows)) + len(scenario.speeds)
-                spans.append(outcome.makespan)
-            played[policy, known] = spans
+                outcomes.append(outcome)
+            played[policy, known] = outcomes
     return played
 
 
-def report_played(played: Played, bounds: Sequence[float]) -> None:
+def report_played(scenarios: list[Scenario], played: Played, bounds: Sequence[float]) -> None:
     for known in (True, False):
         label = "speeds known" if known else "speeds learned from the answers"
         print(f"the real Scheduler on the fake clock, {label}: makespan / bound")
         results = {}
         for policy in ("greedy", "plan"):
-            spans = played[policy, known]
+            spans = [outcome.makespan for outcome in played[policy, known]]
             ratios = [span / bound for span, bound in zip(spans, bounds, strict=True)]
             results[policy] = ratios
             name = "before (greedy)" if policy == "greedy" else "after (plan)"
             print(summary(name, ratios))
+        for policy in ("greedy", "plan"):
+            loads = [
+                outcome.switches / (len(set(scenario.rows)) + len(scenario.speeds))
+                for scenario, outcome in zip(scenarios, played[policy, known], strict=True)
+            ]
+            over = sum(value > 1 for value in loads)
+            print(
+                f"  {policy}: loads / (checkpoints + endpoints): median "
+                f"{statistics.median(loads):.2f}, worst {max(loads):.2f}; over in {over} scenarios"
+            )
         better = sum(a < b - 1e-9 for a, b in zip(results["plan"], results["greedy"], strict=True))
         worse = sum(a > b + 1e-9 for a, b in zip(results["plan"], results["greedy"], strict=True))
         print(f"  plan shorter than greedy in {better} scenarios, longer in {worse}")
@@ -100,10 +109,11 @@ def report_worst(
         scenario, bound, solved = scenarios[k], bounds[k], exact[k]
         best = solved.best if solved is not None and solved.best is not None else math.inf
         state = "optimal" if solved is not None and solved.optimal else "time out"
+        known, learned = played["plan", True][k], played["plan", False][k]
         print(
             f"  {k:3d}  {len(scenario.speeds):4d} {len(set(scenario.rows)):4d} "
             f"{len(scenario.rows):5d} {scenario.switch_s:5.1f} | {planned[k] / bound:10.3f}  "
-            f"{played['plan', True][k] / bound:12.3f} {played['plan', False][k] / bound:8.3f}"
+            f"{known.makespan / bound:12.3f} {learned.makespan / bound:8.3f}"
             f"          | {best / bound:10.3f} {planned[k] / best:10.3f}  ({state})"
         )
 
@@ -161,7 +171,7 @@ def main() -> None:
         upper = planned[k] * (1 + 1e-6)  # the plan is feasible: the optimum ends no later
         solved = exact_solve(snapshot, args.exact_s, upper) if args.exact_s > 0 else None
         bound = max(quick, solved.bound) if solved is not None else quick
-        furthest = max(planned[k], played["plan", True][k])  # learning is not the bound's
+        furthest = max(planned[k], played["plan", True][k].makespan)  # learning is not the bound's
         if solved is not None and not solved.optimal and furthest > args.recheck * bound:
             solved = exact_solve(snapshot, args.recheck_s, upper) or solved
             bound = max(quick, solved.bound)
@@ -177,7 +187,7 @@ def main() -> None:
     )
     print("the plan alone (fluid, true speeds): planned makespan / bound")
     print(summary("plan", [span / bound for span, bound in zip(planned, bounds, strict=True)]))
-    report_played(played, bounds)
+    report_played(scenarios, played, bounds)
     report_worst(scenarios, planned, played, bounds, exact, args.worst)
     print(f"time to plan 100,000 waiting rows over 64 endpoints: {time_to_plan() * 1000:.1f} ms")
 
