@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from benchhelp import exact_bound, free_port
+from benchhelp import Exact, exact_solve, free_port
 
 from batchgen.backends.a1111 import EndpointClient, resolve_endpoint
 from batchgen.job import EndpointSpec, JobSpec, OutputSpec, RetrySpec
@@ -44,7 +44,7 @@ from batchgen.rows.sheet import read_headers, read_rows
 from batchgen.rows.wire import a1111_request
 from batchgen.run import placement
 from batchgen.run.runner import RunOptions, run_batch
-from batchgen.run.scheduler import Policy
+from batchgen.run.scheduler import MEASURED_ROWS, Policy
 
 MODELS = ("alpha.safetensors", "beta.safetensors", "gamma.safetensors", "delta.safetensors")
 SPEEDS = (1.0, 1.0, 2.0, 4.0)
@@ -56,6 +56,7 @@ class Figures:
     makespan: float
     switches: int
     ok: int
+    breakdown: str = ""
 
 
 class Sim:
@@ -168,13 +169,14 @@ def clients_for(
 
 
 async def run_batchgen(
-    args: argparse.Namespace, sheet: Path, out: Path, policy: Policy = "plan"
+    args: argparse.Namespace, sheet: Path, out: Path, policy: Policy, rates: Sequence[float]
 ) -> Figures:
     async with simulators(args) as sims:
         job = job_for(sheet, out, [sim.url for sim in sims])
         await run_batch(job, RunOptions(policy=policy))
         makespan, ok = manifest_figures(out)
-        return Figures(makespan, await switches(sims), ok)
+        parts = breakdown(out, rates, args.switch_s)
+        return Figures(makespan, await switches(sims), ok, parts)
 
 
 async def run_naive(args: argparse.Namespace, sheet: Path) -> Figures:
@@ -284,15 +286,65 @@ def lower_bound(rows: int, loaded_rows: int, rates: Sequence[float], switch_s: f
     return best
 
 
-def exact_optimum(sheet: Path, rates: Sequence[float], switch_s: float) -> float | None:
+def exact_optimum(
+    sheet: Path, rates: Sequence[float], switch_s: float, measuring: bool = False
+) -> Exact | None:
     """The best makespan if every row took exactly its endpoint's measured time (or None
-    without scipy): the same lower bound as `lower_bound`, without letting work split freely."""
+    without scipy): the same lower bound as `lower_bound`, without letting work split freely.
+    Told the planner's own plan is feasible (which tightens it); 30 s at most.
+
+    `measuring`: the best once every endpoint has done the rows of its loaded checkpoint that
+    it does while speeds are measured (nobody switches before the slowest has answered
+    MEASURED_ROWS rows after its first, one more queued behind; the others as many as they
+    do meanwhile)."""
     counts: dict[str, float] = {}
     for row in read_rows(sheet, None):
         counts[row.cells["model"]] = counts.get(row.cells["model"], 0.0) + 1
     first = MODELS[0][:-12]
-    workers = tuple(placement.Worker(rate, switch_s, frozenset({first})) for rate in rates)
-    return exact_bound(placement.Snapshot(tuple(counts.items()), workers), seconds=30.0)
+    measured = [(MEASURED_ROWS + 2) * rate / min(rates) if measuring else 0.0 for rate in rates]
+    counts[first] -= sum(measured)
+    workers = tuple(
+        placement.Worker(rate, switch_s, frozenset({first}), busy_s=rows / rate)
+        for rate, rows in zip(rates, measured, strict=True)
+    )
+    snapshot = placement.Snapshot(tuple(counts.items()), workers)
+    upper = placement.plan(snapshot).makespan * (1 + 1e-6)
+    return exact_solve(snapshot, 30.0, upper)
+
+
+def breakdown(out: Path, rates: Sequence[float], switch_s: float) -> str:
+    """What the makespan is made of, from the manifest, each part in seconds of the makespan
+    (an endpoint's seconds weighted by its share of the total rate, so the parts add up):
+    rows at the measured rates, checkpoint loads, time before an endpoint's first row, idle
+    at the end (endpoints done before the last), and the rest (gaps between rows, rows slower
+    than measured)."""
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    start = min(line["started_at"] for line in lines)
+    makespan = max(line["finished_at"] for line in lines) - start
+    total = sum(rates)
+    parts = dict.fromkeys(("rows", "loads", "start", "end idle", "rest"), 0.0)
+    ends = []
+    for index, rate in enumerate(rates):
+        mine = sorted((x for x in lines if x["endpoint"] == f"e{index}"), key=finished)
+        models = [MODELS[0][:-12]] + [line["model"] for line in mine]
+        loads = switch_s * sum(a != b for a, b in itertools.pairwise(models))
+        lead = min(line["started_at"] for line in mine) - start
+        end = mine[-1]["finished_at"] - start
+        ends.append(end)
+        work = len(mine) / rate
+        share = rate / total
+        parts["rows"] += share * work
+        parts["loads"] += share * loads
+        parts["start"] += share * lead
+        parts["end idle"] += share * (makespan - end)
+        parts["rest"] += share * (end - lead - work - loads)
+    text = " + ".join(f"{name} {value:.2f}" for name, value in parts.items())
+    return f"{makespan:.2f} s = {text}; ends " + ", ".join(f"{end:.2f}" for end in ends)
+
+
+def finished(line: dict[str, Any]) -> float:
+    value: float = line["finished_at"]
+    return value
 
 
 async def main() -> None:
@@ -340,16 +392,25 @@ async def main() -> None:
             f"= {bound}"
         )
         if exact is not None:
+            found = f"best plan found {exact.best or math.inf:.2f} s"
+            solved = "solved" if exact.optimal else found
             print(
-                f"exact ideal: {exact:.2f} s at the measured rates: the fluid optimum when an "
-                "endpoint must load a checkpoint before its rows (a mixed-integer program)"
+                f"exact ideal: {exact.bound:.2f} s at the measured rates: the fluid optimum when "
+                f"an endpoint must load a checkpoint before its rows (a mixed-integer program, "
+                f"{solved}); rows alone at the measured rates: {args.rows / sum(rates):.2f} s"
             )
-            best = max(best, exact)
+            best = max(best, exact.bound)
+            after = exact_optimum(sheet, rates, args.switch_s, measuring=True)
+            if after is not None:
+                print(
+                    f"exact ideal once speeds are measured: {after.bound:.2f} s (each endpoint "
+                    f"first does rows of {MODELS[0]} while the slowest does {MEASURED_ROWS + 2})"
+                )
         figures: dict[Policy, list[Figures]] = {"greedy": [], "plan": []}
         for attempt in range(args.repeat):
             for policy in figures:
                 out = base / f"{policy}-{attempt}"
-                figures[policy].append(await run_batchgen(args, sheet, out, policy))
+                figures[policy].append(await run_batchgen(args, sheet, out, policy, rates))
         for policy, runs in figures.items():
             name = "before (greedy)" if policy == "greedy" else "after (plan)"
             for run in runs:
@@ -358,6 +419,7 @@ async def main() -> None:
                     f"({run.makespan / best:.3f} x ideal), {run.switches} switches "
                     f"(bound {bound}), {run.ok} rows ok"
                 )
+                print(f"  {run.breakdown}")
         ours = figures["plan"][0]
         if not args.skip_naive:
             naive = await run_naive(args, sheet)

@@ -30,6 +30,8 @@ class Scenario:
     switch_s: float  # seconds to load a checkpoint, on any endpoint
     row_s: float = 1.0  # seconds a row takes at speed 1
     in_flight: int = 2
+    jitter: float = 0.0  # an answer reaches the scheduler up to this many seconds late (the
+    # client busy elsewhere, the network); the server goes on with its next row meanwhile
 
     def snapshot(self) -> placement.Snapshot:
         """The scenario as the planner would see it with perfect estimates."""
@@ -132,6 +134,7 @@ async def play(scenario: Scenario, policy: Policy = "plan", *, known: bool = Fal
     done: set[int] = set()
     legs: dict[int, list[Lease]] = {}
     order = 0
+    late_by = random.Random(len(scenario.rows))  # the same delays every time
 
     def send_new() -> None:
         nonlocal order
@@ -148,7 +151,8 @@ async def play(scenario: Scenario, policy: Policy = "plan", *, known: bool = Fal
                     server.switches += 1
                 server.free_at = max(server.free_at, now[0]) + seconds
                 order += 1
-                heapq.heappush(answers, (server.free_at, order, lease))
+                late = scenario.jitter * late_by.random()
+                heapq.heappush(answers, (server.free_at + late, order, lease))
                 legs.setdefault(lease.task.row, []).append(lease)
 
     await asyncio.sleep(0)

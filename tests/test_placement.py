@@ -106,3 +106,39 @@ def test_the_same_snapshot_gives_the_same_plan(plans: list[Plan]) -> None:
 def test_nothing_to_do() -> None:
     made = plan(Snapshot((), (Worker(1.0, 1.0, frozenset({"a"}), busy_s=3.0),)))
     assert made.shares == ((),) and made.makespan == 3.0
+
+
+def loads_per_worker(made: Plan) -> list[list[str | None]]:
+    return [[share.group for share in shares if share.switch] for shares in made.shares]
+
+
+def test_two_endpoints_holding_a_group_split_it_so_each_loads_one_whole_group() -> None:
+    # The wrap-around leaves all of a0 to the fast one and cuts b in two: 47.9 s. The optimum
+    # (a mixed-integer program: 43.57 s) has both share a0 and load one whole group each.
+    workers = (Worker(3.0, 10.0, frozenset({"a0"})), Worker(4.0, 10.0, frozenset({"a0"})))
+    made = plan(Snapshot((("a0", 105.0), ("b", 50.0), ("c", 80.0)), workers))
+    assert made.makespan == pytest.approx(305 / 7, rel=1e-3)
+    assert sorted(map(len, loads_per_worker(made))) == [1, 1]
+
+
+def test_groups_nobody_holds_are_packed_whole_before_the_holders_share_theirs() -> None:
+    # Both hold c (100); a (55) and b (30) are packed whole, one each, and c evens the ends out:
+    # 40.83 s, the optimum. Holders doing c first leave a or b to be cut: 45.0 s.
+    workers = (Worker(3.0, 10.0, frozenset({"c"})), Worker(3.0, 10.0, frozenset({"c"})))
+    made = plan(Snapshot((("a", 55.0), ("b", 30.0), ("c", 100.0)), workers))
+    assert made.makespan == pytest.approx(40.833, rel=1e-3)
+    assert sorted(map(len, loads_per_worker(made))) == [1, 1]
+
+
+def test_holders_share_their_group_by_speed_so_one_has_room_for_a_small_group() -> None:
+    # Two hold b; had one done all of b the other would load a and the tiny c, and a third
+    # endpoint a: 22.5 s. Shared, one of them loads c and the other a part of a: 19.17 s.
+    workers = (
+        Worker(4.0, 10.0, frozenset({"x"})),
+        Worker(4.0, 10.0, frozenset({"b"})),
+        Worker(4.0, 10.0, frozenset({"b"})),
+    )
+    made = plan(Snapshot((("a", 55.0), ("b", 50.0), ("c", 5.0)), workers))
+    assert made.makespan == pytest.approx(19.167, rel=1e-3)
+    assert made.switches == 3
+    assert all(len(loads) == 1 for loads in loads_per_worker(made))

@@ -8,11 +8,14 @@ first does the rows of the checkpoints it has loaded (fastest endpoints first, s
 the ones that switch); what is left is poured group by group into the endpoints' remaining time,
 each piece paying the endpoint's load time. A binary search finds the smallest T at which it all
 fits. A group is cut only where one endpoint's time runs out, so a plan switches at most once per
-group plus once per endpoint.
+group plus once per endpoint. The wrap-around cuts groups without regard to their size, so packings
+are tried too: each group whole into the endpoint whose room it fills best (cut only where it fits
+nowhere), with endpoints that hold the same group sharing it by speed; the shortest plan wins.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import random
@@ -87,7 +90,7 @@ def plan(snapshot: Snapshot) -> Plan:
     floor = lower_bound(snapshot)
     best, shares = math.inf, None
     for orders in _orders(snapshot):
-        fill = _filler(snapshot, *orders)
+        fill = _filler(snapshot, orders)
         high = best * (1 - _PRECISION) if shares is not None else max(floor, _EPSILON) * 1.25
         low = floor
         found = fill(high)
@@ -194,81 +197,126 @@ def _component_work(snapshot: Snapshot, linked: dict[Group, int]) -> dict[int, f
     return work
 
 
-_Orders = tuple[bool, list[int], list[int], list[Group]]
+@dataclass(frozen=True, slots=True)
+class _Order:
+    """One way to fill a trial makespan (see `_filler`)."""
+
+    natives_first: bool  # endpoints do what they have loaded before the rest is poured
+    natives: Sequence[int]  # who takes its loaded work first
+    order: Sequence[int]  # who takes poured work first
+    groups: Sequence[Group]  # which group is poured first
+    fit: bool = False  # each group whole into the tightest room it fits, not wrapped around
+    even: bool = False  # endpoints holding one group share it by speed, not one after another
 
 
-def _orders(snapshot: Snapshot) -> list[_Orders]:
-    """Orders to try: whether endpoints do what they have loaded before the rest is poured, or
-    the groups nobody has loaded are poured first; who does its loaded work first; who takes
-    poured work first; which group is poured first. The best that fits wins."""
+def _orders(snapshot: Snapshot) -> list[_Order]:
+    """Orders to try. Besides the wrap-around in a few orders of endpoints and groups, packings
+    of whole groups: the wrap-around cuts a group wherever an endpoint's room runs out, so a
+    slow endpoint may pay loads for several small pieces where one whole small group would do,
+    and the first of two endpoints holding a group may take all of it while the other, with
+    nothing left of its own, pays a load. The best that fits wins."""
     indexes = range(len(snapshot.workers))
     slow_first = sorted(indexes, key=lambda i: snapshot.workers[i].speed)
     fast_first = slow_first[::-1]
     big_first = [g for g, _ in sorted(snapshot.work, key=lambda item: -item[1])]
-    orders = list(
-        itertools.product(
+    orders = [
+        _Order(first, natives, order, groups)
+        for first, natives, order, groups in itertools.product(
             (True, False),
             (fast_first, slow_first),
             (slow_first, fast_first),
             (big_first, big_first[::-1]),
         )
-    )
+    ]
+    orders += [
+        _Order(first, natives, fast_first, big_first, fit=True, even=even)
+        for first, natives, even in itertools.product(
+            (True, False), (fast_first, slow_first), (False, True)
+        )
+    ]
     shuffle = random.Random(len(indexes) * 1009 + len(big_first))  # the same plan every time
     for _ in range(max(_SHUFFLES_PER_SIZE // (len(indexes) + len(big_first)), 0)):
         workers, groups = list(indexes), list(big_first)
         shuffle.shuffle(workers)
         shuffle.shuffle(groups)
         first = shuffle.random() < 0.5
-        orders.append((first, shuffle.choice((fast_first, slow_first)), workers, groups))
+        orders.append(_Order(first, shuffle.choice((fast_first, slow_first)), workers, groups))
     return orders
 
 
-def _filler(
-    snapshot: Snapshot,
-    natives_first: bool,
-    natives: Sequence[int],
-    order: Sequence[int],
-    groups: Sequence[Group],
-) -> Callable[[float], _Fill | None]:
+def _filler(snapshot: Snapshot, how: _Order) -> Callable[[float], _Fill | None]:
     workers = snapshot.workers
     work = dict(snapshot.work)
-    unloaded = [g for g in groups if not any(g in w.loaded for w in workers)]
+    unloaded = [g for g in how.groups if not any(g in w.loaded for w in workers)]
+    holders = {g: sum(w.speed for w in workers if g in w.loaded) for g in work}
 
     def fill(makespan: float) -> _Fill | None:
         shares: _Fill = [[] for _ in workers]
         room = [max(makespan - w.busy_s, 0.0) for w in workers]
         left = dict(work)
 
-        def pour(pending: Sequence[Group]) -> bool:
+        def usable(i: int) -> float:
+            worker = workers[i]
+            return (room[i] - worker.switch_s) * worker.speed
+
+        def give(i: int, group: Group, take: float) -> None:
+            worker = workers[i]
+            shares[i].append(Share(group, take, True))
+            room[i] -= worker.switch_s + take / worker.speed
+            left[group] -= take
+
+        def wrap(pending: Sequence[Group]) -> bool:
             """Wrap-around: each group in turn, into each endpoint's room in turn."""
             queue = [g for g in pending if left[g] > _EPSILON]
-            for i in order:
-                worker = workers[i]
+            for i in how.order:
                 while queue:
                     group = queue[0]
-                    usable = (room[i] - worker.switch_s) * worker.speed
-                    if usable < min(left[group], snapshot.row) - _EPSILON:
+                    if usable(i) < min(left[group], snapshot.row) - _EPSILON:
                         break
-                    take = min(left[group], usable)
-                    shares[i].append(Share(group, take, True))
-                    room[i] -= worker.switch_s + take / worker.speed
-                    left[group] -= take
+                    give(i, group, min(left[group], usable(i)))
                     if left[group] > _EPSILON:
                         break
                     queue.pop(0)
             return not queue
 
-        if not natives_first and not pour(unloaded):
+        def pack(pending: Sequence[Group]) -> bool:
+            """Each group whole into the endpoint whose room it fills most; one that fits
+            nowhere fills the largest room and the rest goes on the same way."""
+            rooms = sorted((usable(i), i) for i in how.order)  # a bisect finds the tightest
+            for group in pending:
+                while left[group] > _EPSILON:
+                    at = bisect.bisect_left(rooms, (left[group] - _EPSILON, -1))
+                    most, i = rooms.pop(at if at < len(rooms) else -1)
+                    if most < min(left[group], snapshot.row) - _EPSILON:
+                        return False
+                    give(i, group, min(left[group], most))
+                    bisect.insort(rooms, (usable(i), i))
+            return True
+
+        pour = pack if how.fit else wrap
+        if not how.natives_first and not pour(unloaded):
             return None
-        for i in natives:
+        for i in how.natives:
             worker = workers[i]
             for group in sorted(worker.loaded, key=str):
-                take = min(left.get(group, 0.0), room[i] * worker.speed)
+                if group not in work:
+                    continue
+                fair = work[group] * worker.speed / holders[group] if how.even else math.inf
+                take = min(left[group], room[i] * worker.speed, fair)
                 if take > _EPSILON:
                     shares[i].insert(0, Share(group, take, False))  # before any switch
                     left[group] -= take
                     room[i] -= take / worker.speed
-        return shares if pour(groups) else None
+        if how.even:  # what the holders could not share evenly: whoever of them has room
+            for i in how.natives:
+                worker = workers[i]
+                for k, share in enumerate(shares[i]):
+                    take = min(left[share.group], room[i] * worker.speed)
+                    if not share.switch and take > _EPSILON:
+                        shares[i][k] = Share(share.group, share.work + take, False)
+                        left[share.group] -= take
+                        room[i] -= take / worker.speed
+        return shares if pour(how.groups) else None
 
     return fill
 

@@ -39,7 +39,7 @@ SPECULATE_MARGIN = 2.0  # copy a late row only if the copy would be back this ma
 REPLAN_DRIFT = 0.2  # plan again when a speed or load time estimate moved this much since the plan
 REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came in
 REPLAN_OFF = 0.1  # ... or when an endpoint runs out this share of the plan's span off its end
-RATE_WINDOW = 9  # rows a plan's speed is the median over: one answer can be late by a whole row
+RATE_WINDOW = 9  # rows a plan's speed is the mean over: one answer can be late by a whole row
 MEASURED_ROWS = 4  # rows each endpoint does on its own checkpoint before any is sent to switch
 PLAN_SWITCH_PRIOR_ROWS = 20.0  # plans assume loads this dear until one is measured (see README)
 
@@ -381,11 +381,14 @@ class Scheduler:
         return self._pool_mean("sec_per_unit") or DEFAULT_SEC_PER_UNIT
 
     def _steady_sec_per_unit(self, slot: EndpointSlot) -> float:
-        """Seconds per cost unit, the median of the last rows: steadier than the running
-        estimate, which follows each answer and would have a plan remade at every late one."""
+        """Seconds per cost unit, the mean of the last rows: steadier than the running estimate,
+        which follows each answer and would have a plan remade at every late one. Not their
+        median: an endpoint kept busy answers each row when the one before ends, so a row
+        answered late by some client-side delay reads as long and the next as short by as much;
+        the mean cancels that out, a median of the first few rows is off by all of it."""
         if not slot.recent:
             return self._sec_per_unit(slot)
-        return statistics.median(slot.recent)
+        return statistics.fmean(slot.recent)
 
     def _plan_switch_s(self, slot: EndpointSlot, cost: float) -> float:
         if slot.switch_s is None and self._pool_mean("switch_s") is None:
@@ -495,8 +498,8 @@ class Scheduler:
         )
         made = placement.plan(snapshot)
         self._quotas = {
-            slot: deque(_Quota(share.group, share.work) for share in shares)
-            for slot, shares in zip(up, made.shares, strict=True)
+            slot: deque(_Quota(share.group, work) for share, work in shares)
+            for slot, shares in zip(up, self._whole_rows(made.shares), strict=True)
         }
         self._rates = {
             slot: (self._steady_sec_per_unit(slot), self._plan_switch_s(slot, row)) for slot in up
@@ -522,6 +525,27 @@ class Scheduler:
                 for slot, worker, mine in zip(up, snapshot.workers, made.shares, strict=True)
             ),
         )
+
+    def _whole_rows(
+        self, shares: Sequence[Sequence[placement.Share]]
+    ) -> list[list[tuple[placement.Share, float]]]:
+        """Each share rounded to whole rows so that a group's shares add up to its rows: rounded
+        one by one, a row could be left over after every endpoint has moved on, and one would
+        load the checkpoint again for it. The rows left by rounding down go to the largest
+        remainders."""
+        rounded = [[(share, 0.0) for share in mine] for mine in shares]
+        for group, queue in self._groups.items():
+            row = self._pending.get(group, 0.0) / max(len(queue), 1)
+            where = [(i, k) for i, mine in enumerate(shares) for k, s in enumerate(mine)]
+            where = [(i, k) for i, k in where if shares[i][k].group == group]
+            exact = [shares[i][k].work / row for i, k in where]
+            whole = [math.floor(value + 1e-9) for value in exact]
+            by_remainder = sorted(range(len(where)), key=lambda n: whole[n] - exact[n])
+            for n in by_remainder[: len(queue) - sum(whole)]:
+                whole[n] += 1
+            for (i, k), count in zip(where, whole, strict=True):
+                rounded[i][k] = (shares[i][k], count * row)
+        return rounded
 
     def _next_planned(self, slot: EndpointSlot) -> _Waiter | None:
         quotas = self._quotas.get(slot) if self._quotas is not None else None
