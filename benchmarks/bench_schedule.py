@@ -359,12 +359,19 @@ async def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-kill", action="store_true")
     parser.add_argument("--keep", help="write the outputs here instead of a temporary folder")
+    parser.add_argument("--plans", help="write the scheduler's plans (its debug log) to this file")
+    parser.add_argument("--policy", choices=("both", "plan", "greedy"), default="both")
     args = parser.parse_args()
     args.ms_per_step *= args.scale
     args.switch_s = args.switch_rows * STEPS * args.ms_per_step / 1000
     args.down_s *= args.scale
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger().handlers[0].setLevel(logging.ERROR)
+    if args.plans:
+        plans = logging.FileHandler(args.plans, mode="w")
+        plans.setFormatter(logging.Formatter("%(relativeCreated)d ms %(message)s"))
+        logging.getLogger("batchgen.run.scheduler").addHandler(plans)
+        logging.getLogger("batchgen.run.scheduler").setLevel(logging.DEBUG)
     bound = len(MODELS) + len(SPEEDS)
     row_ms = STEPS * args.ms_per_step
     print(
@@ -406,7 +413,8 @@ async def main() -> None:
                     f"exact ideal once speeds are measured: {after.bound:.2f} s (each endpoint "
                     f"first does rows of {MODELS[0]} while the slowest does {MEASURED_ROWS + 2})"
                 )
-        figures: dict[Policy, list[Figures]] = {"greedy": [], "plan": []}
+        policies: list[Policy] = ["greedy", "plan"] if args.policy == "both" else [args.policy]
+        figures: dict[Policy, list[Figures]] = {policy: [] for policy in policies}
         for attempt in range(args.repeat):
             for policy in figures:
                 out = base / f"{policy}-{attempt}"
@@ -420,7 +428,7 @@ async def main() -> None:
                     f"(bound {bound}), {run.ok} rows ok"
                 )
                 print(f"  {run.breakdown}")
-        ours = figures["plan"][0]
+        ours = figures[policies[-1]][0]
         if not args.skip_naive:
             naive = await run_naive(args, sheet)
             print(
