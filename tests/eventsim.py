@@ -56,7 +56,6 @@ class Outcome:
     bound: float
     plans: int
     rows: int  # answers recorded: every row once
-    fewest_loaded: int = 0  # the fewest rows an endpoint sent after a load (0: no load)
 
     @property
     def ratio(self) -> float:
@@ -101,7 +100,6 @@ class _Server:
     loaded: str
     free_at: float = 0.0
     switches: int = 0
-    after_load: list[int] = field(default_factory=list)  # rows sent after each load
     seen: set[int] = field(default_factory=set)  # ids of the leases it was sent
 
 
@@ -151,9 +149,6 @@ async def play(scenario: Scenario, policy: Policy = "plan", *, known: bool = Fal
                     seconds += scenario.switch_s
                     server.loaded = group
                     server.switches += 1
-                    server.after_load.append(0)
-                if server.after_load:
-                    server.after_load[-1] += 1
                 server.free_at = max(server.free_at, now[0]) + seconds
                 order += 1
                 late = scenario.jitter * late_by.random()
@@ -187,5 +182,4 @@ async def play(scenario: Scenario, policy: Policy = "plan", *, known: bool = Fal
         bound=scenario.bound(),
         plans=scheduler.plans,
         rows=len(done),
-        fewest_loaded=min((n for s in servers for n in s.after_load), default=0),
     )

@@ -99,16 +99,3 @@ async def test_shares_are_whole_rows_so_no_row_is_left_for_a_load_at_the_end() -
     planned = placement.plan(scenario.snapshot())
     assert outcome.switches == planned.switches == 5
     assert outcome.makespan <= 1.01 * planned.makespan
-
-
-async def test_no_endpoint_loads_a_checkpoint_for_a_row_or_two() -> None:
-    # Six endpoints, c0 (41 rows) loaded on one, c1 (11 rows) on four, a load 16.8 s: the plan
-    # cut c0 where an endpoint's time ran out and another loaded it for the one row left, a
-    # load for a row of 0.25-1.6 s. A load is now planned for 3 rows at least.
-    scenario = random_scenario(
-        random.Random(37), endpoints=(2, 6), checkpoints=(2, 5), rows=(40, 200)
-    )
-    outcome = await play(scenario, known=True)
-    assert outcome.rows == len(scenario.rows)
-    assert outcome.fewest_loaded >= placement.LOAD_FLOOR_ROWS
-    assert outcome.ratio <= 1.05

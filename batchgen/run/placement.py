@@ -27,7 +27,6 @@ Group = str | None  # canonical checkpoint name; None: rows that name none (the 
 _PRECISION = 1e-4  # relative: the binary searches stop when T is known this closely
 _EPSILON = 1e-9
 _SHUFFLES_PER_SIZE = 300  # orders tried beyond the eight above, spread over endpoints + groups
-LOAD_FLOOR_ROWS = 3.0  # no load for fewer rows than this, unless the load is quicker than them
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,13 +259,6 @@ def _filler(snapshot: Snapshot, how: _Order) -> Callable[[float], _Fill | None]:
             worker = workers[i]
             return (room[i] - worker.switch_s) * worker.speed
 
-        def least(i: int) -> float:
-            """The smallest share worth a load: a few rows, or fewer if they take less time than
-            the load; a plan from misread speeds otherwise has loads for a row or two."""
-            worker = workers[i]
-            floor = min(LOAD_FLOOR_ROWS * snapshot.row, worker.speed * worker.switch_s)
-            return max(floor, snapshot.row)
-
         def give(i: int, group: Group, take: float) -> None:
             worker = workers[i]
             shares[i].append(Share(group, take, True))
@@ -279,13 +271,9 @@ def _filler(snapshot: Snapshot, how: _Order) -> Callable[[float], _Fill | None]:
             for i in how.order:
                 while queue:
                     group = queue[0]
-                    floor = least(i)
-                    take = min(left[group], usable(i))
-                    if _EPSILON < left[group] - take < floor:  # leave no piece too small to load
-                        take = left[group] - floor
-                    if take < min(left[group], floor) - _EPSILON:
+                    if usable(i) < min(left[group], snapshot.row) - _EPSILON:
                         break
-                    give(i, group, take)
+                    give(i, group, min(left[group], usable(i)))
                     if left[group] > _EPSILON:
                         break
                     queue.pop(0)
@@ -299,13 +287,9 @@ def _filler(snapshot: Snapshot, how: _Order) -> Callable[[float], _Fill | None]:
                 while left[group] > _EPSILON:
                     at = bisect.bisect_left(rooms, (left[group] - _EPSILON, -1))
                     most, i = rooms.pop(at if at < len(rooms) else -1)
-                    floor = least(i)
-                    take = min(left[group], most)
-                    if _EPSILON < left[group] - take < floor:
-                        take = left[group] - floor
-                    if take < min(left[group], floor) - _EPSILON:
+                    if most < min(left[group], snapshot.row) - _EPSILON:
                         return False
-                    give(i, group, take)
+                    give(i, group, min(left[group], most))
                     bisect.insort(rooms, (usable(i), i))
             return True
 
