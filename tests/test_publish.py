@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from runhelp import make_job, prompts, write_sheet
 
-from batchgen.outputs import gallery
+from batchgen.outputs import publish
 from batchgen.outputs.status import STATUS_FILE
 from batchgen.records import EndpointView, Result, RunPlan, RunSummary
 from batchgen.run.runner import run_batch
@@ -26,7 +26,7 @@ def report_rows(data_js: Path) -> list[dict[str, Any]]:
 async def test_the_report_is_refreshed_while_the_run_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gallery, "REFRESH_EVERY_S", 0.2)
+    monkeypatch.setattr(publish, "REFRESH_EVERY_S", 0.2)
     seen: list[int] = []  # rows in data.js as each row finishes
 
     class Watcher:
