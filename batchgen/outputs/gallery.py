@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -81,7 +81,7 @@ def _replaced(path: Path) -> Iterator[TextIO]:
     os.replace(temporary, path)
 
 
-def latest_lines(manifest: Path) -> list[tuple[int, str, int]]:
+def _latest_lines(manifest: Path) -> list[tuple[int, str, int]]:
     """(row, key, byte offset) of each key's latest complete line, in (row, key) order."""
     latest: dict[str, tuple[int, int]] = {}
     for offset, _, record in scan(manifest):
@@ -92,9 +92,10 @@ def latest_lines(manifest: Path) -> list[tuple[int, str, int]]:
 
 def _records(manifest: Path) -> Iterator[ManifestRecord]:
     """The latest record of each key, in (row, key) order, read back one at a time."""
-    wanted = latest_lines(manifest)
+    wanted = _latest_lines(manifest)
     if not wanted:
         return
+    changed = 0
     with manifest.open("rb") as handle:
         for _, key, offset in wanted:
             handle.seek(offset)
@@ -103,19 +104,37 @@ def _records(manifest: Path) -> Iterator[ManifestRecord]:
             except (ValueError, KeyError, TypeError):
                 record = None
             if record is None or record.key != key:  # the file was replaced since the first pass
-                log.warning("report: %s changed while it was read; row %s left out", manifest, key)
+                changed += 1
                 continue
             yield record
+    if changed:
+        log.warning("report: %s changed while it was read; %d rows left out", manifest, changed)
+
+
+Thumbnails = dict[str, tuple[Path, Future[bool] | None]]  # image -> thumbnail, job making it
 
 
 def _rows(out_dir: Path, tally: Tally, pool: ThreadPoolExecutor) -> Iterator[dict[str, Any]]:
-    """Each latest record as the page's row object, thumbnails made a chunk at a time."""
+    """Each latest record as the page's row object; the thumbnails of the next chunk of rows are
+    made (in the pool) while this chunk's rows are written."""
+    ahead: tuple[list[ManifestRecord], Thumbnails] | None = None
     for chunk in _chunks(_records(out_dir / MANIFEST), THUMB_CHUNK):
-        thumbs = make_thumbnails(out_dir, chunk, pool)
-        for record in chunk:
-            row = _row(record, thumbs)
-            tally.add(record, row)
-            yield row
+        started = start_thumbnails(out_dir, chunk, pool)
+        if ahead is not None:
+            yield from _chunk_rows(*ahead, tally)
+        ahead = (chunk, started)
+    if ahead is not None:
+        yield from _chunk_rows(*ahead, tally)
+
+
+def _chunk_rows(
+    chunk: list[ManifestRecord], started: Thumbnails, tally: Tally
+) -> Iterator[dict[str, Any]]:
+    thumbs = thumbnail_paths(started)
+    for record in chunk:
+        row = _row(record, thumbs)
+        tally.add(record, row)
+        yield row
 
 
 def _chunks(records: Iterator[ManifestRecord], size: int) -> Iterator[list[ManifestRecord]]:
@@ -129,10 +148,10 @@ def _chunks(records: Iterator[ManifestRecord], size: int) -> Iterator[list[Manif
         yield chunk
 
 
-def make_thumbnails(
+def start_thumbnails(
     out_dir: Path, records: Iterable[ManifestRecord], pool: ThreadPoolExecutor
-) -> dict[str, str | None]:
-    """Image path -> thumbnail path relative to the report (None: unreadable); made once each."""
+) -> Thumbnails:
+    """Each image's thumbnail, and the pool's job making it when it is not there (made once)."""
     folder = out_dir / REPORT_DIR / THUMBS_DIR
     wanted: dict[str, Path] = {}
     for record in records:
@@ -140,11 +159,17 @@ def make_thumbnails(
             digest = record.image_sha256[index] if index < len(record.image_sha256) else ""
             name = (digest or hashlib.sha256(image.encode()).hexdigest())[:24] + ".jpg"
             wanted[image] = folder / name
-    todo = [(image, thumb) for image, thumb in wanted.items() if not thumb.exists()]
-    made = dict(zip(todo, pool.map(lambda job: _thumbnail(out_dir, *job), todo), strict=True))
     return {
-        image: f"{THUMBS_DIR}/{thumb.name}" if made.get((image, thumb), True) else None
+        image: (thumb, None if thumb.exists() else pool.submit(_thumbnail, out_dir, image, thumb))
         for image, thumb in wanted.items()
+    }
+
+
+def thumbnail_paths(started: Thumbnails) -> dict[str, str | None]:
+    """Image path -> thumbnail path relative to the report (None: unreadable), once made."""
+    return {
+        image: f"{THUMBS_DIR}/{thumb.name}" if job is None or job.result() else None
+        for image, (thumb, job) in started.items()
     }
 
 
