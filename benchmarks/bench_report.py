@@ -14,14 +14,14 @@ manifest line per row written through ManifestRecord, 5% of the rows failed. Pri
      the page put in the DOM (a page, not 10,000).
 
 --scale: the current tree against `--before` (default: branch simflag, the last report built in
-memory), unpacked with `git archive`, in the same run; every figure of a fresh process (peak RSS
-from wait4's ru_maxrss):
+memory), unpacked with `git archive`, in the same run. Every figure is of a fresh process: wall
+time, and CPU time and peak RSS from wait4 (on a busy machine CPU time says more than wall time):
   1. `batchgen report` on made-up folders of --scale-rows rows (default 10,000 with 512x512 images
-     and 100,000 with 64x64 images: past 10,000 rows the images are 64x64): wall time and peak
-     RSS of the first report (thumbnails made) and of a second one (thumbnails kept: what each
+     and 100,000 with 64x64 images: past 10,000 rows the images are 64x64): time and peak RSS
+     of the first report (thumbnails made) and of a second one (thumbnails kept: what each
      refresh during a run costs), and whether both trees wrote the same data (generated_at aside);
   2. a whole `batchgen run` of --run-rows rows on a zero-delay simulator with 64x64 images, which
-     refreshes the report as it goes: wall time and peak RSS.
+     refreshes the report as it goes: wall and CPU time, peak RSS.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from batchgen.outputs.gallery import REPORT_DIR, THUMBS_DIR, build_report
@@ -130,19 +131,38 @@ def first_thumbnails(page_path: Path) -> tuple[float, int, int]:
     return seconds, shown, groups
 
 
-# Starts the command and prints its exit code and peak RSS (KiB). The benchmark starts it through
-# this small process because a child it started itself would report the benchmark's own peak: on
-# Linux, ru_maxrss carries the high-water mark of the memory a process had before its exec.
-_PEAK = (
+# Starts the command and prints its exit code, peak RSS (KiB) and CPU seconds. The benchmark starts
+# it through this small process because a child it started itself would report the benchmark's own
+# peak: on Linux, ru_maxrss carries the high-water mark of the memory a process had before its exec.
+_MEASURE = (
     "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL,"
     " stderr=subprocess.DEVNULL); _, s, r = os.wait4(p.pid, 0);"
-    " print(os.waitstatus_to_exitcode(s), r.ru_maxrss)"
+    " print(os.waitstatus_to_exitcode(s), r.ru_maxrss, r.ru_utime + r.ru_stime)"
 )
 
 
-def batchgen(tree: Path, *args: str) -> tuple[float, float]:
-    """`batchgen ARGS` in a fresh process of `tree`: wall seconds and peak RSS in MB."""
-    command = [sys.executable, "-c", _PEAK, sys.executable, "-m", "batchgen", *args]
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What one fresh process took: wall and CPU seconds, peak RSS in MB."""
+
+    wall_s: float
+    cpu_s: float
+    peak_mb: float
+
+    def against(self, before: Cost) -> str:
+        return (
+            f"wall {before.wall_s:6.1f} s -> {self.wall_s:6.1f} s "
+            f"({ratio(before.wall_s, self.wall_s)}), "
+            f"CPU {before.cpu_s:6.1f} s -> {self.cpu_s:6.1f} s "
+            f"({ratio(before.cpu_s, self.cpu_s)}), "
+            f"peak RSS {before.peak_mb:6.1f} MB -> {self.peak_mb:6.1f} MB "
+            f"({ratio(before.peak_mb, self.peak_mb)})"
+        )
+
+
+def batchgen(tree: Path, *args: str) -> Cost:
+    """`batchgen ARGS` in a fresh process of `tree`."""
+    command = [sys.executable, "-c", _MEASURE, sys.executable, "-m", "batchgen", *args]
     began = time.perf_counter()
     answer = subprocess.run(
         command,
@@ -153,13 +173,13 @@ def batchgen(tree: Path, *args: str) -> tuple[float, float]:
         check=True,
     )
     elapsed = time.perf_counter() - began
-    code, peak_kib = answer.stdout.split()
+    code, peak_kib, cpu = answer.stdout.split()
     if code != "0":
         raise SystemExit(f"{tree}: batchgen {' '.join(args)} exited {code}")
-    return elapsed, int(peak_kib) / 1024
+    return Cost(elapsed, float(cpu), int(peak_kib) / 1024)
 
 
-def whole_run(tree: Path, sheet: Path, out: Path) -> tuple[float, float]:
+def whole_run(tree: Path, sheet: Path, out: Path) -> Cost:
     with simulators([{"ms_per_step": 0, "switch_s": 0}]) as (url,):
         return batchgen(tree, "run", str(sheet), "--endpoint", url, "--out", str(out))
 
@@ -185,7 +205,7 @@ def scale(before_revision: str, folders: list[int], run_rows: int) -> None:
             size = 512 if rows <= 10_000 else 64
             out = root / f"run-{rows}"
             make_run(out, rows, size)
-            figures: dict[str, list[tuple[float, float]]] = {}
+            figures: dict[str, list[Cost]] = {}
             digests = set()
             for name, tree in trees.items():
                 shutil.rmtree(out / REPORT_DIR, ignore_errors=True)
@@ -193,23 +213,14 @@ def scale(before_revision: str, folders: list[int], run_rows: int) -> None:
                 digests.add(data_digest(out))
             print(f"batchgen report, {rows:,} rows of {size}x{size} images:")
             for index, label in enumerate(("first (thumbnails made)", "second (thumbnails kept)")):
-                (was_s, was_mb), (now_s, now_mb) = figures["before"][index], figures["after"][index]
-                print(
-                    f"  {label:<25} time {was_s:7.2f} s -> {now_s:7.2f} s ({ratio(was_s, now_s)}); "
-                    f"peak RSS {was_mb:7.1f} MB -> {now_mb:7.1f} MB ({ratio(was_mb, now_mb)})",
-                    flush=True,
-                )
+                print(f"  {label:<25} {figures['after'][index].against(figures['before'][index])}")
             same = "yes" if len(digests) == 1 else "NO"
             print(f"  the same data.js before and after (generated_at aside): {same}")
             shutil.rmtree(out)
         sheet = write_sheet(root / "small.csv", run_rows, 64)
         print(f"whole run, {run_rows:,} rows of 64x64 images on a zero-delay simulator:")
         runs = {name: whole_run(tree, sheet, root / f"full-{name}") for name, tree in trees.items()}
-        (was_s, was_mb), (now_s, now_mb) = runs["before"], runs["after"]
-        print(
-            f"  time {was_s:7.1f} s -> {now_s:7.1f} s ({ratio(was_s, now_s)}); "
-            f"peak RSS {was_mb:7.1f} MB -> {now_mb:7.1f} MB ({ratio(was_mb, now_mb)})"
-        )
+        print(f"  {runs['after'].against(runs['before'])}")
 
 
 def main() -> None:
