@@ -1,6 +1,7 @@
 """`batchgen report` benchmark: a run folder of 10,000 rows, the report built twice, then opened.
 
     python benchmarks/bench_report.py [--rows N] [--keep DIR]
+    python benchmarks/bench_report.py --scale [--before REVISION] [--run-rows 20000]
 
 The folder is made up (no run): one distinct 512x512 PNG per row (the simulator's encoder), a
 manifest line per row written through ManifestRecord, 5% of the rows failed. Printed:
@@ -11,16 +12,30 @@ manifest line per row written through ManifestRecord, 5% of the rows failed. Pri
   4. a real headless Chromium opening the page from file://: time from navigation until every
      thumbnail of the grid's first screen (scrolled to at load) shows, and how many row groups
      the page put in the DOM (a page, not 10,000).
+
+--scale: the current tree against `--before` (default: branch simflag, the last report built in
+memory), unpacked with `git archive`, in the same run. Every figure is of a fresh process: wall
+time, and CPU time and peak RSS from wait4 (on a busy machine CPU time says more than wall time):
+  1. `batchgen report` on made-up folders of --scale-rows rows (default 10,000 with 512x512 images
+     and 100,000 with 64x64 images: past 10,000 rows the images are 64x64): time and peak RSS
+     of the first report (thumbnails made) and of a second one (thumbnails kept: what each
+     refresh during a run costs), and whether both trees wrote the same data (generated_at aside);
+  2. a whole `batchgen run` of --run-rows rows on a zero-delay simulator with 64x64 images, which
+     refreshes the report as it goes: wall and CPU time, peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from batchgen.outputs.gallery import REPORT_DIR, THUMBS_DIR, build_report
@@ -28,6 +43,8 @@ from batchgen.outputs.manifest import MANIFEST, ManifestRecord, latest_records
 from batchgen.sim.images import FastPngEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bench_first_request import REPO, unpack, write_sheet
+from bench_run import simulators
 from browserhelp import chromium
 
 # The thumbnails in the first screen (lazy loading leaves the rest for scrolling).
@@ -42,8 +59,8 @@ VISIBLE_THUMBS_SHOWN = (
 )
 
 
-def make_run(out: Path, rows: int) -> None:
-    """A finished run's folder: images, manifest; no report yet."""
+def make_run(out: Path, rows: int, size: int = 512) -> None:
+    """A finished run's folder: images (size x size), manifest; no report yet."""
     images = out / "images"
     images.mkdir(parents=True)
     encoder = FastPngEncoder()
@@ -59,8 +76,8 @@ def make_run(out: Path, rows: int) -> None:
                 "negative_prompt": "lowres, blurry, watermark",
                 "steps": 20,
                 "cfg_scale": 7.0,
-                "width": 512,
-                "height": 512,
+                "width": size,
+                "height": size,
                 "sampler_name": samplers[index % 3],
                 "seed": 1000 + index,
                 "override_settings": {"sd_model_checkpoint": models[index % 3]},
@@ -68,7 +85,7 @@ def make_run(out: Path, rows: int) -> None:
             names: tuple[str, ...] = ()
             digests: tuple[str, ...] = ()
             if not failed:
-                data = encoder.encode(hashlib.sha256(prompt.encode()).digest(), 512, 512, None)
+                data = encoder.encode(hashlib.sha256(prompt.encode()).digest(), size, size, None)
                 name = f"images/{row:06d}-00-{1000 + index}.png"
                 (out / name).write_bytes(data)
                 names, digests = (name,), (hashlib.sha256(data).hexdigest(),)
@@ -114,11 +131,112 @@ def first_thumbnails(page_path: Path) -> tuple[float, int, int]:
     return seconds, shown, groups
 
 
+# Starts the command and prints its exit code, peak RSS (KiB) and CPU seconds. The benchmark starts
+# it through this small process because a child it started itself would report the benchmark's own
+# peak: on Linux, ru_maxrss carries the high-water mark of the memory a process had before its exec.
+_MEASURE = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL,"
+    " stderr=subprocess.DEVNULL); _, s, r = os.wait4(p.pid, 0);"
+    " print(os.waitstatus_to_exitcode(s), r.ru_maxrss, r.ru_utime + r.ru_stime)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What one fresh process took: wall and CPU seconds, peak RSS in MB."""
+
+    wall_s: float
+    cpu_s: float
+    peak_mb: float
+
+    def against(self, before: Cost) -> str:
+        return (
+            f"wall {before.wall_s:6.1f} s -> {self.wall_s:6.1f} s "
+            f"({ratio(before.wall_s, self.wall_s)}), "
+            f"CPU {before.cpu_s:6.1f} s -> {self.cpu_s:6.1f} s "
+            f"({ratio(before.cpu_s, self.cpu_s)}), "
+            f"peak RSS {before.peak_mb:6.1f} MB -> {self.peak_mb:6.1f} MB "
+            f"({ratio(before.peak_mb, self.peak_mb)})"
+        )
+
+
+def batchgen(tree: Path, *args: str) -> Cost:
+    """`batchgen ARGS` in a fresh process of `tree`."""
+    command = [sys.executable, "-c", _MEASURE, sys.executable, "-m", "batchgen", *args]
+    began = time.perf_counter()
+    answer = subprocess.run(
+        command,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    elapsed = time.perf_counter() - began
+    code, peak_kib, cpu = answer.stdout.split()
+    if code != "0":
+        raise SystemExit(f"{tree}: batchgen {' '.join(args)} exited {code}")
+    return Cost(elapsed, float(cpu), int(peak_kib) / 1024)
+
+
+def whole_run(tree: Path, sheet: Path, out: Path) -> Cost:
+    with simulators([{"ms_per_step": 0, "switch_s": 0}]) as (url,):
+        return batchgen(tree, "run", str(sheet), "--endpoint", url, "--out", str(out))
+
+
+def data_digest(out: Path) -> str:
+    """The data.js object, generated_at aside, in one canonical form (key order ignored)."""
+    text = (out / REPORT_DIR / "data.js").read_text(encoding="utf-8")
+    data = json.loads(text[len("window.BATCHGEN_REPORT = ") :].rstrip().rstrip(";"))
+    data.pop("generated_at")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def ratio(before: float, after: float) -> str:
+    return f"{after / before:.2f}x" if before else "-"
+
+
+def scale(before_revision: str, folders: list[int], run_rows: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-report-scale-") as scratch:
+        root = Path(scratch)
+        trees = {"before": unpack(before_revision, root / "before"), "after": REPO}
+        print(f"before = {before_revision}, after = the current tree; fresh processes")
+        for rows in folders:
+            size = 512 if rows <= 10_000 else 64
+            out = root / f"run-{rows}"
+            make_run(out, rows, size)
+            figures: dict[str, list[Cost]] = {}
+            digests = set()
+            for name, tree in trees.items():
+                shutil.rmtree(out / REPORT_DIR, ignore_errors=True)
+                figures[name] = [batchgen(tree, "report", str(out)) for _ in range(2)]
+                digests.add(data_digest(out))
+            print(f"batchgen report, {rows:,} rows of {size}x{size} images:")
+            for index, label in enumerate(("first (thumbnails made)", "second (thumbnails kept)")):
+                print(f"  {label:<25} {figures['after'][index].against(figures['before'][index])}")
+            same = "yes" if len(digests) == 1 else "NO"
+            print(f"  the same data.js before and after (generated_at aside): {same}")
+            shutil.rmtree(out)
+        sheet = write_sheet(root / "small.csv", run_rows, 64)
+        print(f"whole run, {run_rows:,} rows of 64x64 images on a zero-delay simulator:")
+        runs = {name: whole_run(tree, sheet, root / f"full-{name}") for name, tree in trees.items()}
+        print(f"  {runs['after'].against(runs['before'])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--keep", type=Path, help="make the folder here and keep it")
+    parser.add_argument("--scale", action="store_true", help="before/after in fresh processes")
+    parser.add_argument("--before", default="simflag", help="the revision to compare with")
+    parser.add_argument(
+        "--scale-rows", type=int, nargs="+", default=[10_000, 100_000], help="rows of the folders"
+    )
+    parser.add_argument("--run-rows", type=int, default=20_000, help="rows of the whole run")
     args = parser.parse_args()
+    if args.scale:
+        scale(args.before, args.scale_rows, args.run_rows)
+        return
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench-report-"))
     out = base / "run"
     shutil.rmtree(out, ignore_errors=True)

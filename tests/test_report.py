@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from browserhelp import chromium
@@ -19,6 +22,7 @@ from runhelp import make_job, write_sheet
 
 from batchgen.cli import cli
 from batchgen.outputs.gallery import build_report
+from batchgen.outputs.manifest import MANIFEST, latest_records, scan
 from batchgen.run.runner import run_batch
 
 INJECTED = "<img src=x onerror=window.__pwned=1>"
@@ -180,6 +184,57 @@ def test_a_simulator_runs_report_says_so_and_marks_every_image(page: Page) -> No
     page.locator("#detail").wait_for(state="visible")
     assert page.locator("#d-simulator").is_visible()
     assert '"simulator": true' in page.locator("#d-record").inner_text()
+
+
+def read_data_js(run_dir: Path) -> dict[str, Any]:
+    text = (run_dir / "report" / "data.js").read_text(encoding="utf-8")
+    prefix, suffix = "window.BATCHGEN_REPORT = ", ";\n"
+    assert text.startswith(prefix) and text.endswith(suffix)
+    data: dict[str, Any] = json.loads(text[len(prefix) : -len(suffix)])
+    return data
+
+
+def test_data_js_has_each_keys_latest_line_once_in_row_order(run_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "retried"
+    shutil.copytree(run_dir, folder)
+    records = {record.row: record for _, _, record in scan(folder / MANIFEST) if record}
+    image = records[4].images  # rows 10 and 11 retried and ok; row 4 sent again and failed
+    with (folder / MANIFEST).open("ab") as manifest:
+        for row in (11, 4, 10):
+            again = dataclasses.replace(
+                records[row],
+                status="failed" if row == 4 else "ok",
+                error="HTTP 500: CUDA out of memory" if row == 4 else None,
+                images=() if row == 4 else image,
+                image_sha256=() if row == 4 else records[4].image_sha256,
+                attempts=2,
+            )
+            manifest.write(again.to_line())
+        manifest.write(b'{"row": 12, "key": "torn')  # the run died writing this line
+    build_report(folder)
+
+    data = read_data_js(folder)
+    latest = sorted(latest_records(folder).values(), key=lambda record: (record.row, record.key))
+    assert [(row["row"], row["key"]) for row in data["rows"]] == [(r.row, r.key) for r in latest]
+    assert [row["row"] for row in data["rows"]] == list(range(2, 12))
+    statuses = {row["row"]: (row["status"], row["attempts"]) for row in data["rows"]}
+    assert statuses[4] == ("failed", 2) and statuses[10] == statuses[11] == ("ok", 2)
+    assert data["rows"][2]["error"] == "HTTP 500: CUDA out of memory"
+    assert data["summary"] | {"duration_s": None, "images_per_s": None} == {
+        "state": "finished",
+        "ok": 9,
+        "failed": 1,
+        "not_run": 0,
+        "images": 11,  # 10, less row 4's, plus rows 10 and 11's
+        "simulator_images": 11,
+        "duration_s": None,
+        "images_per_s": None,
+    }
+    assert data["sheet_rows"] == 10
+    assert [(e["rows"], e["images"], e["failed"]) for e in data["endpoints"]] == [(10, 11, 1)]
+    assert data["filters"]["notes"] == {"notes": ["bad", "plain", "sweep", "xss"]}
+    assert data["models"] == [[data["rows"][0]["model"], 8], ["?", 2]]  # 10, 11: no server model
+    assert not [path.name for path in (folder / "report").iterdir() if path.suffix == ".tmp"]
 
 
 @pytest.mark.parametrize("real_rows", ["all", "even"])

@@ -15,47 +15,143 @@ import shlex
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from PIL import Image
 
-from batchgen.outputs.manifest import ManifestRecord, latest_records
+from batchgen.outputs.manifest import MANIFEST, ManifestRecord, scan
 from batchgen.outputs.status import read_status, write_atomic
-from batchgen.records import EndpointView, Result, RunPlan, RunSummary
 
 log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
 THUMBS_DIR = "thumbs"
 THUMB_SIZE = 256
-REFRESH_EVERY_S = 30.0
+THUMB_CHUNK = 256  # rows whose thumbnails are made together (in parallel) before they are written
 NOTE_CHOICES_MAX = 50  # a note column with more distinct values is filtered by free text
 _ASSETS = {"report.html": "index.html", "report.js": "report.js", "report.css": "report.css"}
 
 
 def build_report(out_dir: Path) -> Path:
-    """Write (or refresh) the report of a run folder; returns the page's path."""
-    records = list(latest_records(out_dir).values())
+    """Write (or refresh) the report of a run folder; returns the page's path.
+
+    Streams: one pass over the manifest finds each key's latest line, then the rows are read back
+    one at a time in (row, key) order and written into data.js as they come, while the summary is
+    tallied; memory stays flat however many rows the run has.
+    """
     report = out_dir / REPORT_DIR
     (report / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
-    thumbs = make_thumbnails(out_dir, records)
     status = read_status(out_dir)
-    state = status.state if status else "unknown"
-    data = report_data(out_dir, records, status.published if status else {}, state, thumbs)
-    script = "window.BATCHGEN_REPORT = " + json.dumps(data, ensure_ascii=False, default=str) + ";\n"
-    write_atomic(report / "data.js", script.encode())
+    published = status.published if status else {}
+    tally = Tally(published)
+    with _replaced(report / "data.js") as data, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        data.write('window.BATCHGEN_REPORT = {"rows": [')
+        for count, row in enumerate(_rows(out_dir, tally, pool)):
+            data.write(("," if count else "") + _json(row))
+        data.write("]")
+        summary = tally.report(out_dir, status.state if status else "unknown")
+        for name, value in summary.items():
+            data.write(f", {_json(name)}: {_json(value)}")
+        data.write("};\n")
     assets = resources.files("batchgen.outputs") / "assets"
     for source, target in _ASSETS.items():
         write_atomic(report / target, (assets / source).read_bytes())
     return report / "index.html"
 
 
-def make_thumbnails(out_dir: Path, records: Iterable[ManifestRecord]) -> dict[str, str | None]:
-    """Image path -> thumbnail path relative to the report (None: unreadable); made once each."""
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+@contextmanager
+def _replaced(path: Path) -> Iterator[TextIO]:
+    """A text file written aside and renamed over `path` when whole (readers never see half)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with temporary.open("w", encoding="utf-8") as handle:
+            yield handle
+    except BaseException:  # a full disk, or a failed read: leave no half file behind
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, path)
+
+
+def _latest_lines(manifest: Path) -> list[tuple[int, str, int]]:
+    """(row, key, byte offset) of each key's latest complete line, in (row, key) order."""
+    latest: dict[str, tuple[int, int]] = {}
+    for offset, _, record in scan(manifest):
+        if record is not None:
+            latest[record.key] = (record.row, offset)
+    return sorted((row, key, offset) for key, (row, offset) in latest.items())
+
+
+def _records(manifest: Path) -> Iterator[ManifestRecord]:
+    """The latest record of each key, in (row, key) order, read back one at a time."""
+    wanted = _latest_lines(manifest)
+    if not wanted:
+        return
+    changed = 0
+    with manifest.open("rb") as handle:
+        for _, key, offset in wanted:
+            handle.seek(offset)
+            try:
+                record = ManifestRecord.from_line(handle.readline())
+            except (ValueError, KeyError, TypeError):
+                record = None
+            if record is None or record.key != key:  # the file was replaced since the first pass
+                changed += 1
+                continue
+            yield record
+    if changed:
+        log.warning("report: %s changed while it was read; %d rows left out", manifest, changed)
+
+
+Thumbnails = dict[str, tuple[Path, Future[bool] | None]]  # image -> thumbnail, job making it
+
+
+def _rows(out_dir: Path, tally: Tally, pool: ThreadPoolExecutor) -> Iterator[dict[str, Any]]:
+    """Each latest record as the page's row object; the thumbnails of the next chunk of rows are
+    made (in the pool) while this chunk's rows are written."""
+    ahead: tuple[list[ManifestRecord], Thumbnails] | None = None
+    for chunk in _chunks(_records(out_dir / MANIFEST), THUMB_CHUNK):
+        started = start_thumbnails(out_dir, chunk, pool)
+        if ahead is not None:
+            yield from _chunk_rows(*ahead, tally)
+        ahead = (chunk, started)
+    if ahead is not None:
+        yield from _chunk_rows(*ahead, tally)
+
+
+def _chunk_rows(
+    chunk: list[ManifestRecord], started: Thumbnails, tally: Tally
+) -> Iterator[dict[str, Any]]:
+    thumbs = thumbnail_paths(started)
+    for record in chunk:
+        row = _row(record, thumbs)
+        tally.add(record, row)
+        yield row
+
+
+def _chunks(records: Iterator[ManifestRecord], size: int) -> Iterator[list[ManifestRecord]]:
+    chunk: list[ManifestRecord] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def start_thumbnails(
+    out_dir: Path, records: Iterable[ManifestRecord], pool: ThreadPoolExecutor
+) -> Thumbnails:
+    """Each image's thumbnail, and the pool's job making it when it is not there (made once)."""
     folder = out_dir / REPORT_DIR / THUMBS_DIR
     wanted: dict[str, Path] = {}
     for record in records:
@@ -63,12 +159,17 @@ def make_thumbnails(out_dir: Path, records: Iterable[ManifestRecord]) -> dict[st
             digest = record.image_sha256[index] if index < len(record.image_sha256) else ""
             name = (digest or hashlib.sha256(image.encode()).hexdigest())[:24] + ".jpg"
             wanted[image] = folder / name
-    todo = [(image, thumb) for image, thumb in wanted.items() if not thumb.exists()]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        made = dict(zip(todo, pool.map(lambda job: _thumbnail(out_dir, *job), todo), strict=True))
     return {
-        image: f"{THUMBS_DIR}/{thumb.name}" if made.get((image, thumb), True) else None
+        image: (thumb, None if thumb.exists() else pool.submit(_thumbnail, out_dir, image, thumb))
         for image, thumb in wanted.items()
+    }
+
+
+def thumbnail_paths(started: Thumbnails) -> dict[str, str | None]:
+    """Image path -> thumbnail path relative to the report (None: unreadable), once made."""
+    return {
+        image: f"{THUMBS_DIR}/{thumb.name}" if job is None or job.result() else None
+        for image, (thumb, job) in started.items()
     }
 
 
@@ -96,54 +197,101 @@ def _thumbnail(out_dir: Path, image: str, thumb: Path) -> bool:
     return True
 
 
-def report_data(
-    out_dir: Path,
-    records: list[ManifestRecord],
-    status: Mapping[str, Any],
-    state: str,
-    thumbs: Mapping[str, str | None],
-) -> dict[str, Any]:
-    """Everything the page shows, as one JSON-able object."""
-    job = _read_json(out_dir / "job.json")
-    rows = [_row(record, thumbs) for record in sorted(records, key=lambda r: (r.row, r.key))]
-    ok = sum(1 for record in records if record.ok)
-    images = sum(len(record.images) for record in records if record.ok)
-    simulated = sum(len(record.images) for record in records if record.ok and record.simulator)
-    total = status.get("total")
-    duration = status.get("elapsed_s", _span(records))  # the last run's, when it published
-    rate = status.get("images_per_s") or (images / duration if duration else None)
-    note_values: dict[str, set[str]] = {}
-    for record in records:
+class Tally:
+    """What the page shows beside its rows, gathered one row at a time (small: no row is kept)."""
+
+    def __init__(self, published: Mapping[str, Any]) -> None:
+        self._published = published
+        self.ok = self.failed = self.images = self.simulated = self.sheet_rows = 0
+        self._last_row: int | None = None
+        self._span: tuple[float, float] | None = None  # the first start, the last finish
+        self._notes: dict[str, set[str] | None] = {}  # None: past NOTE_CHOICES_MAX values
+        self._models: Counter[str] = Counter()
+        self._model_names: set[str] = set()
+        self._samplers: set[str] = set()
+        self._endpoints: dict[str, dict[str, Any]] = {}
+
+    def add(self, record: ManifestRecord, row: Mapping[str, Any]) -> None:
+        """One latest record and its row object; records come in (row, key) order."""
+        made = len(record.images) if record.ok else 0
+        self.ok += record.ok
+        self.failed += not record.ok
+        self.images += made
+        self.simulated += made if record.simulator else 0
+        self.sheet_rows += record.row != self._last_row
+        self._last_row = record.row
+        began, ended = self._span or (record.started_at, record.finished_at)
+        self._span = (min(began, record.started_at), max(ended, record.finished_at))
         for column, value in record.metadata.items():
-            note_values.setdefault(column, set()).add(str(value))
-    return {
-        "job": job.get("name") or out_dir.name,
-        "out_dir": str(out_dir),
-        "generated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "summary": {
-            "state": state,
-            "ok": ok,
-            "failed": len(records) - ok,
-            "not_run": max(int(total) - len(records), 0) if total else None,
-            "images": images,
-            "simulator_images": simulated,  # placeholders made by the simulator, not a model
-            "duration_s": duration,
-            "images_per_s": rate,
-        },
-        "endpoints": _endpoints(records, status.get("endpoints") or ()),
-        "models": Counter(row["model"] or "?" for row in rows).most_common(),
-        "retry_command": retry_command(out_dir, job),
-        "sheet_rows": len({record.row for record in records}),
-        "filters": {
-            "models": sorted({row["model"] for row in rows if row["model"]}),
-            "samplers": sorted({row["sampler"] for row in rows if row["sampler"]}),
-            "notes": {
-                column: sorted(values) if len(values) <= NOTE_CHOICES_MAX else None
-                for column, values in sorted(note_values.items())
+            values = self._notes.setdefault(column, set())
+            if values is not None:
+                values.add(str(value))
+                if len(values) > NOTE_CHOICES_MAX:
+                    self._notes[column] = None
+        self._models[row["model"] or "?"] += 1
+        if row["model"]:
+            self._model_names.add(row["model"])
+        if row["sampler"]:
+            self._samplers.add(row["sampler"])
+        name = record.endpoint or "(none)"
+        view = self._endpoints.setdefault(
+            name,
+            {"name": name, "rows": 0, "images": 0, "failed": 0, "busy_s": 0.0, "simulator": False},
+        )
+        view["simulator"] = view["simulator"] or record.simulator
+        view["busy_s"] += record.duration_s
+        view["rows"] += 1
+        view["images"] += made
+        view["failed"] += 0 if record.ok else 1
+
+    def report(self, out_dir: Path, state: str) -> dict[str, Any]:
+        """Everything the page shows but its rows, as one JSON-able object."""
+        job = _read_json(out_dir / "job.json")
+        published = self._published
+        rows = self.ok + self.failed
+        total = published.get("total")
+        span = self._span[1] - self._span[0] if self._span else None
+        duration = published.get("elapsed_s", span)  # the last run's, when it published
+        rate = published.get("images_per_s") or (self.images / duration if duration else None)
+        return {
+            "job": job.get("name") or out_dir.name,
+            "out_dir": str(out_dir),
+            "generated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "summary": {
+                "state": state,
+                "ok": self.ok,
+                "failed": self.failed,
+                "not_run": max(int(total) - rows, 0) if total else None,
+                "images": self.images,
+                "simulator_images": self.simulated,  # placeholders by the simulator, not a model
+                "duration_s": duration,
+                "images_per_s": rate,
             },
-        },
-        "rows": rows,
-    }
+            "endpoints": self._endpoint_views(),
+            "models": self._models.most_common(),
+            "retry_command": retry_command(out_dir, job),
+            "sheet_rows": self.sheet_rows,
+            "filters": {
+                "models": sorted(self._model_names),
+                "samplers": sorted(self._samplers),
+                "notes": {
+                    column: sorted(values) if values is not None else None
+                    for column, values in sorted(self._notes.items())
+                },
+            },
+        }
+
+    def _endpoint_views(self) -> list[dict[str, Any]]:
+        live = {str(view.get("name")): view for view in self._published.get("endpoints") or ()}
+        views = []
+        for name, figures in self._endpoints.items():
+            view = dict(figures)
+            busy = view.pop("busy_s")  # no status file (merged shards, an older run): per busy s
+            fallback = view["images"] / busy if busy > 0 else None
+            view["images_per_s"] = live.get(name, {}).get("images_per_s", fallback)
+            view["switches"] = live.get(name, {}).get("switches")
+            views.append(view)
+        return sorted(views, key=lambda view: str(view["name"]))
 
 
 def _row(record: ManifestRecord, thumbs: Mapping[str, str | None]) -> dict[str, Any]:
@@ -199,30 +347,6 @@ def _infotexts(record: ManifestRecord) -> list[str] | None:
     return None
 
 
-def _endpoints(
-    records: list[ManifestRecord], published: Iterable[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    live = {str(view.get("name")): view for view in published}
-    figures: dict[str, dict[str, Any]] = {}
-    for record in records:
-        name = record.endpoint or "(none)"
-        view = figures.setdefault(
-            name,
-            {"name": name, "rows": 0, "images": 0, "failed": 0, "busy_s": 0.0, "simulator": False},
-        )
-        view["simulator"] = view["simulator"] or record.simulator
-        view["busy_s"] += record.duration_s
-        view["rows"] += 1
-        view["images"] += len(record.images) if record.ok else 0
-        view["failed"] += 0 if record.ok else 1
-    for name, view in figures.items():
-        busy = view.pop("busy_s")  # no status file (merged shards, an older run): per busy second
-        fallback = view["images"] / busy if busy > 0 else None
-        view["images_per_s"] = live.get(name, {}).get("images_per_s", fallback)
-        view["switches"] = live.get(name, {}).get("switches")
-    return sorted(figures.values(), key=lambda view: str(view["name"]))
-
-
 def retry_command(out_dir: Path, job: Mapping[str, Any]) -> str:
     """The command that sends the failed rows again, into the same folder."""
     source = job.get("source")
@@ -237,53 +361,9 @@ def retry_command(out_dir: Path, job: Mapping[str, Any]) -> str:
     return shlex.join(words)
 
 
-def _span(records: list[ManifestRecord]) -> float | None:
-    if not records:
-        return None
-    return max(r.finished_at for r in records) - min(r.started_at for r in records)
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-class ReportRefresher:
-    """A Reporter that rewrites the report every `every_s` seconds (in a thread) and at the end."""
-
-    def __init__(self, out_dir: Path, every_s: float | None = None) -> None:
-        self._out_dir = out_dir
-        self._every = REFRESH_EVERY_S if every_s is None else every_s
-        self._last = time.monotonic()
-        self._building: threading.Thread | None = None
-
-    def started(self, plan: RunPlan, out_dir: Path) -> None:
-        self._last = time.monotonic()
-
-    def row_finished(self, result: Result) -> None:
-        self._maybe_refresh()
-
-    def endpoints(self, views: list[EndpointView]) -> None:
-        self._maybe_refresh()
-
-    def finished(self, summary: RunSummary) -> None:
-        if self._building is not None:
-            self._building.join()
-        self._build()
-
-    def _maybe_refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._last < self._every or (self._building and self._building.is_alive()):
-            return
-        self._last = now
-        self._building = threading.Thread(target=self._build, name="batchgen-report", daemon=True)
-        self._building.start()
-
-    def _build(self) -> None:
-        try:
-            build_report(self._out_dir)
-        except OSError as error:  # a report must never stop the run
-            log.warning("cannot write the report in %s: %s", self._out_dir, error)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchgen.outputs.manifest import MANIFEST, latest_records
+from batchgen.outputs.manifest import MANIFEST, scan
 from batchgen.outputs.store import folder_in_use
 from batchgen.records import EndpointView, Result, RunPlan, RunSummary, simulator_note
 from batchgen.report import duration
@@ -252,18 +252,23 @@ def _from_manifest(out_dir: Path) -> RunStatus | None:
     """A folder from before status files, or one whose run has not started yet."""
     if not (out_dir / MANIFEST).exists():
         return None
-    records = latest_records(out_dir).values()
-    ok = sum(1 for record in records if record.ok)
-    simulators = sorted({record.endpoint for record in records if record.simulator})
+    # Each key's latest ok, images and simulator endpoint: not its record (a manifest is large).
+    latest: dict[str, tuple[bool, int, str | None]] = {}
+    for _, _, record in scan(out_dir / MANIFEST):
+        if record is not None:
+            made = len(record.images) if record.ok else 0
+            latest[record.key] = (record.ok, made, record.endpoint if record.simulator else None)
+    ok = sum(1 for done, _, _ in latest.values() if done)
+    simulators = sorted({endpoint for _, _, endpoint in latest.values() if endpoint is not None})
     return RunStatus(
         out_dir=out_dir,
         state="running" if folder_in_use(out_dir) else "unknown",
         note=f"no {STATUS_FILE}: counts from the manifest",
         ok=ok,
-        failed=len(records) - ok,
+        failed=len(latest) - ok,
         to_go=None,
         total=None,
-        images=sum(len(record.images) for record in records if record.ok),
+        images=sum(made for _, made, _ in latest.values()),
         images_per_s=None,
         eta_s=None,
         age_s=None,
