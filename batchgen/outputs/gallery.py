@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from PIL import Image
 
 from batchgen.outputs.manifest import MANIFEST, ManifestRecord, scan
+from batchgen.outputs.run_files import read_job_file
 from batchgen.outputs.status import read_status, write_atomic
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ class Tally:
 
     def report(self, out_dir: Path, state: str) -> dict[str, Any]:
         """Everything the page shows but its rows, as one JSON-able object."""
-        job = _read_json(out_dir / "job.json")
+        job = read_job_file(out_dir)
         published = self._published
         rows = self.ok + self.failed
         total = published.get("total")
@@ -359,11 +360,3 @@ def retry_command(out_dir: Path, job: Mapping[str, Any]) -> str:
             shown = value if isinstance(value, str) else json.dumps(value)
             words += ["--set", f"{name}={shown}"]
     return shlex.join(words)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
