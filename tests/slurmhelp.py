@@ -142,7 +142,9 @@ def _read_pid(path: Path, timeout: float = 15) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with suppress(OSError, ValueError):
-            return int(path.read_text().split()[0])
+            words = path.read_text().split()  # empty while the daemon has not yet written it
+            if words:
+                return int(words[0])
         time.sleep(0.1)
     raise AssertionError(f"no pid file {path}")
 
