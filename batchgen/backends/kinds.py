@@ -52,9 +52,8 @@ def _comfy_requests(job: JobSpec) -> MakeRequest:
 async def _check_a1111(
     job: JobSpec, prepared: Prepared, clients: list[EndpointClient]
 ) -> list[Problem]:
-    from batchgen.backends.check import (
-        check_job,  # the A1111 inventory checks are large: load on use
-    )
+    # The A1111 inventory checks are large: loaded on use.
+    from batchgen.backends.check import check_job
 
     return await check_job(job, prepared, clients)
 

@@ -8,6 +8,7 @@ once per image content, and the page's own script builds every element from that
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -119,7 +120,8 @@ def _rows(out_dir: Path, tally: Tally, pool: ThreadPoolExecutor) -> Iterator[dic
     """Each latest record as the page's row object; the thumbnails of the next chunk of rows are
     made (in the pool) while this chunk's rows are written."""
     ahead: tuple[list[ManifestRecord], Thumbnails] | None = None
-    for chunk in _chunks(_records(out_dir / MANIFEST), THUMB_CHUNK):
+    records = _records(out_dir / MANIFEST)
+    while chunk := list(itertools.islice(records, THUMB_CHUNK)):
         started = start_thumbnails(out_dir, chunk, pool)
         if ahead is not None:
             yield from _chunk_rows(*ahead, tally)
@@ -136,17 +138,6 @@ def _chunk_rows(
         row = _row(record, thumbs)
         tally.add(record, row)
         yield row
-
-
-def _chunks(records: Iterator[ManifestRecord], size: int) -> Iterator[list[ManifestRecord]]:
-    chunk: list[ManifestRecord] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def start_thumbnails(

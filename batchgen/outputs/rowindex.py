@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import sqlite3
 import tempfile
@@ -147,7 +148,8 @@ class RowIndex:
 
     def rows_latest_keys(self) -> Iterator[str]:
         """Each row's latest key, once per key (a key recorded at two rows counts once)."""
-        for page in _pages(self._items("by_row")):
+        rows = self._items("by_row")
+        while page := list(itertools.islice(rows, _PAGE)):
             with self._lock:
                 self._put("latest", [(key,) for _, key in page])
         return (str(key) for key in self._keys("latest"))
@@ -250,17 +252,6 @@ class RowIndex:
         memory, self._memory = self._memory, {name: {} for name in _TABLES}
         for name, rows in memory.items():
             self._put(name, [(key, *values) for key, values in rows.items()])
-
-
-def _pages(rows: Iterator[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
-    page: list[tuple[Any, ...]] = []
-    for row in rows:
-        page.append(row)
-        if len(page) == _PAGE:
-            yield page
-            page = []
-    if page:
-        yield page
 
 
 def digest_int(hex_digest: str) -> int:
