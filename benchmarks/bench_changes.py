@@ -3,11 +3,11 @@
     python benchmarks/bench_changes.py [--requests 1000000] [--before before-one-pass]
 
 A folder whose manifest holds N records (a sweep's expansions: ten per sheet row), and a sheet of
-the same requests with a tenth of them new: the ChangeTracker reads the manifest and is fed every
-request, as a resumed run does, then says what changed. Both versions run in a fresh process each
-(the `--before` revision unpacked with `git archive`; the current tree), on the same manifest;
-memory is the process's resident set once the tracker has said its line, less before it started
-(what the tracker holds while the run goes on).
+the same requests with a tenth of them new: the folder's past is read (the resume state and the
+ChangeTracker), the tracker is fed every request, as a resumed run does, and says what changed.
+Both versions run in a fresh process each (the `--before` revision unpacked with `git archive`;
+the current tree), on the same manifest; memory is the process's resident set once the tracker
+has said its line, less before the past was read (what is held while the run goes on).
 """
 
 from __future__ import annotations
@@ -29,17 +29,24 @@ CHILD = """
 import json, os, sys, time
 from pathlib import Path
 from batchgen.records import Expansion, Task
-try:
-    from batchgen.outputs.changes import ChangeTracker
-except ImportError:
-    from batchgen.changes import ChangeTracker
 out, requests, per_row = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+try:  # the current tree: one scan of the manifest feeds the tracker
+    from batchgen.outputs.changes import ChangeTracker
+    from batchgen.outputs.store import peek_state
+    def read_past():
+        tracker = ChangeTracker(out)
+        return peek_state(out, each=tracker.remember), tracker
+except ImportError:  # before: the resume state and the tracker each scanned it
+    from batchgen.changes import ChangeTracker
+    from batchgen.store import peek_state
+    def read_past():
+        return peek_state(out), ChangeTracker(out)
 def rss_mb():
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 start = rss_mb()
 began = time.perf_counter()
-tracker = ChangeTracker(out)
+state, tracker = read_past()
 for number in range(requests):
     row, index = 2 + number // per_row, number % per_row
     key = f"{number:016x}-0" if number % 10 else f"new{number:013x}-0"

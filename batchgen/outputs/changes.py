@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from batchgen.outputs.manifest import MANIFEST, scan
+from batchgen.outputs.manifest import ManifestRecord
 from batchgen.outputs.rowindex import RowIndex
 from batchgen.outputs.run_files import read_job_file
 from batchgen.records import Task
@@ -33,7 +33,8 @@ SETTINGS = (
 
 
 class ChangeTracker:
-    """Fed every row's task while the sheet is validated; compares with the folder's manifest.
+    """Fed the folder's manifest records (by the scan that reads its past), then every row's task
+    while the sheet is validated; says what differs.
 
     The past keys, each row's latest key and the keys seen are kept in a row index, which moves
     to a scratch file once it grows: a million-request sweep resumes without holding them."""
@@ -41,23 +42,30 @@ class ChangeTracker:
     def __init__(self, out_dir: Path) -> None:
         self._out_dir = out_dir
         self._index = RowIndex(spill=_IN_MEMORY)
-        past: list[tuple[str, str, int]] = []
-        rows: list[tuple[int, str]] = []
-        for _, _, record in scan(out_dir / MANIFEST):
-            if record is not None:
-                past.append((record.key, "", 0))
-                rows.append((record.row, record.key))
-            if len(rows) >= _BATCH:
-                self._remember(past, rows)
-                past, rows = [], []
-        self._remember(past, rows)
-        self.has_past = self._index.past_count() > 0
+        self._past: list[tuple[str, str, int]] = []  # remembered, not yet in the index
+        self._rows: list[tuple[int, str]] = []
+        self._has_past: bool | None = None  # known once the first task is seen
         self._digest = hashlib.sha256()
         self.changed = self.new = 0
 
-    def _remember(self, past: list[tuple[str, str, int]], rows: list[tuple[int, str]]) -> None:
-        self._index.put_past(past)
-        self._index.put_by_row(rows)
+    def remember(self, record: ManifestRecord) -> None:
+        """One of the folder's manifest records, in file order; all come before the first task."""
+        self._past.append((record.key, "", 0))
+        self._rows.append((record.row, record.key))
+        if len(self._rows) >= _BATCH:
+            self._put_remembered()
+
+    def _put_remembered(self) -> None:
+        self._index.put_past(self._past)
+        self._index.put_by_row(self._rows)
+        self._past, self._rows = [], []
+
+    @property
+    def has_past(self) -> bool:
+        if self._has_past is None:
+            self._put_remembered()
+            self._has_past = self._index.past_count() > 0
+        return self._has_past
 
     @property
     def digest(self) -> str:

@@ -15,7 +15,7 @@ import string
 import sys
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +158,7 @@ class OutputStore:
         if self._index is not None:
             self._index.close()
         self._index = RowIndex(self.out_dir / INDEX)
-        rows = self._read_manifest(repair=True)
+        rows = self._read_manifest(opening=True)
         self._manifest = self.manifest_path.open("ab")
         _fsync_dir(self.out_dir)  # a new manifest's name must survive a power cut too
         return ResumeState(rows)
@@ -435,7 +435,12 @@ class OutputStore:
                 log.info("removing %s, left half-written by an earlier run", path)
                 path.unlink()
 
-    def _read_manifest(self, *, repair: bool) -> PastRows:
+    def _read_manifest(
+        self, *, opening: bool, each: Callable[[ManifestRecord], None] | None = None
+    ) -> PastRows:
+        """The latest record per key into the index. `opening`: the store's own open, which cuts
+        a torn last line off and keeps each key's outcome for results.csv. `each` gets every
+        readable record in file order (one scan serves another reader of the folder's past)."""
         index = self._opened()
         rows = PastRows(index)
         if not self.manifest_path.exists():
@@ -462,7 +467,10 @@ class OutputStore:
             elif status == "ok" and record.simulator:
                 status = SIMULATED
             past.append((record.key, status, offset))  # in file order: the latest one wins
-            outcomes.append(_outcome(record))
+            if opening:
+                outcomes.append(_outcome(record))
+            if each is not None:
+                each(record)
             taken.extend(_name_key(path) for path in present)
             if len(past) >= _INDEX_BATCH:
                 index.put_past(past)
@@ -472,7 +480,7 @@ class OutputStore:
         index.put_past(past)
         index.put_outcomes(outcomes)
         index.take_all(taken)
-        if repair and good_end < self.manifest_path.stat().st_size:
+        if opening and good_end < self.manifest_path.stat().st_size:
             log.warning("%s: dropping a torn last line left by an interrupted run", MANIFEST)
             with self.manifest_path.open("r+b") as handle:
                 handle.truncate(good_end)
@@ -516,11 +524,12 @@ def _take_lock(out_dir: Path) -> IO[bytes] | None:
     return handle
 
 
-def peek_state(out_dir: Path) -> ResumeState:
-    """What an output folder holds, read without changing anything in it."""
+def peek_state(out_dir: Path, each: Callable[[ManifestRecord], None] | None = None) -> ResumeState:
+    """What an output folder holds, read without changing anything in it; `each` gets every
+    readable manifest record on the way."""
     store = OutputStore(out_dir, "", "", out_dir)
     store._index = RowIndex()  # a temporary file: the folder itself is left as it is
-    return ResumeState(store._read_manifest(repair=False))
+    return ResumeState(store._read_manifest(opening=False, each=each))
 
 
 class _Stringly(dict[str, Any]):

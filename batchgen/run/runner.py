@@ -139,8 +139,10 @@ class _Run:
         self.make_request = request_maker(job)
 
     async def run(self) -> RunSummary:
-        past = None if self.options.fresh else peek_state(self.job.out_dir)
-        changes = None if self.options.fresh else ChangeTracker(self.job.out_dir)
+        past, changes = None, None
+        if not self.options.fresh:  # one scan of the folder's manifest serves both
+            changes = ChangeTracker(self.job.out_dir)
+            past = peek_state(self.job.out_dir, each=changes.remember)
         prepared = prepare(
             self.job,
             past,
