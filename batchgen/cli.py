@@ -94,6 +94,12 @@ def _source_options(func: Any) -> Any:
 @click.option("--fresh", is_flag=True, help="Move an existing output folder aside and start again.")
 @click.option("--retry-failed", is_flag=True, help="Send only the rows that failed last time.")
 @click.option("--no-check", is_flag=True, help="Skip checking rows against the endpoints.")
+@click.option(
+    "--relearn-speeds",
+    is_flag=True,
+    help="Measure the endpoints' speeds anew instead of starting from those earlier runs "
+    "measured (after a GPU or driver change).",
+)
 def run(
     source: Path,
     endpoints: Sequence[str],
@@ -105,6 +111,7 @@ def run(
     fresh: bool,
     retry_failed: bool,
     no_check: bool,
+    relearn_speeds: bool,
 ) -> None:
     """Send every row of SOURCE (a .toml job or a sheet) and write images and a manifest."""
     if fresh and retry_failed:
@@ -115,7 +122,12 @@ def run(
     if dry_run:
         _guarded(lambda: _dry_run(job))
         return
-    options = RunOptions(fresh=fresh, retry_failed=retry_failed, check=not no_check)
+    options = RunOptions(
+        fresh=fresh,
+        retry_failed=retry_failed,
+        check=not no_check,
+        recall_speeds=not relearn_speeds,
+    )
     summary = _guarded(lambda: asyncio.run(run_batch(job, options, _reporter())))
     sys.exit(summary.exit_code)
 

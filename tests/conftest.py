@@ -21,6 +21,15 @@ def _own_log_handlers() -> Iterator[None]:
         logger.removeHandler(handler)
 
 
+@pytest.fixture(autouse=True)
+def _own_speed_memory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test remembers endpoint speeds in its own folder, never the user's cache, so that
+    no test plans from another's (simulator ports are reused)."""
+    monkeypatch.setenv("BATCHGEN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 async def sim() -> AsyncIterator[SimServer]:
     """A started simulator with the default, fast config; `sim.url` is its base URL."""

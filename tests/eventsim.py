@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from batchgen.records import Generation, Task
 from batchgen.run import placement
 from batchgen.run.scheduler import MEASURED_ROWS, EndpointSlot, Lease, Policy, Scheduler, row_cost
+from batchgen.run.speed_memory import Remembered
 
 BODY = {"prompt": "p", "steps": 20, "width": 512, "height": 512}
 UNITS = row_cost(BODY)  # the cost of every row in the scenarios
@@ -56,6 +57,7 @@ class Outcome:
     bound: float
     plans: int
     rows: int  # answers recorded: every row once
+    recalled: tuple[bool, ...] = ()  # per endpoint: still planned with its remembered speed
 
     @property
     def ratio(self) -> float:
@@ -103,11 +105,18 @@ class _Server:
     seen: set[int] = field(default_factory=set)  # ids of the leases it was sent
 
 
-async def play(scenario: Scenario, policy: Policy = "plan", *, known: bool = False) -> Outcome:
+async def play(
+    scenario: Scenario,
+    policy: Policy = "plan",
+    *,
+    known: bool = False,
+    remembered: tuple[float, ...] | None = None,
+) -> Outcome:
     """Run the scenario through the real Scheduler; every lease is answered on the fake clock.
 
     `known`: the scheduler starts with the true speeds and load times, as if measured; otherwise
-    it learns them from the answers, as in a real run.
+    it learns them from the answers, as in a real run. `remembered`: it starts from speeds an
+    earlier run measured (speed_memory.py), each endpoint's this many times its true speed.
     """
     now = [0.0]
     slots = []
@@ -119,6 +128,9 @@ async def play(scenario: Scenario, policy: Policy = "plan", *, known: bool = Fal
             slot.sec_per_unit = scenario.row_s / speed / UNITS
             slot.recent.extend([slot.sec_per_unit] * MEASURED_ROWS)
             slot.switch_s = scenario.switch_s
+        elif remembered is not None:
+            true = scenario.row_s / speed / UNITS
+            slot.recall(Remembered(true / remembered[index], scenario.switch_s, 100, 0.0))
         slots.append(slot)
     servers = [
         _Server(speed, loaded)
@@ -182,4 +194,5 @@ async def play(scenario: Scenario, policy: Policy = "plan", *, known: bool = Fal
         bound=scenario.bound(),
         plans=scheduler.plans,
         rows=len(done),
+        recalled=tuple(slot.prior is not None for slot in slots),
     )

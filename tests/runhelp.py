@@ -8,6 +8,7 @@ import json
 import signal
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -199,3 +200,19 @@ async def interrupt_after_first_row(process: asyncio.subprocess.Process, out: Pa
     process.send_signal(signal.SIGINT)
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
     return stderr
+
+
+async def batchgen_run(*args: str, timeout: float = 60.0) -> tuple[int, str]:
+    """`batchgen run ARGS` in a fresh process: its exit code and everything it printed."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "batchgen",
+        "run",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, (stdout + stderr).decode()

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from openpyxl import Workbook
-from runhelp import all_text, interrupt_after_first_row, manifest, prompts, served_sim, write_sheet
+from runhelp import (
+    all_text,
+    batchgen_run,
+    interrupt_after_first_row,
+    manifest,
+    prompts,
+    served_sim,
+    write_sheet,
+)
 
 from batchgen.cli import cli
 from batchgen.sim import SimConfig
@@ -91,30 +99,15 @@ def test_dry_run_prints_the_first_bodies_and_sends_nothing(tmp_path: Path) -> No
     assert not (tmp_path / "outputs").exists() and not Path("outputs/rows").exists()
 
 
-async def _batchgen(*args: str, timeout: float = 60.0) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "batchgen",
-        "run",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, (stdout + stderr).decode()
-
-
 async def test_credentials_in_an_endpoint_url_never_reach_the_output(tmp_path: Path) -> None:
     sheet = write_sheet(tmp_path / "rows.csv", prompts(3))
     ok, bad = tmp_path / "ok", tmp_path / "bad"
     async with served_sim(SimConfig(api_auth="alice:Hunter2-secret")) as (url, _):
         host = url.removeprefix("http://")
-        code, output = await _batchgen(
+        code, output = await batchgen_run(
             str(sheet), "--endpoint", f"http://alice:Hunter2-secret@{host}", "--out", str(ok)
         )
-        bad_code, bad_output = await _batchgen(
+        bad_code, bad_output = await batchgen_run(
             str(sheet), "--endpoint", f"http://alice:wrong-Hunter3@{host}", "--out", str(bad)
         )
 

@@ -48,6 +48,7 @@ from batchgen.run.fleet import Fleet, endpoint_views, open_fleet, watch
 from batchgen.run.interrupts import catch_interrupts
 from batchgen.run.plan import check_endpoints
 from batchgen.run.scheduler import Lease, Policy, Scheduler
+from batchgen.run.speed_memory import address, recall, remember
 from batchgen.words import counted
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class RunOptions:
     window: int = 4096  # rows the scheduler may look ahead over (bounds memory)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # retry waits; tests inject
     policy: Policy = "plan"  # how rows are spread: see scheduler.py ("greedy": the old way)
+    recall_speeds: bool = True  # start from the speeds earlier runs measured (speed_memory.py)
 
 
 class _Quiet:
@@ -210,6 +212,14 @@ class _Run:
     ) -> tuple[Scheduler, logging.Handler]:
         """Open the folder and its run log, write job.json (`job_file()`, called with the log
         on), and send every task not done yet; the log handler is the caller's to close."""
+        addresses = {
+            slot.name: address(spec.url)
+            for spec, slot in zip(self.job.endpoints, fleet.slots, strict=True)
+        }
+        remembered = recall(addresses) if self.options.recall_speeds else {}
+        for slot in fleet.slots:
+            if slot.name in remembered:
+                slot.recall(remembered[slot.name])
         scheduler = Scheduler(
             fleet.slots, wait_all_down=self.job.wait_all_down, policy=self.options.policy
         )
@@ -218,6 +228,8 @@ class _Run:
         try:
             self.store.write_json(JOB_FILE, job_file())
             self.reporter.started(plan, self.job.out_dir)
+            if remembered:
+                log.info("speeds remembered from earlier runs: %s", ", ".join(remembered))
             with catch_interrupts(self._interrupted):
                 await self._send_all(scheduler, state, plan, tasks)
         except BaseException:
@@ -227,6 +239,7 @@ class _Run:
             raise
         finally:
             self.writer.shutdown(wait=True)
+            remember(scheduler.measured(), addresses)
         return scheduler, handler
 
     def _finish(

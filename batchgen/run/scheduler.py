@@ -29,6 +29,7 @@ from batchgen.records import Generation, Task
 from batchgen.run import placement
 from batchgen.run.fleet_health import EndpointHealth, Outage
 from batchgen.run.placement import Group
+from batchgen.run.speed_memory import Remembered
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,10 @@ SWITCH_PRIOR_ROWS = 5.0  # a checkpoint switch costs this many rows until one is
 SPECULATE_MARGIN = 2.0  # copy a late row only if the copy would be back this many times sooner
 REPLAN_DRIFT = 0.2  # plan again when a speed or load time estimate moved this much since the plan
 REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came in
-REPLAN_OFF = 0.1  # ... or when an endpoint runs out this share of the plan's span off its end
+REPLAN_OFF = 0.02  # ... or when an endpoint runs out this share of the plan's span off its end
 RATE_WINDOW = 9  # rows a plan's speed is the mean over: one answer can be late by a whole row
 MEASURED_ROWS = 4  # rows each endpoint does on its own checkpoint before any is sent to switch
+PRIOR_TRUST = 0.3  # a remembered speed this far off the endpoint's first rows is dropped
 PLAN_SWITCH_PRIOR_ROWS = 20.0  # plans assume loads this dear until one is measured (see README)
 
 Failure = Literal["endpoint", "request"]
@@ -122,6 +124,7 @@ class EndpointSlot:
     )
     switch_s: float | None = None  # measured on rows that did
     last_done: float = 0.0
+    prior: Remembered | None = None  # what its last run measured (speed_memory.py)
 
     @property
     def name(self) -> str:
@@ -146,6 +149,12 @@ class EndpointSlot:
         self.vae = facts.state.vae
         loaded = self.canonical(facts.loaded_hash) if facts.loaded_hash else None
         self.loaded = self.target = loaded or self.default
+
+    def recall(self, prior: Remembered) -> None:
+        """Start from what the endpoint's last run measured (speed_memory.py)."""
+        self.prior = prior
+        self.sec_per_unit = prior.sec_per_unit
+        self.switch_s = prior.switch_s
 
     def canonical(self, name: str | None) -> Group:
         """This endpoint's canonical name for any alias of a checkpoint."""
@@ -343,6 +352,16 @@ class Scheduler:
 
     # ----- estimates -----
 
+    def measured(self) -> dict[str, Remembered]:
+        """Each endpoint's figures from this run, by name, for the next run: only those measured
+        on enough rows of their own."""
+        now = time.time()
+        return {
+            slot.name: Remembered(statistics.fmean(slot.recent), slot.switch_s, slot.done, now)
+            for slot in self.slots
+            if len(slot.recent) >= MEASURED_ROWS
+        }
+
     def _learn_from(
         self, slot: EndpointSlot, lease: Lease, generation: Generation, service: float
     ) -> None:
@@ -360,6 +379,7 @@ class Scheduler:
             slot.sec_per_unit = _blend(slot.sec_per_unit, service / lease.cost)
             if slot.done > 1:  # the first answer also carries the connection's and server's start
                 slot.recent.append(service / lease.cost)
+                self._check_prior(slot)
         if self._quotas is not None and self._drifted(slot):
             self._quotas = None
 
@@ -385,10 +405,41 @@ class Scheduler:
         which follows each answer and would have a plan remade at every late one. Not their
         median: an endpoint kept busy answers each row when the one before ends, so a row
         answered late by some client-side delay reads as long and the next as short by as much;
-        the mean cancels that out, a median of the first few rows is off by all of it."""
-        if not slot.recent:
+        the mean cancels that out, a median of the first few rows is off by all of it.
+        A remembered speed counts as MEASURED_ROWS rows until the window is full of its own:
+        a run's first answers are the noisiest (connections opening, the client starting)."""
+        own = slot.recent
+        if slot.prior is not None and len(own) < RATE_WINDOW:
+            weight = min(MEASURED_ROWS, RATE_WINDOW - len(own))
+            prior = slot.prior.sec_per_unit * self._prior_scale()
+            return (sum(own) + weight * prior) / (len(own) + weight)
+        if not own:
             return self._sec_per_unit(slot)
-        return statistics.fmean(slot.recent)
+        return statistics.fmean(own)
+
+    def _check_prior(self, slot: EndpointSlot) -> None:
+        """Forget a remembered speed that this run's rows belie (the box changed)."""
+        if slot.prior is None or len(slot.recent) < MEASURED_ROWS - 1:
+            return
+        ratio = statistics.fmean(slot.recent) / slot.prior.sec_per_unit
+        # Off both as remembered and as scaled with the others (which a few can skew).
+        if min(abs(ratio - 1), abs(ratio / self._prior_scale() - 1)) > PRIOR_TRUST:
+            log.info("%s is not as fast as remembered; measured anew", slot.name)
+            slot.prior = None
+            self._means.clear()
+
+    def _prior_scale(self) -> float:
+        """How this run's rows compare with the remembered speeds, over the endpoints measured
+        so far: a heavier checkpoint than last time slows every box alike, and the endpoints not
+        measured yet are expected to be as much slower."""
+        if "prior scale" not in self._means:
+            ratios = [
+                statistics.fmean(s.recent) / s.prior.sec_per_unit
+                for s in self.slots
+                if s.prior is not None and len(s.recent) >= 2
+            ]
+            self._means["prior scale"] = statistics.median(ratios) if ratios else 1.0
+        return self._means["prior scale"] or 1.0
 
     def _plan_switch_s(self, slot: EndpointSlot, cost: float) -> float:
         if slot.switch_s is None and self._pool_mean("switch_s") is None:
@@ -566,10 +617,11 @@ class Scheduler:
         return None
 
     def _ready_to_switch(self) -> bool:
-        """Every endpoint that has rows to do is measured (load times are assumed dear until one
-        is); one with nothing of its own waits for the plan to send it some."""
+        """Every endpoint that has rows to do is measured or remembered (load times are assumed
+        dear until one is); one with nothing of its own waits for the plan to send it some."""
         return not any(
             slot.up
+            and slot.prior is None
             and len(slot.recent) < MEASURED_ROWS
             and (slot.held or self._own_row(slot) is not None)
             for slot in self.slots
