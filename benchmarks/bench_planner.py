@@ -5,7 +5,8 @@
 Scenarios: 2-16 endpoints of speeds 0.5-4, 1-8 checkpoints, a load costing 1-30 rows, 200-5,000
 rows over the checkpoints in uneven shares, each endpoint starting on a random checkpoint. Each
 scenario is played by the real Scheduler on the discrete-event harness (tests/eventsim.py, a fake
-clock), once with each policy, with the true speeds known and with them learned from the answers.
+clock), once with each policy: with the true speeds known, learned from the answers, remembered
+from an earlier run (speed_memory.py), and remembered but each 10% off.
 
 The bound, per scenario, is the better of two lower bounds on the fluid optimum with the loads
 that cannot be avoided: placement.lower_bound (instant) and, with scipy, the dual bound of the
@@ -48,29 +49,38 @@ def summary(name: str, ratios: Sequence[float]) -> str:
     )
 
 
-Played = dict[tuple[str, bool], list[Outcome]]  # (policy, speeds known): one per scenario
+Played = dict[tuple[str, str], list[Outcome]]  # (policy, what it knows): one per scenario
+MODES = {
+    "known": "speeds known",
+    "learned": "speeds learned from the answers",
+    "remembered": "speeds remembered from an earlier run (speed_memory.py)",
+    "remembered 10% off": "speeds remembered, each 10% off (x 0.9 or 1.1 at random)",
+}
 
 
 async def play_all(scenarios: list[Scenario]) -> Played:
     played: Played = {}
-    for known in (True, False):
+    for mode in MODES:
         for policy in ("greedy", "plan"):
             outcomes = []
+            off = random.Random(7)  # the same errors for both policies
             for scenario in scenarios:
-                outcome = await play(scenario, policy, known=known)
+                factors = tuple(off.choice((0.9, 1.1)) for _ in scenario.speeds)
+                exact = (1.0,) * len(scenario.speeds)
+                remembered = {"remembered": exact, "remembered 10% off": factors}.get(mode)
+                outcome = await play(scenario, policy, known=mode == "known", remembered=remembered)
                 assert outcome.rows == len(scenario.rows)
                 outcomes.append(outcome)
-            played[policy, known] = outcomes
+            played[policy, mode] = outcomes
     return played
 
 
 def report_played(scenarios: list[Scenario], played: Played, bounds: Sequence[float]) -> None:
-    for known in (True, False):
-        label = "speeds known" if known else "speeds learned from the answers"
+    for mode, label in MODES.items():
         print(f"the real Scheduler on the fake clock, {label}: makespan / bound")
         results = {}
         for policy in ("greedy", "plan"):
-            spans = [outcome.makespan for outcome in played[policy, known]]
+            spans = [outcome.makespan for outcome in played[policy, mode]]
             ratios = [span / bound for span, bound in zip(spans, bounds, strict=True)]
             results[policy] = ratios
             name = "before (greedy)" if policy == "greedy" else "after (plan)"
@@ -78,7 +88,7 @@ def report_played(scenarios: list[Scenario], played: Played, bounds: Sequence[fl
         for policy in ("greedy", "plan"):
             loads = [
                 outcome.switches / (len(set(scenario.rows)) + len(scenario.speeds))
-                for scenario, outcome in zip(scenarios, played[policy, known], strict=True)
+                for scenario, outcome in zip(scenarios, played[policy, mode], strict=True)
             ]
             over = sum(value > 1 for value in loads)
             print(
@@ -109,7 +119,7 @@ def report_worst(
         scenario, bound, solved = scenarios[k], bounds[k], exact[k]
         best = solved.best if solved is not None and solved.best is not None else math.inf
         state = "optimal" if solved is not None and solved.optimal else "time out"
-        known, learned = played["plan", True][k], played["plan", False][k]
+        known, learned = played["plan", "known"][k], played["plan", "learned"][k]
         print(
             f"  {k:3d}  {len(scenario.speeds):4d} {len(set(scenario.rows)):4d} "
             f"{len(scenario.rows):5d} {scenario.switch_s:5.1f} | {planned[k] / bound:10.3f}  "
@@ -171,7 +181,9 @@ def main() -> None:
         upper = planned[k] * (1 + 1e-6)  # the plan is feasible: the optimum ends no later
         solved = exact_solve(snapshot, args.exact_s, upper) if args.exact_s > 0 else None
         bound = max(quick, solved.bound) if solved is not None else quick
-        furthest = max(planned[k], played["plan", True][k].makespan)  # learning is not the bound's
+        furthest = max(
+            planned[k], played["plan", "known"][k].makespan
+        )  # learning is not the bound's
         if solved is not None and not solved.optimal and furthest > args.recheck * bound:
             solved = exact_solve(snapshot, args.recheck_s, upper) or solved
             bound = max(quick, solved.bound)

@@ -6,7 +6,9 @@ Four simulator endpoints (speeds 1, 1, 2, 4; a switch costs 20 rows at speed 1),
 rows name 4 checkpoints in random order; --scale 5 makes every time 5x longer. Runs, each on
 freshly started simulators:
   1. batchgen with the planner (policy "plan", the default) and with the one-row-at-a-time
-     scheduler it replaced (policy "greedy"), --repeat times each, alternately;
+     scheduler it replaced (policy "greedy"), --repeat times each, alternately; each time a
+     first run (nothing remembered: speeds are measured as it goes) and a second one that starts
+     from the speeds the first remembered (speed_memory.py), on the same addresses;
   2. a naive baseline in the same process: rows in sheet order, round robin, 2 in flight each;
   3. batchgen again, with the fastest endpoint killed mid-run and restarted later.
 Makespan is measured from the manifest (first row sent to last row back); switches are read from
@@ -24,6 +26,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import random
 import sys
 import tempfile
@@ -107,7 +110,8 @@ class Sim:
 
 @contextlib.asynccontextmanager
 async def simulators(args: argparse.Namespace) -> AsyncIterator[list[Sim]]:
-    sims = [Sim(args, speed) for speed in SPEEDS]
+    """The same addresses every time, as the same GPU boxes night after night."""
+    sims = [Sim(args, speed, port) for speed, port in zip(SPEEDS, args.ports, strict=True)]
     try:
         await asyncio.gather(*(sim.start() for sim in sims))
         yield sims
@@ -169,8 +173,15 @@ def clients_for(
 
 
 async def run_batchgen(
-    args: argparse.Namespace, sheet: Path, out: Path, policy: Policy, rates: Sequence[float]
+    args: argparse.Namespace,
+    sheet: Path,
+    out: Path,
+    policy: Policy,
+    rates: Sequence[float],
+    memory: Path,
 ) -> Figures:
+    """One run; `memory`: the folder of the speeds it remembers (speed_memory.py)."""
+    os.environ["BATCHGEN_CACHE_DIR"] = str(memory)
     async with simulators(args) as sims:
         job = job_for(sheet, out, [sim.url for sim in sims])
         await run_batch(job, RunOptions(policy=policy))
@@ -365,6 +376,7 @@ async def main() -> None:
     args.ms_per_step *= args.scale
     args.switch_s = args.switch_rows * STEPS * args.ms_per_step / 1000
     args.down_s *= args.scale
+    args.ports = [free_port() for _ in SPEEDS]
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger().handlers[0].setLevel(logging.ERROR)
     if args.plans:
@@ -414,21 +426,25 @@ async def main() -> None:
                     f"first does rows of {MODELS[0]} while the slowest does {MEASURED_ROWS + 2})"
                 )
         policies: list[Policy] = ["greedy", "plan"] if args.policy == "both" else [args.policy]
-        figures: dict[Policy, list[Figures]] = {policy: [] for policy in policies}
+        figures: dict[tuple[Policy, bool], list[Figures]] = {}
         for attempt in range(args.repeat):
-            for policy in figures:
-                out = base / f"{policy}-{attempt}"
-                figures[policy].append(await run_batchgen(args, sheet, out, policy, rates))
-        for policy, runs in figures.items():
+            for policy in policies:
+                memory = base / f"speeds-{policy}-{attempt}"  # empty: the first run remembers
+                for warm in (False, True):
+                    out = base / f"{policy}-{attempt}{'-remembered' if warm else ''}"
+                    run = await run_batchgen(args, sheet, out, policy, rates, memory)
+                    figures.setdefault((policy, warm), []).append(run)
+        for (policy, warm), runs in figures.items():
             name = "before (greedy)" if policy == "greedy" else "after (plan)"
+            name += ", speeds remembered" if warm else ", first run"
             for run in runs:
                 print(
-                    f"batchgen {name:<16} makespan {run.makespan:.2f} s "
+                    f"batchgen {name:<36} makespan {run.makespan:.2f} s "
                     f"({run.makespan / best:.3f} x ideal), {run.switches} switches "
                     f"(bound {bound}), {run.ok} rows ok"
                 )
                 print(f"  {run.breakdown}")
-        ours = figures[policies[-1]][0]
+        ours = figures[policies[-1], False][0]
         if not args.skip_naive:
             naive = await run_naive(args, sheet)
             print(
@@ -441,6 +457,7 @@ async def main() -> None:
             )
         if args.skip_kill:
             return
+        os.environ["BATCHGEN_CACHE_DIR"] = str(base / "speeds-killed")  # a first run too
         killed = await run_with_kill(args, sheet, base / "killed")
         print(
             f"fastest endpoint killed after 1/8 of the rows, back {args.down_s:g} s later: "
