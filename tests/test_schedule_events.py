@@ -151,3 +151,14 @@ async def test_remembered_speeds_a_little_off_are_corrected_by_plans_made_again(
         for scenario in SCENARIOS[:60]
     ]
     assert statistics.median(ratios) <= 1.08  # 1.10 when only 10% of the span off counted
+
+
+async def test_answers_read_late_by_turns_do_not_make_plans_load_beyond_the_budget() -> None:
+    # Answers up to three rows late: the estimates keep moving and each plan differs from the
+    # last; loads still stay within one per checkpoint and one per endpoint.
+    for seed in range(6):
+        rows = tuple(random.Random(seed).choices("abcd", k=800))
+        scenario = dataclasses.replace(BENCH, rows=rows, jitter=3.0)
+        for remembered in (None, (1.0,) * 4):
+            outcome = await play(scenario, remembered=remembered)
+            assert outcome.switches <= 4 + 4, (seed, remembered)

@@ -19,7 +19,7 @@ import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from batchgen.backends.a1111 import EndpointClient, ServerState
@@ -42,6 +42,7 @@ REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came 
 REPLAN_OFF = 0.02  # ... or when an endpoint runs out this share of the plan's span off its end
 RATE_WINDOW = 9  # rows a plan's speed is the mean over: one answer can be late by a whole row
 MEASURED_ROWS = 4  # rows each endpoint does on its own checkpoint before any is sent to switch
+LOADS_OVER_BUDGET = 10.0  # past the budget of loads, plans count each as this many
 PRIOR_TRUST = 0.3  # a remembered speed this far off the endpoint's first rows is dropped
 PLAN_SWITCH_PRIOR_ROWS = 20.0  # plans assume loads this dear until one is measured (see README)
 
@@ -253,6 +254,7 @@ class Scheduler:
         self._added = 0.0  # work that came in since the plan
         self.plans = 0  # plans made, for the tests: a plan must not flap
         self._groups: dict[Group, deque[_Waiter]] = {}
+        self._seen_groups: set[Group] = set()  # for the load budget: groups + endpoints
         self._pending: dict[Group, float] = {}  # cost of the rows waiting, by group
         self._expected: set[int] = set()
         self._retries: list[_Waiter] = []  # waiters that avoid an endpoint: sent again elsewhere
@@ -281,6 +283,7 @@ class Scheduler:
         group = self.group_of(task.checkpoint)
         waiter = _Waiter(task, frozenset(avoid), loop.create_future(), group, row_cost(task.body))
         self._groups.setdefault(group, deque()).append(waiter)
+        self._seen_groups.add(group)
         if waiter.avoid:
             self._retries.append(waiter)
         self._pending[group] = self._pending.get(group, 0.0) + waiter.cost
@@ -548,6 +551,17 @@ class Scheduler:
             clock=now,
         )
         made = placement.plan(snapshot)
+        loads = sum(s.switches for s in self.slots) + sum(
+            lease.switch for s in self.slots for lease in s.held
+        )
+        if loads + made.switches > len(self._seen_groups) + len(self.slots):
+            # Estimates that keep moving (a client short of CPU reads every endpoint wrong by
+            # turns) would have each plan load something else; past the budget of one load per
+            # group and per endpoint, only a load that pays many times over is planned.
+            dear = tuple(
+                replace(w, switch_s=w.switch_s * LOADS_OVER_BUDGET) for w in snapshot.workers
+            )
+            made = placement.plan(replace(snapshot, workers=dear))
         self._quotas = {
             slot: deque(_Quota(share.group, work) for share, work in shares)
             for slot, shares in zip(up, self._whole_rows(made.shares), strict=True)
