@@ -81,7 +81,9 @@ async def test_answers_reaching_the_scheduler_late_barely_move_the_plan() -> Non
         on_time = await play(scenario)
         late = await play(dataclasses.replace(scenario, jitter=0.5))
         assert late.rows == len(rows)
-        assert late.makespan <= 1.06 * on_time.makespan
+        # Up to 6% of it is that rows on time read alike and settle each speed after two rows;
+        # late ones do not, and wait for MEASURED_ROWS.
+        assert late.makespan <= 1.10 * on_time.makespan
 
 
 async def test_shares_are_whole_rows_so_no_row_is_left_for_a_load_at_the_end() -> None:
@@ -162,3 +164,10 @@ async def test_answers_read_late_by_turns_do_not_make_plans_load_beyond_the_budg
         for remembered in (None, (1.0,) * 4):
             outcome = await play(scenario, remembered=remembered)
             assert outcome.switches <= 4 + 4, (seed, remembered)
+
+
+async def test_an_endpoint_whose_first_rows_agree_is_measured_without_waiting_for_more() -> None:
+    # Rows that read alike from the second on tell the speed; nobody waits for MEASURED_ROWS.
+    known = await play(BENCH, known=True)
+    learned = await play(BENCH)
+    assert learned.makespan <= known.makespan * 1.07  # 1.085 waiting for four rows each

@@ -42,6 +42,7 @@ REPLAN_WORK = 0.1  # ... or when rows worth this share of the planned work came 
 REPLAN_OFF = 0.02  # ... or when an endpoint runs out this share of the plan's span off its end
 RATE_WINDOW = 9  # rows a plan's speed is the mean over: one answer can be late by a whole row
 MEASURED_ROWS = 4  # rows each endpoint does on its own checkpoint before any is sent to switch
+SETTLED_SPREAD = 0.1  # ... or fewer, from the second, if they agree within this share
 LOADS_OVER_BUDGET = 10.0  # past the budget of loads, plans count each as this many
 PRIOR_TRUST = 0.3  # a remembered speed this far off the endpoint's first rows is dropped
 PLAN_SWITCH_PRIOR_ROWS = 20.0  # plans assume loads this dear until one is measured (see README)
@@ -636,7 +637,7 @@ class Scheduler:
         return not any(
             slot.up
             and slot.prior is None
-            and len(slot.recent) < MEASURED_ROWS
+            and not _settled(slot.recent)
             and (slot.held or self._own_row(slot) is not None)
             for slot in self.slots
         )
@@ -849,6 +850,14 @@ class Scheduler:
         self._groups.clear()
         self._pending.clear()
         self._retries.clear()
+
+
+def _settled(samples: Sequence[float]) -> bool:
+    """Whether an endpoint's first rows tell its speed: MEASURED_ROWS of them, or fewer that
+    agree (rows long next to the client's hiccups read alike from the second one)."""
+    if len(samples) >= MEASURED_ROWS:
+        return True
+    return len(samples) >= 2 and max(samples) <= min(samples) * (1 + SETTLED_SPREAD)
 
 
 def _moved(planned: float, now: float) -> bool:
