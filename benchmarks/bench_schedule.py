@@ -298,21 +298,21 @@ def lower_bound(rows: int, loaded_rows: int, rates: Sequence[float], switch_s: f
 
 
 def exact_optimum(
-    sheet: Path, rates: Sequence[float], switch_s: float, measuring: bool = False
+    sheet: Path, rates: Sequence[float], switch_s: float, measuring: int = 0
 ) -> Exact | None:
     """The best makespan if every row took exactly its endpoint's measured time (or None
     without scipy): the same lower bound as `lower_bound`, without letting work split freely.
     Told the planner's own plan is feasible (which tightens it); 30 s at most.
 
     `measuring`: the best once every endpoint has done the rows of its loaded checkpoint that
-    it does while speeds are measured (nobody switches before the slowest has answered
-    MEASURED_ROWS rows after its first, one more queued behind; the others as many as they
-    do meanwhile)."""
+    it does while speeds are measured: nobody switches before the slowest has answered this many
+    rows after its first (2 if they take alike, else MEASURED_ROWS), one more queued behind; the
+    others as many as they do meanwhile."""
     counts: dict[str, float] = {}
     for row in read_rows(sheet, None):
         counts[row.cells["model"]] = counts.get(row.cells["model"], 0.0) + 1
     first = MODELS[0][:-12]
-    measured = [(MEASURED_ROWS + 2) * rate / min(rates) if measuring else 0.0 for rate in rates]
+    measured = [(measuring + 2) * rate / min(rates) if measuring else 0.0 for rate in rates]
     counts[first] -= sum(measured)
     workers = tuple(
         placement.Worker(rate, switch_s, frozenset({first}), busy_s=rows / rate)
@@ -419,12 +419,14 @@ async def main() -> None:
                 f"{solved}); rows alone at the measured rates: {args.rows / sum(rates):.2f} s"
             )
             best = max(best, exact.bound)
-            after = exact_optimum(sheet, rates, args.switch_s, measuring=True)
-            if after is not None:
-                print(
-                    f"exact ideal once speeds are measured: {after.bound:.2f} s (each endpoint "
-                    f"first does rows of {MODELS[0]} while the slowest does {MEASURED_ROWS + 2})"
-                )
+            for rows in (2, MEASURED_ROWS):
+                after = exact_optimum(sheet, rates, args.switch_s, measuring=rows)
+                if after is not None:
+                    print(
+                        f"exact ideal once speeds are measured on {rows} rows: {after.bound:.2f} s "
+                        f"(each endpoint first does rows of {MODELS[0]} while the slowest does "
+                        f"{rows + 2})"
+                    )
         policies: list[Policy] = ["greedy", "plan"] if args.policy == "both" else [args.policy]
         figures: dict[tuple[Policy, bool], list[Figures]] = {}
         for attempt in range(args.repeat):
