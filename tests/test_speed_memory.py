@@ -101,12 +101,12 @@ def test_a_damaged_or_foreign_file_is_an_empty_memory_and_is_rewritten(
     assert recall({"a": "http://a:1"}, tmp_path)["a"].sec_per_unit == 0.01
 
 
-def test_a_folder_that_cannot_be_written_warns_and_does_not_fail(
+def test_a_folder_that_cannot_be_written_is_said_and_does_not_fail(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         remember({"a": Remembered(0.01, None, 9, time.time())}, {"a": "http://a:1"}, blocked)
     assert "could not keep the endpoints' speeds" in caplog.text
 

@@ -97,7 +97,7 @@ def remember(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
     except OSError as error:
-        log.warning("could not keep the endpoints' speeds for the next run in %s: %s", path, error)
+        log.info("could not keep the endpoints' speeds for the next run in %s: %s", path, error)
 
 
 def _file(folder: Path | None) -> Path:
