@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -19,6 +22,16 @@ def _own_log_handlers() -> Iterator[None]:
     yield
     for handler in logger.handlers[len(before) :]:
         logger.removeHandler(handler)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Endpoint speeds go to a folder of the session's, never the user's cache, from before the
+    first fixture: processes started by session fixtures (the Slurm cluster's jobs) inherit it."""
+    os.environ["BATCHGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="batchgen-test-speeds-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.pop("BATCHGEN_CACHE_DIR", ""), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
